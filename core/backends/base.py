@@ -1,0 +1,34 @@
+"""What every flow backend provides, and the choice between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class FlowBackend(Protocol):
+    """Computes flow for a run of consecutive frames at the compute resolution.
+
+    ``flow(frames)`` takes ``[T, 3, H, W]`` float32 in ``[0, 1]`` on the backend's device (T >= 2, at most
+    ``max_pairs + 1``) and returns ``[T - 1, 2, H, W]`` float32 flow in pixels, ``[i]`` from frame i to i+1.
+    """
+
+    name: str
+    max_pairs: int
+
+    def flow(self, frames: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Everything a backend needs to build itself (shared by all backends)."""
+
+    height: int
+    width: int
+    device: torch.device
+    fp16: bool
+    num_flow_updates: int
+    max_pairs: int

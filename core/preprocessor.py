@@ -1,0 +1,255 @@
+"""The streaming optical-flow preprocessor shared by the Python API, ComfyUI nodes, Scope adapter and CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
+from .device import resolve_device
+from .layout import check_layout, to_bfchw, to_unit_float
+from .log import logger
+from .paths import plugin_models_dir
+from .raft import DOWNSAMPLE, MIN_SIZE
+from .resize import resize_images
+from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
+from .weights import WeightsInfo, WeightsSpec
+
+# Pairs per model call are bounded so the all-pairs correlation pyramid stays within this many bytes.
+CORRELATION_BUDGET_BYTES = 2 << 30
+MAX_PAIRS_CAP = 32
+
+
+def default_max_pairs(height: int, width: int) -> int:
+    """Pairs per model call so the fp32 correlation pyramid (4 levels, ~4/3 of level 0) fits the budget."""
+    cells = (height // DOWNSAMPLE) * (width // DOWNSAMPLE)
+    pyramid_bytes_per_pair = cells * cells * 4 * 4 / 3
+    return int(max(1, min(MAX_PAIRS_CAP, CORRELATION_BUDGET_BYTES // pyramid_bytes_per_pair)))
+
+
+class OpticalFlowTensorRTPreprocessor:
+    """Video frames in, RGB optical-flow maps out (RAFT Small), keeping temporal state across calls.
+
+    Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call.
+
+    Args:
+        height, width: compute resolution, multiples of 8, at least 128. Frames are resized to it and the
+            output is resized back (to the input size, or to Scope's ``target_height`` x ``target_width``).
+        device: ``"cuda"`` (falls back to the CPU with one warning if CUDA is missing, unless
+            ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
+        fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
+        flow_strength: 0 to 2; multiplies the displayed saturation (see ``core.visualize``).
+        num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
+        normalization: ``"per_frame"`` (each frame scaled by its own largest motion, torchvision's look),
+            ``"fixed"`` (``max_flow`` pixels is full saturation) or ``"running"`` (running maximum that decays
+            by ``decay`` per frame: no colour flicker in video).
+        backend: ``"auto"`` (TensorRT when available on CUDA, else PyTorch) or ``"torch"``.
+        weights: ``"DEFAULT"``, a ``Raft_Small_Weights`` name, a local ``.pth`` path, or ``None`` (untrained,
+            seeded). ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` overrides ``"DEFAULT"``.
+        layout: default input layout (``"BCFHW"``, ``"CFHW"``, ``"FHWC"``, ``"FCHW"``); ``None`` infers it.
+        max_batch_pairs: frame pairs per model call; ``None`` picks by resolution (memory bound).
+        models_dir: where ONNX graphs and engines are cached; default ``<models root>/optical-flow-tensorrt``.
+
+    Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
+    or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
+    The first frame after construction or :meth:`reset` has no reference and shows zero flow (white);
+    every later frame, across calls, is compared with the frame before it.
+    """
+
+    def __init__(
+        self,
+        height: int = 512,
+        width: int = 512,
+        device: str | torch.device = "cuda",
+        fp16: bool = True,
+        flow_strength: float = 1.0,
+        *,
+        num_flow_updates: int = 12,
+        normalization: str = "per_frame",
+        max_flow: float = 20.0,
+        decay: float = 0.9,
+        backend: str = "auto",
+        weights: WeightsSpec = "DEFAULT",
+        layout: str | None = None,
+        strict_device: bool = False,
+        max_batch_pairs: int | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        _check_compute_size(height, width)
+        _check_flow_strength(flow_strength)
+        if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
+            raise ValueError(f"num_flow_updates must be a positive integer (12 is typical), got {num_flow_updates!r}.")
+        if max_batch_pairs is not None and (not isinstance(max_batch_pairs, int) or max_batch_pairs < 1):
+            raise ValueError(f"max_batch_pairs must be a positive integer or None, got {max_batch_pairs!r}.")
+        if layout is not None:
+            check_layout(layout)
+        self.height = height
+        self.width = width
+        self._flow_strength = float(flow_strength)
+        self.num_flow_updates = num_flow_updates
+        self.fp16 = bool(fp16)
+        self.layout = layout
+        self.weights_spec = weights
+        self.models_dir = plugin_models_dir(models_dir)
+        self.device = resolve_device(device, strict=strict_device)
+        self.backend_name = choose_backend(backend, self.device)
+        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width)
+        self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
+        self._backend: FlowBackend | None = None
+        self._previous_frames: Tensor | None = None  # [B, 3, h, w] last frame of the stream, compute size
+        self._stream_key: tuple[int, int, int] | None = None  # (B, H, W) of the input the state belongs to
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def flow_strength(self) -> float:
+        """Display strength in [0, 2]; may be changed between calls."""
+        return self._flow_strength
+
+    @flow_strength.setter
+    def flow_strength(self, value: float) -> None:
+        _check_flow_strength(value)
+        self._flow_strength = float(value)
+
+    @property
+    def normalization(self) -> str:
+        return self.normalizer.mode
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def weights_info(self) -> WeightsInfo | None:
+        """What weights the loaded model has (``None`` before the first call)."""
+        return getattr(self._backend, "weights_info", None)
+
+    def load(self) -> FlowBackend:
+        """Load the model/engine now instead of on the first call (e.g. to warm up); returns the backend."""
+        if self._backend is None:
+            config = BackendConfig(
+                height=self.height,
+                width=self.width,
+                device=self.device,
+                fp16=self.fp16,
+                num_flow_updates=self.num_flow_updates,
+                max_pairs=self.max_batch_pairs,
+            )
+            self._backend = create_backend(self.backend_name, config, self.weights_spec)
+            logger.info(
+                "optical flow ready: backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
+                self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
+            )
+        return self._backend
+
+    def reset(self) -> None:
+        """Start a new sequence: the next frame has no reference (zero flow) and running scales restart."""
+        self._previous_frames = None
+        self._stream_key = None
+        self.normalizer.reset()
+
+    def __call__(self, frames: Any, layout: str | None = None) -> Tensor:
+        """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``."""
+        tensor, target = _unpack_context(frames)
+        flow, input_size = self._compute_flow(tensor, layout)
+        return self.flow_to_image(flow, size=target or input_size)
+
+    def compute_flow(self, frames: Tensor, layout: str | None = None) -> Tensor:
+        """Raw flow ``[B, F, 2, height, width]`` in compute-resolution pixels, continuing the stream.
+
+        Frame 0 of the result compares with the previous call's last frame (zero flow at a sequence start).
+        """
+        return self._compute_flow(frames, layout)[0]
+
+    def _compute_flow(self, frames: Tensor, layout: str | None) -> tuple[Tensor, tuple[int, int]]:
+        batch_frames = to_bfchw(frames, layout or self.layout)
+        batch, num_frames, _, in_height, in_width = batch_frames.shape
+        stream_key = (batch, in_height, in_width)
+        unit = to_unit_float(batch_frames, self.device)
+        compute = resize_images(unit.flatten(0, 1), self.height, self.width).view(
+            batch, num_frames, 3, self.height, self.width
+        )
+        backend = self.load()
+        previous = self._previous_frames if stream_key == self._stream_key else None
+        if previous is None and self._stream_key is not None:
+            logger.info("input size changed from %s to %s: starting a new flow sequence", self._stream_key, stream_key)
+            self.normalizer.reset()
+        flows = [self._sequence_flow(backend, compute[b], previous[b] if previous is not None else None)
+                 for b in range(batch)]
+        # Only now, after everything succeeded, does the stream state move on.
+        self._previous_frames = compute[:, -1].clone()
+        self._stream_key = stream_key
+        return torch.stack(flows), (in_height, in_width)
+
+    def flow_to_image(self, flow: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales)."""
+        if flow.dim() != 5 or flow.shape[2] != 2:
+            raise ValueError(f"flow must be [B, F, 2, H, W], got shape {list(flow.shape)}.")
+        batch, num_frames = flow.shape[:2]
+        height, width = size if size is not None else flow.shape[-2:]
+        scales = self.normalizer.scales(flow)
+        rgb = flow_to_rgb(flow.flatten(0, 1), scales.flatten(), self.flow_strength)
+        rgb = resize_images(rgb, height, width).clamp_(0.0, 1.0)
+        return rearrange(rgb * 2.0 - 1.0, "(b f) c h w -> b c f h w", b=batch, f=num_frames)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _sequence_flow(self, backend: FlowBackend, frames: Tensor, previous: Tensor | None) -> Tensor:
+        """Flow for one video's frames ``[F, 3, h, w]``: pairs (previous, 0), (0, 1), ... in windows."""
+        if previous is not None:
+            frames = torch.cat([previous.unsqueeze(0), frames])
+        pieces: list[Tensor] = []
+        if previous is None:
+            pieces.append(frames.new_zeros(1, 2, self.height, self.width))
+        step = backend.max_pairs
+        for start in range(0, frames.shape[0] - 1, step):
+            pieces.append(backend.flow(frames[start : start + step + 1]))
+        return torch.cat(pieces)
+
+
+def _unpack_context(frames: Any) -> tuple[Tensor, tuple[int, int] | None]:
+    """Accept Scope's ``PreprocessorContext`` (duck-typed on ``.video_frames``) or a bare tensor."""
+    if not hasattr(frames, "video_frames"):
+        return frames, None
+    video = frames.video_frames
+    if video is None:
+        raise ValueError(
+            "the Scope context has no video frames (video_frames is None): optical flow needs a video or "
+            "camera input. Select a video source, or choose another VACE conditioning mode."
+        )
+    target_height = getattr(frames, "target_height", None)
+    target_width = getattr(frames, "target_width", None)
+    if target_height is None or target_width is None:
+        return video, None
+    for name, value in (("target_height", target_height), ("target_width", target_width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"context.{name} must be a positive integer, got {value!r}.")
+    return video, (target_height, target_width)
+
+
+def _check_compute_size(height: object, width: object) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")
+        if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
+            suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
+            raise ValueError(
+                f"compute {name}={value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
+                f"(RAFT's correlation pyramid); try {suggestion}."
+            )
+
+
+def _check_flow_strength(flow_strength: object) -> None:
+    low, high = FLOW_STRENGTH_RANGE
+    if (
+        not isinstance(flow_strength, (int, float))
+        or isinstance(flow_strength, bool)
+        or not math.isfinite(flow_strength)
+        or not low <= flow_strength <= high
+    ):
+        raise ValueError(f"flow_strength must be a number in [{low}, {high}], got {flow_strength!r}.")
