@@ -5,7 +5,20 @@ pack, ``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS`` are exported to
 (TensorRT, ComfyUI, Scope) is imported here.
 """
 
-from .core import OpticalFlowTensorRTPreprocessor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import OpticalFlowTensorRTPreprocessor
 
 __all__ = ["OpticalFlowTensorRTPreprocessor"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that host plugin modules (e.g. .scope_adapter, loaded by Scope's entry-point scan) can be
+    # imported without importing torch; the core loads on first use of the class.
+    if name == "OpticalFlowTensorRTPreprocessor":
+        from .core import OpticalFlowTensorRTPreprocessor
+
+        return OpticalFlowTensorRTPreprocessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
