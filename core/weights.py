@@ -123,13 +123,19 @@ def _file_model(path: Path, from_env: bool) -> tuple[RAFT, WeightsInfo]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         model = raft_small(weights=None)
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = model.state_dict().keys()
+    missing = sorted(expected - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected)
+    if missing or unexpected:
         raise ValueError(
-            f"{path} does not hold RAFT Small weights: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}) and {len(result.unexpected_keys)} unexpected keys "
-            f"(e.g. {result.unexpected_keys[:3]}). RAFT Large or other models' weights do not fit raft_small."
+            f"{path} does not hold RAFT Small weights: {len(missing)} missing keys (e.g. {missing[:3]}) and "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). RAFT Large or other models' weights "
+            "do not fit raft_small."
         )
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{path} does not hold RAFT Small weights: {error}") from error
     digest = _file_digest(path)
     logger.log(logging.INFO, "loaded RAFT Small weights from %s (sha256 %s)", path, digest)
     return model.eval(), WeightsInfo(identity=f"file-{digest}", pretrained=True, description=f"file {path}")
