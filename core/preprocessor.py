@@ -54,6 +54,8 @@ class OpticalFlowTensorRTPreprocessor:
         layout: default input layout (``"BCFHW"``, ``"CFHW"``, ``"FHWC"``, ``"FCHW"``); ``None`` infers it.
         max_batch_pairs: frame pairs per model call; ``None`` picks by resolution (memory bound).
         models_dir: where ONNX graphs and engines are cached; default ``<models root>/optical-flow-tensorrt``.
+        cuda_graphs: on CUDA, replay the PyTorch model from CUDA graphs (one capture per window shape);
+            turn off to debug or to save the graphs' memory.
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -79,6 +81,7 @@ class OpticalFlowTensorRTPreprocessor:
         strict_device: bool = False,
         max_batch_pairs: int | None = None,
         models_dir: str | os.PathLike[str] | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         _check_compute_size(height, width)
         _check_flow_strength(flow_strength)
@@ -93,6 +96,7 @@ class OpticalFlowTensorRTPreprocessor:
         self._flow_strength = float(flow_strength)
         self.num_flow_updates = num_flow_updates
         self.fp16 = bool(fp16)
+        self.cuda_graphs = bool(cuda_graphs)
         self.layout = layout
         self.weights_spec = weights
         self.models_dir = plugin_models_dir(models_dir)
@@ -139,6 +143,7 @@ class OpticalFlowTensorRTPreprocessor:
                 fp16=self.fp16,
                 num_flow_updates=self.num_flow_updates,
                 max_pairs=self.max_batch_pairs,
+                cuda_graphs=self.cuda_graphs,
             )
             self._backend = create_backend(self.backend_name, config, self.weights_spec)
             logger.info(

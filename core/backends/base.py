@@ -32,3 +32,4 @@ class BackendConfig:
     fp16: bool
     num_flow_updates: int
     max_pairs: int
+    cuda_graphs: bool = True  # replay the forward pass from CUDA graphs where the backend supports it

@@ -1,0 +1,61 @@
+"""CUDA-graph replay of a fixed-shape module: one capture per input shape, replays after that.
+
+RAFT's forward is some 300 small kernels per call; launching them from Python costs more than running them
+for short chunks. A captured graph launches them all at once. :class:`RaftSequenceFlow` creates nothing on
+the CPU in its forward pass, which is what makes it capturable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..log import logger
+
+WARMUP_RUNS = 2
+
+
+class CudaGraphRunner:
+    """Calls ``module(x)`` through a CUDA graph captured for ``x``'s shape (all graphs share one memory pool).
+
+    Results are copied out of the graph's static buffers, so they stay valid after later calls.
+    """
+
+    def __init__(self, module: Callable[[Tensor], Tensor], device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}.")
+        self.module = module
+        self.device = device
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[tuple[tuple[int, ...], torch.dtype], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+
+    @property
+    def captured_shapes(self) -> list[tuple[int, ...]]:
+        return [shape for shape, _ in self._graphs]
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        key = (tuple(inputs.shape), inputs.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(inputs)
+            self._graphs[key] = entry
+        graph, static_input, static_output = entry
+        static_input.copy_(inputs)
+        graph.replay()
+        return static_output.clone()
+
+    def _capture(self, inputs: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        logger.info("capturing a CUDA graph for input shape %s", list(inputs.shape))
+        static_input = inputs.clone()
+        side_stream = torch.cuda.Stream(self.device)
+        side_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side_stream):  # warm-up outside the graph: cuDNN picks algorithms, allocs settle
+            for _ in range(WARMUP_RUNS):
+                self.module(static_input)
+        torch.cuda.current_stream(self.device).wait_stream(side_stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            static_output = self.module(static_input)
+        return graph, static_input, static_output
