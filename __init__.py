@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .core import OpticalFlowTensorRTPreprocessor
 
-__all__ = ["OpticalFlowTensorRTPreprocessor"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "OpticalFlowTensorRTPreprocessor"]
 __version__ = "0.1.0"
 
 
@@ -21,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from .core import OpticalFlowTensorRTPreprocessor
 
         return OpticalFlowTensorRTPreprocessor
+    if name in ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"):  # read by ComfyUI's custom-node loader
+        from . import nodes
+
+        return getattr(nodes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

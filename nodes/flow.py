@@ -1,0 +1,212 @@
+"""The work behind the nodes, kept apart from their declarations: a cached preprocessor, windowed flow for a
+clip, and visualization of ``FLOW``. Everything numerical is the core's; this module only arranges calls.
+
+``FLOW`` (the type passed between these nodes) is a float32 tensor ``[N, 2, H, W]``: per frame, the motion
+(x, y) in pixels of that ``H x W`` image from the previous frame to this one, on ComfyUI's intermediate device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+from torch import Tensor
+
+from ..core import OpticalFlowTensorRTPreprocessor
+from ..core.resize import resize_flow
+from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.weights import WeightsSpec
+from . import host
+
+WEIGHTS_DEFAULT = "DEFAULT"
+WEIGHTS_UNTRAINED = "untrained (random)"
+PRECISIONS = ("fp16", "fp32")
+FIRST_FRAME_MODES = ("zero", "copy_next", "drop")
+_IMAGE_CHANNELS = (1, 3, 4)
+# Full-size flow (2 floats) + RGB (3 floats) + temporaries per pixel: ~64 Mpixel windows peak near 2 GB.
+VISUAL_WINDOW_PIXELS = 64 << 20
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The settings that need a new model/engine when they change (the preprocessor cache key)."""
+
+    compute_height: int
+    compute_width: int
+    precision: str
+    flow_updates: int
+    backend: str
+    weights: str
+    device: str
+    models_dir: str
+
+
+_cache: dict[tuple[ModelSettings, object], OpticalFlowTensorRTPreprocessor] = {}
+
+
+def clear_cache() -> None:
+    """Forget the cached model/engine (frees its memory once nothing else holds it)."""
+    _cache.clear()
+
+
+def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor:
+    """The loaded preprocessor for ``settings``: reused while they stay the same, else built and loaded anew.
+
+    One model is kept at a time, so switching settings frees the old one. The stream state is reset, so every
+    node execution is a new clip.
+    """
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"precision={settings.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+    weights_spec, weights_version = _resolve_weights(settings.weights)
+    key = (settings, weights_version)
+    preprocessor = _cache.get(key)
+    if preprocessor is None:
+        preprocessor = OpticalFlowTensorRTPreprocessor(
+            height=settings.compute_height,
+            width=settings.compute_width,
+            device=settings.device,
+            fp16=settings.precision == "fp16",
+            num_flow_updates=settings.flow_updates,
+            backend=settings.backend,
+            weights=weights_spec,
+            layout="FHWC",
+            models_dir=settings.models_dir,
+        )
+        preprocessor.load()  # cached only once loading worked, so a failed download is retried next time
+        _cache.clear()
+        _cache[key] = preprocessor
+    preprocessor.reset()
+    return preprocessor
+
+
+def _resolve_weights(choice: str) -> tuple[WeightsSpec, object]:
+    """The core's ``weights=`` for a dropdown choice, and what identifies that file's version (for the cache)."""
+    if choice == WEIGHTS_DEFAULT:
+        return "DEFAULT", None
+    if choice == WEIGHTS_UNTRAINED:
+        return None, None
+    path = host.weights_path(choice)
+    stat = path.stat()
+    return str(path), (stat.st_mtime_ns, stat.st_size)
+
+
+def check_images(images: object, name: str = "images") -> Tensor:
+    """A ComfyUI ``IMAGE`` ``[N, H, W, C]``, or a clear error saying what was connected instead."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a ComfyUI IMAGE (a torch tensor [N, H, W, C]), got {type(images).__name__}.")
+    if images.dim() != 4:
+        hint = " That looks like a MASK: convert it with 'Convert Mask to Image' first." if images.dim() == 3 else ""
+        raise ValueError(f"{name} must be a ComfyUI IMAGE [N, H, W, C], got shape {list(images.shape)}.{hint}")
+    if images.shape[-1] not in _IMAGE_CHANNELS:
+        raise ValueError(
+            f"{name} must have 3 colour channels (RGB; 1 grey or 4 RGBA also work) in the last axis of "
+            f"[N, H, W, C], got {images.shape[-1]} (shape {list(images.shape)}). Connect an IMAGE output, e.g. "
+            "Load Video -> Get Video Components, or Load Image."
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} holds no frames (shape {list(images.shape)}).")
+    return images
+
+
+def check_flow(flow: object) -> Tensor:
+    """A ``FLOW`` ``[N, 2, H, W]`` from the Optical Flow node, or a clear error."""
+    if not isinstance(flow, Tensor) or flow.dim() != 4 or flow.shape[1] != 2 or flow.shape[0] == 0:
+        shape = list(flow.shape) if isinstance(flow, Tensor) else type(flow).__name__
+        raise ValueError(
+            f"flow must be a FLOW [N, 2, H, W] (x/y motion in pixels), got {shape}. Connect the 'flow' output of "
+            "the Optical Flow (RAFT) node."
+        )
+    return flow
+
+
+def video_flow(
+    preprocessor: OpticalFlowTensorRTPreprocessor,
+    images: Tensor,
+    previous_frame: Tensor | None = None,
+    first_frame: str = "zero",
+) -> Tensor:
+    """Flow for a clip ``[N, H, W, C]`` at compute resolution, ``[N', 2, h, w]`` on the compute device.
+
+    Frames go through the preprocessor in windows of its ``max_batch_pairs`` (its streaming state makes that
+    equal to one call), with ComfyUI's progress bar and Cancel check between windows. ``previous_frame``
+    (``[H, W, C]``) is the frame before ``images[0]``, so frame 0 gets real motion; without it frame 0 has no
+    reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"copy_next"`` (frame 1's flow)
+    or ``"drop"`` (the output has N - 1 frames).
+    """
+    if first_frame not in FIRST_FRAME_MODES:
+        raise ValueError(f"first_frame={first_frame!r} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.")
+    if previous_frame is None and images.shape[0] < 2:
+        raise ValueError(
+            f"optical flow needs at least 2 frames to find motion, got {images.shape[0]}. Connect a video's frames "
+            "(e.g. Load Video -> Get Video Components), or connect previous_frames with the frame(s) before it."
+        )
+    if previous_frame is not None:
+        preprocessor.compute_flow(previous_frame[None])  # primes the stream; no model call for a single frame
+    window = max(1, preprocessor.max_batch_pairs)
+    progress = host.progress_bar(images.shape[0])
+    pieces: list[Tensor] = []
+    for start in range(0, images.shape[0], window):
+        host.check_interrupted()
+        chunk = images[start : start + window]
+        pieces.append(preprocessor.compute_flow(chunk)[0])
+        progress.update(chunk.shape[0])
+    flow = torch.cat(pieces)
+    if previous_frame is None:
+        if first_frame == "copy_next":
+            flow[0] = flow[1]
+        elif first_frame == "drop":
+            flow = flow[1:]
+    return flow
+
+
+def flow_at_size(flow: Tensor, height: int, width: int) -> Tensor:
+    """Compute-resolution flow resized to ``height x width`` with the vectors scaled to its pixels."""
+    return resize_flow(flow, height, width)
+
+
+def flow_images(
+    flow: Tensor,
+    normalizer: FlowNormalizer,
+    flow_strength: float,
+    device: torch.device,
+    window: int,
+    size: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Visualize ``[N, 2, h, w]`` flow as an IMAGE ``[N, H, W, 3]`` in ``[0, 1]``; also return the FLOW.
+
+    Works on ``device`` in windows (one Cancel check each), optionally resizing the flow to ``size`` first;
+    both results land on ComfyUI's intermediate device. ``normalizer`` carries running scales across windows.
+    """
+    out = host.output_device()
+    images: list[Tensor] = []
+    flows: list[Tensor] = []
+    for start in range(0, flow.shape[0], max(1, window)):
+        host.check_interrupted()
+        chunk = flow[start : start + window].to(device, torch.float32)
+        if size is not None:
+            chunk = flow_at_size(chunk, *size)
+        scales = normalizer.scales(chunk[None])[0]
+        rgb = flow_to_rgb(chunk, scales, flow_strength).clamp_(0.0, 1.0)
+        images.append(rgb.permute(0, 2, 3, 1).to(out))
+        flows.append(chunk.to(out))
+    return torch.cat(images), torch.cat(flows)
+
+
+def magnitude_mask(flow: Tensor, normalizer: FlowNormalizer, threshold: float, device: torch.device, window: int) -> Tensor:
+    """``[N, H, W]`` motion mask in ``[0, 1]``: |flow| / the normalizer's scale, or 1 where that is >= threshold
+    (when ``threshold > 0``)."""
+    out = host.output_device()
+    masks: list[Tensor] = []
+    for start in range(0, flow.shape[0], max(1, window)):
+        host.check_interrupted()
+        chunk = flow[start : start + window].to(device, torch.float32)
+        scales = normalizer.scales(chunk[None])[0].clamp_min(torch.finfo(torch.float32).eps)
+        mask = (torch.linalg.vector_norm(chunk, dim=1) / scales.view(-1, 1, 1)).clamp_(0.0, 1.0)
+        if threshold > 0:
+            mask = (mask >= threshold).float()
+        masks.append(mask.to(out))
+    return torch.cat(masks)
+
+
+def visual_window(height: int, width: int) -> int:
+    """Frames per visualization window so a window's flow and RGB stay within a fixed pixel budget."""
+    return max(1, VISUAL_WINDOW_PIXELS // max(1, height * width))
