@@ -36,6 +36,7 @@ class RaftSequenceFlow(nn.Module):
         num_flow_updates: int = 12,
         compute_dtype: torch.dtype = torch.float32,
         corr_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if raft.mask_predictor is not None:
@@ -49,6 +50,7 @@ class RaftSequenceFlow(nn.Module):
         self.num_flow_updates = num_flow_updates
         self.compute_dtype = compute_dtype
         self.corr_dtype = corr_dtype
+        self.channels_last = channels_last
         side = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, side)
         # Same (i, j) order as torchvision's CorrBlock.index_pyramid: the first offset varies along rows and is
@@ -56,10 +58,13 @@ class RaftSequenceFlow(nn.Module):
         delta = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1).view(1, side, side, 2)
         self.register_buffer("lookup_offsets", delta, persistent=False)
         self.to(compute_dtype)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, frames: Tensor) -> Tensor:
         num_frames, _, height, width = frames.shape
-        images = (frames.to(self.compute_dtype) * 2.0 - 1.0).contiguous()
+        images = frames.to(self.compute_dtype) * 2.0 - 1.0
+        images = images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         fmaps = self.feature_encoder(images)
         fmap1, fmap2 = fmaps[:-1], fmaps[1:]
         context_out = self.context_encoder(images[:-1])

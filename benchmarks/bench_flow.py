@@ -1,0 +1,259 @@
+"""Side-by-side GPU benchmark: the naive per-pair torchvision loop vs this package's backends.
+
+Runs in one process on one GPU and prints, for each resolution and chunk length: ms per chunk, frames/s,
+speed-up over the naive loop, peak GPU memory, first-call time (load + warm-up/capture/compile) and the
+accuracy cost against an fp32 eager reference on the same weights (flow and visualization differences).
+Writes JSON and a Markdown table (``--out``). Usage on a GPU machine::
+
+    python benchmarks/bench_flow.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+try:
+    from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+    from scope_optical_flow_tensorrt.core.backends import BACKENDS
+except ImportError:  # checkout folder not named after the package: import it under that name
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "scope_optical_flow_tensorrt", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["scope_optical_flow_tensorrt"] = package
+    spec.loader.exec_module(package)
+    from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+    from scope_optical_flow_tensorrt.core.backends import BACKENDS
+
+UPDATES = 12
+
+
+@dataclass
+class Result:
+    variant: str
+    size: int
+    chunk: int
+    ms_per_chunk: float
+    ms_spread: tuple[float, float]
+    frames_per_s: float
+    speedup_vs_naive: float | None
+    peak_memory_gb: float
+    first_call_s: float
+    flow_max_diff_px: float | None = None
+    flow_mean_diff_px: float | None = None
+    vis_max_diff_255: float | None = None
+    vis_mean_diff_255: float | None = None
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def moving_texture(frames: int, size: int, device: torch.device) -> torch.Tensor:
+    """``[1, 3, F, size, size]`` in [0,1]: a smooth random texture panning 3 px right and 1 px down per frame."""
+    generator = torch.Generator().manual_seed(0)
+    margin = 4 * frames + 8
+    texture = torch.rand(1, 3, size + margin, size + margin, generator=generator)
+    texture = torch.nn.functional.avg_pool2d(texture, 5, stride=1, padding=2)[0]
+    clip = [texture[:, margin - 1 * i - 4 : margin - 1 * i - 4 + size, margin - 3 * i - 4 : margin - 3 * i - 4 + size]
+            for i in range(frames)]
+    return torch.stack(clip, dim=1).unsqueeze(0).to(device)
+
+
+def timed(fn: Callable[[], torch.Tensor], warmup: int, repeats: int) -> tuple[list[float], torch.Tensor]:
+    out = fn()
+    for _ in range(warmup):
+        out = fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times, out
+
+
+def naive_loop(weights: object, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The earlier plugin's structure: torchvision raft_small fp32, one call per pair, flow_to_image per frame."""
+    from torchvision.models.optical_flow import raft_small
+    from torchvision.utils import flow_to_image
+
+    model = raft_small(weights=None).to(device).eval()
+    if weights is not None:
+        state = torch.load(weights, map_location=device, weights_only=True)
+        from scope_optical_flow_tensorrt.core.weights import convert_state_dict
+
+        model.load_state_dict(convert_state_dict(state))
+
+    @torch.inference_mode()
+    def run(previous: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        frames = torch.cat([previous, chunk[0].permute(1, 0, 2, 3)])  # [F+1, 3, H, W]
+        maps = []
+        for i in range(frames.shape[0] - 1):
+            flow = model(frames[i : i + 1] * 2 - 1, frames[i + 1 : i + 2] * 2 - 1, num_flow_updates=UPDATES)[-1]
+            maps.append(flow_to_image(flow).float() / 127.5 - 1)
+        return torch.stack(maps, dim=2)
+
+    return run
+
+
+def measure_variant(
+    name: str, make: Callable[[], OpticalFlowTensorRTPreprocessor], clip: torch.Tensor, chunk: int,
+    reference: tuple[torch.Tensor, torch.Tensor] | None, warmup: int, repeats: int,
+) -> tuple[Result, tuple[torch.Tensor, torch.Tensor]]:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    first = clip[:, :, :1]
+    body = clip[:, :, 1 : chunk + 1]
+    start = time.perf_counter()
+    pre = make()
+    pre(first)
+    pre(body)
+    torch.cuda.synchronize()
+    first_call = time.perf_counter() - start
+    times, _ = timed(lambda: pre(body), warmup, repeats)
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    # accuracy: a fresh stream over the same frames, flow and pictures
+    pre.reset()
+    pre(first)
+    flow = pre.compute_flow(body)
+    pre.reset()
+    pre(first)
+    vis = pre(body)
+    result = Result(
+        variant=name, size=clip.shape[-1], chunk=chunk, ms_per_chunk=statistics.median(times),
+        ms_spread=(min(times), max(times)), frames_per_s=chunk / statistics.median(times) * 1000,
+        speedup_vs_naive=None, peak_memory_gb=peak, first_call_s=first_call,
+    )
+    if reference is not None:
+        ref_flow, ref_vis = reference
+        result.flow_max_diff_px = (flow - ref_flow).abs().max().item()
+        result.flow_mean_diff_px = (flow - ref_flow).abs().mean().item()
+        result.vis_max_diff_255 = ((vis - ref_vis).abs().max() * 127.5).item()
+        result.vis_mean_diff_255 = ((vis - ref_vis).abs().mean() * 127.5).item()
+    del pre
+    return result, (flow, vis)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 768])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[4, 12, 16])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--weights", default=None, help="local RAFT Small .pth (default: ../shared/weights or random)")
+    parser.add_argument("--variants", nargs="+", default=None, help="subset of variant names to run")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow first call)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.json and results.md")
+    args = parser.parse_args()
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_flow.py needs a CUDA GPU.")
+    device = torch.device("cuda")
+    weights = args.weights
+    if weights is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "weights"
+        found = sorted(shared.glob("*small*.pth")) if shared.is_dir() else []
+        weights = str(found[0]) if found else None
+    weights_note = f"pretrained ({weights})" if weights else "seeded random (no pretrained file; speed does not depend on weight values)"
+    spec = weights if weights else None
+
+    def ours(**options: object) -> Callable[[], OpticalFlowTensorRTPreprocessor]:
+        def make() -> OpticalFlowTensorRTPreprocessor:
+            return OpticalFlowTensorRTPreprocessor(size, size, device="cuda", weights=spec, num_flow_updates=UPDATES,
+                                                   **options)  # type: ignore[arg-type]
+        return make
+
+    results: list[Result] = []
+    naive = naive_loop(weights, device)
+    for size in args.sizes:
+        for chunk in args.chunks:
+            clip = moving_texture(chunk + 1, size, device)
+            # (a) naive baseline
+            if args.variants is None or "naive" in args.variants:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                times, _ = timed(lambda: naive(clip[0, :, :1].permute(1, 0, 2, 3), clip[:, :, 1:]), 1, max(3, args.repeats // 3))
+                naive_ms = statistics.median(times)
+                results.append(Result("naive per-pair loop, fp32 eager (torchvision)", size, chunk, naive_ms,
+                                      (min(times), max(times)), chunk / naive_ms * 1000, 1.0,
+                                      torch.cuda.max_memory_allocated() / 1e9, 0.0))
+            else:
+                naive_ms = None
+            variants: list[tuple[str, Callable[[], OpticalFlowTensorRTPreprocessor]]] = [
+                ("ours torch fp32 eager (reference)", ours(backend="torch", fp16=False, cuda_graphs=False)),
+                ("ours torch fp16 eager", ours(backend="torch", fp16=True, cuda_graphs=False)),
+                ("ours torch fp32 + CUDA graphs", ours(backend="torch", fp16=False, cuda_graphs=True)),
+                ("ours torch fp16 + CUDA graphs (default)", ours(backend="torch", fp16=True, cuda_graphs=True)),
+            ]
+            if "onnxruntime" in BACKENDS:
+                variants.append(("ours onnxruntime", ours(backend="onnxruntime", fp16=False)))
+            reference = None
+            for name, make in variants:
+                if args.variants is not None and not any(v in name for v in args.variants):
+                    continue
+                try:
+                    result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup, args.repeats)
+                except Exception as error:  # report and go on: one backend failing must not hide the others
+                    print(f"[{size} x{chunk}] {name}: FAILED {type(error).__name__}: {error}", flush=True)
+                    continue
+                if reference is None:
+                    reference = outputs
+                if naive_ms is not None:
+                    result.speedup_vs_naive = naive_ms / result.ms_per_chunk
+                results.append(result)
+                print(f"[{size} x{chunk}] {name}: {result.ms_per_chunk:.2f} ms, {result.frames_per_s:.0f} fps", flush=True)
+
+    environment = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "weights": weights_note,
+        "updates": UPDATES,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    table = render_markdown(results, environment)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps({"environment": environment,
+                                                            "results": [asdict(r) for r in results]}, indent=2))
+        (args.out / "results.md").write_text(table)
+
+
+def render_markdown(results: list[Result], environment: dict[str, object]) -> str:
+    lines = [f"{key}: {value}  " for key, value in environment.items()]
+    lines += ["", "| size | chunk | variant | ms/chunk | frames/s | x naive | peak GB | first call s | flow max/mean px | vis max/mean (/255) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        speedup = f"{r.speedup_vs_naive:.1f}" if r.speedup_vs_naive else "-"
+        flow = f"{r.flow_max_diff_px:.3f} / {r.flow_mean_diff_px:.4f}" if r.flow_max_diff_px is not None else "-"
+        vis = f"{r.vis_max_diff_255:.1f} / {r.vis_mean_diff_255:.2f}" if r.vis_max_diff_255 is not None else "-"
+        lines.append(f"| {r.size} | {r.chunk} | {r.variant} | {r.ms_per_chunk:.2f} | {r.frames_per_s:.0f} | {speedup} | "
+                     f"{r.peak_memory_gb:.2f} | {r.first_call_s:.1f} | {flow} | {vis} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,80 @@
+"""Where the GPU time goes in one RAFT Small call, and how model-level precision/layout choices compare.
+
+Prints (1) CUDA-graph replay times of :class:`RaftSequenceFlow` variants at one size and chunk, and (2) the
+top kernels of one eager fp16 call from torch.profiler. Usage on a GPU machine::
+
+    python benchmarks/profile_flow.py --size 512 --pairs 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench_flow import moving_texture  # noqa: E402  (same folder)
+from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
+from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.weights import load_raft_small
+
+
+def graph_ms(model: RaftSequenceFlow, frames: torch.Tensor, repeats: int = 20) -> float:
+    runner = CudaGraphRunner(model, frames.device)
+    with torch.inference_mode():
+        for _ in range(3):
+            runner(frames)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            runner(frames)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--pairs", type=int, default=16)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()
+    variants = {
+        "fp32": dict(compute_dtype=torch.float32),
+        "fp16, corr fp32": dict(compute_dtype=torch.float16),
+        "fp16, corr fp16": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
+        "fp16 channels_last, corr fp32": dict(compute_dtype=torch.float16, channels_last=True),
+        "bf16, corr fp32": dict(compute_dtype=torch.bfloat16),
+    }
+    reference = None
+    for name, options in variants.items():
+        raft, _ = load_raft_small(None)
+        model = RaftSequenceFlow(raft, 12, **options).to(device).eval()  # type: ignore[arg-type]
+        ms = graph_ms(model, frames)
+        with torch.inference_mode():
+            flow = model(frames).float()
+        if reference is None:
+            reference = flow
+        diff = (flow - reference).abs()
+        print(f"{name:32s} {ms:7.2f} ms/call  {ms / args.pairs:6.3f} ms/pair  "
+              f"flow diff vs fp32 max {diff.max().item():.3f} mean {diff.mean().item():.4f} px", flush=True)
+
+    raft, _ = load_raft_small(None)
+    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16).to(device).eval()
+    with torch.inference_mode():
+        for _ in range(3):
+            model(frames)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(frames)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90))
+
+
+if __name__ == "__main__":
+    main()
