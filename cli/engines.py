@@ -1,0 +1,182 @@
+"""``prebuild``, ``info`` and ``cache clear``: the engine cache and the environment, through the core's
+engine manager (``core.engine_manager``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+
+from .errors import CliError
+from .options import SizeType, weights_spec
+from .state import say
+
+PACKAGES = ("torch", "torchvision", "tensorrt", "onnx", "onnxruntime", "polygraphy", "av")
+
+
+def engine_manager() -> ModuleType:
+    """``core.engine_manager``, or a clear error if this installation has none."""
+    try:
+        from ..core import engine_manager as module
+    except ModuleNotFoundError as error:
+        if error.name and error.name.endswith("core.engine_manager"):
+            raise CliError(
+                "the engine manager (core/engine_manager.py) is not available in this installation, so ONNX "
+                "export, engine builds and the engine cache cannot be used; update the package."
+            ) from error
+        raise
+    return module
+
+
+@click.command("prebuild")
+@click.option("--size", "sizes", type=SizeType(), multiple=True, required=True,
+              help="Compute resolution HEIGHTxWIDTH to build for; repeat for several.")
+@click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
+@click.option("--updates", "num_flow_updates", type=click.IntRange(min=1), default=12, show_default=True,
+              help="RAFT refinement iterations baked into the graph.")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=None,
+              help="Largest frame-pair batch the engine accepts [default: by resolution].")
+@click.option("--weights", default="DEFAULT", show_default=True,
+              help="DEFAULT, C_T_V1, C_T_V2, a .pth path, or 'untrained'.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder [default: <models root>/optical-flow-tensorrt].")
+@click.option("--device", default="cuda", show_default=True, help="GPU to build for (engines are per GPU model).")
+@click.option("--onnx-only", is_flag=True, help="Only export the ONNX graph (works without TensorRT or a GPU).")
+def prebuild_command(
+    sizes: tuple[tuple[int, int], ...],
+    fp16: bool,
+    num_flow_updates: int,
+    max_pairs: int | None,
+    weights: str,
+    models_dir: Path | None,
+    device: str,
+    onnx_only: bool,
+) -> None:
+    """Export ONNX graphs and build TensorRT engines ahead of time, so the first run starts at once."""
+    manager = engine_manager()
+    for height, width in sizes:
+        arguments = dict(fp16=fp16, num_flow_updates=num_flow_updates, max_pairs=max_pairs,
+                         weights=weights_spec(weights), models_dir=models_dir, device=device)
+        if onnx_only:
+            path = manager.export_onnx_cached(height, width, **arguments)
+        else:
+            path = manager.prebuild_engine(height, width, **arguments)
+        say(f"{height}x{width}: {path}")
+
+
+@click.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder to list [default: <models root>/optical-flow-tensorrt].")
+def info_command(as_json: bool, models_dir: Path | None) -> None:
+    """GPUs, library versions, backends, weights status, models folder and cached engines."""
+    report = collect_info(models_dir)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"python      {report['python']} ({report['platform']})")
+    for name, version in report["packages"].items():
+        click.echo(f"{name:<12}{version or 'not installed'}")
+    gpus = report["gpus"]
+    click.echo("gpus        " + ("; ".join(f"{g['index']}: {g['name']} ({g['memory_gib']} GiB, sm_{g['capability']})"
+                                          for g in gpus) if gpus else f"none ({report['cuda_note']})"))
+    click.echo(f"backends    {', '.join(report['backends'])} (tensorrt installed: {report['tensorrt_available']})")
+    weights = report["weights"]
+    click.echo(f"weights     {weights['status']}")
+    click.echo(f"models dir  {report['models_dir']}")
+    engines = report["engines"]
+    if isinstance(engines, str):
+        click.echo(f"cache       {engines}")
+    elif not engines:
+        click.echo("cache       empty")
+    else:
+        click.echo(f"cache       {len(engines)} file(s), {sum(e.get('size_bytes', 0) for e in engines) / 2**20:.1f} MiB")
+        for entry in engines:
+            key = entry.get("key")
+            key_text = " ".join(f"{k}={v}" for k, v in key.items()) if isinstance(key, dict) else str(key)
+            click.echo(f"  {entry.get('kind', '?'):<5} {entry.get('size_bytes', 0) / 2**20:8.1f} MiB  "
+                       f"{entry.get('path')}  {key_text}")
+
+
+def collect_info(models_dir: Path | None = None) -> dict[str, Any]:
+    import torch
+
+    from ..core.backends import BACKENDS, tensorrt_available
+    from ..core.paths import plugin_models_dir
+
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append({"index": index, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                         "capability": f"{props.major}{props.minor}"})
+    cuda_note = "CUDA build, no GPU visible" if torch.version.cuda else "CPU-only PyTorch build"
+    try:
+        engines: list[dict[str, Any]] | str = [
+            {key: (str(value) if isinstance(value, Path) else value) for key, value in entry.items()}
+            for entry in engine_manager().list_cached_engines(models_dir)
+        ]
+    except CliError as error:
+        engines = str(error)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "torch_cuda": torch.version.cuda,
+        "gpus": gpus,
+        "cuda_note": cuda_note,
+        "backends": list(BACKENDS),
+        "tensorrt_available": tensorrt_available(),
+        "weights": weights_status(),
+        "models_dir": str(plugin_models_dir(models_dir)),
+        "engines": engines,
+    }
+
+
+def weights_status() -> dict[str, Any]:
+    """Which weights file ``weights="DEFAULT"`` would use, and whether it is on this machine."""
+    import os
+
+    import torch
+    from torchvision.models.optical_flow import Raft_Small_Weights
+
+    from ..core.weights import WEIGHTS_ENV
+
+    default = Raft_Small_Weights.DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+    env_path = os.environ.get(WEIGHTS_ENV)
+    if env_path:
+        exists = Path(env_path).expanduser().is_file()
+        status = f"${WEIGHTS_ENV}={env_path} ({'found' if exists else 'MISSING'})"
+        return {"source": "env", "path": env_path, "present": exists, "status": status}
+    present = cached.is_file()
+    status = (f"{default} cached at {cached}" if present else
+              f"{default} not cached; first use downloads {default.url} to {cached} (offline: put the file there "
+              f"or set ${WEIGHTS_ENV})")
+    return {"source": "torchvision", "path": str(cached), "present": present, "url": default.url, "status": status}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@click.group("cache")
+def cache_group() -> None:
+    """The ONNX/engine cache."""
+
+
+@cache_group.command("clear")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder [default: <models root>/optical-flow-tensorrt].")
+def cache_clear_command(models_dir: Path | None) -> None:
+    """Remove cached ONNX graphs and TensorRT engines (they are rebuilt on next use)."""
+    removed = engine_manager().clear_cache(models_dir)
+    say(f"removed {removed} cached file(s)")

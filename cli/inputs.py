@@ -1,0 +1,125 @@
+"""Reading frames in bounded chunks from a video file (PyAV), a folder of images or a glob (Pillow).
+
+Every source yields ``[F, H, W, 3]`` uint8 RGB numpy chunks of at most ``chunk_size`` frames, in order.
+Problems with the input become :class:`InputError` (exit code 3) naming the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_IMAGE_FPS = Fraction(30)
+
+
+@dataclass
+class FrameSource:
+    """Where frames come from: ``kind`` is ``"video"`` or ``"images"``; ``num_frames`` may be unknown (None)."""
+
+    path: str
+    kind: str
+    frame_rate: Fraction
+    num_frames: int | None
+    files: list[Path] | None = None  # image files, in order
+
+    def chunks(self, chunk_size: int) -> Iterator[np.ndarray]:
+        frames = self._video_frames() if self.kind == "video" else self._image_frames()
+        shape: tuple[int, ...] | None = None
+        batch: list[np.ndarray] = []
+        for index, frame in enumerate(frames):
+            if shape is None:
+                shape = frame.shape
+            elif frame.shape != shape:
+                raise InputError(
+                    f"{self.path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but earlier frames are "
+                    f"{shape[1]}x{shape[0]}; all frames must have one size (resize them first)."
+                )
+            batch.append(frame)
+            if len(batch) == chunk_size:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
+        if shape is None:
+            what = "video" if self.kind == "video" else "image sequence"
+            raise InputError(f"{self.path}: the {what} has no frames; give a video or images with at least one frame.")
+
+    def _video_frames(self) -> Iterator[np.ndarray]:
+        import av
+
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, OSError) as error:
+            raise InputError(f"cannot decode video {self.path}: {error}") from error
+
+    def _image_frames(self) -> Iterator[np.ndarray]:
+        from PIL import Image, UnidentifiedImageError
+
+        for path in self.files or []:
+            try:
+                with Image.open(path) as image:
+                    yield np.asarray(image.convert("RGB"))
+            except (UnidentifiedImageError, OSError, ValueError) as error:
+                raise InputError(f"cannot read image {path}: {error}") from error
+
+
+def open_input(spec: str, fps: float | None = None) -> FrameSource:
+    """A video file, a folder of images (sorted by name, numbers in natural order) or a glob pattern."""
+    rate = Fraction(fps).limit_denominator(1001) if fps is not None else None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}; give a folder of frames, "
+                             "a glob such as 'frames/*.png' or a video file.")
+        return _images(spec, files, rate)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return _images(spec, [path], rate)
+        return _video(path, rate)
+    if any(char in spec for char in "*?["):
+        files = [Path(p) for p in glob.glob(str(path)) if Path(p).is_file()]
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise InputError(f"the pattern {spec!r} matches no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        return _images(spec, files, rate)
+    raise InputError(f"input not found: {spec} (give a video file, a folder of images or a glob like 'frames/*.png').")
+
+
+def _images(spec: str, files: list[Path], rate: Fraction | None) -> FrameSource:
+    files = sorted(files, key=_natural_key)
+    return FrameSource(spec, "images", rate or DEFAULT_IMAGE_FPS, len(files), files)
+
+
+def _video(path: Path, rate: Fraction | None) -> FrameSource:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream; give a video file, a folder of images or a glob.")
+            stream = container.streams.video[0]
+            source_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            frames = stream.frames or None  # container metadata; 0 means unknown
+    except (av.error.FFmpegError, OSError) as error:
+        raise InputError(f"cannot read {path} as a video: {error}") from error
+    if rate is None:
+        rate = Fraction(source_rate) if source_rate else DEFAULT_IMAGE_FPS
+    return FrameSource(str(path), "video", rate, frames)
+
+
+def _natural_key(path: Path) -> list[object]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]

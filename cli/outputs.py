@@ -1,0 +1,288 @@
+"""Writing results atomically: every output is written under a temporary name beside its destination and
+moved into place only when the whole run succeeded, so a failure leaves no half-written file or folder.
+
+Writers: flow-visualization video (PyAV), PNG folder (Pillow), raw flow as one ``.npy`` array, per-frame
+``.npy`` files, or Middlebury ``.flo`` files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from .errors import OutputError
+
+VIDEO_CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
+                ".webm": "libvpx-vp9", ".avi": "mpeg4"}
+FLO_MAGIC = 202021.25
+
+
+def is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_CODECS
+
+
+class StagedPath:
+    """A file or folder written at ``temporary`` and moved to ``destination`` by :meth:`commit`."""
+
+    def __init__(self, destination: Path, *, folder: bool, overwrite: bool) -> None:
+        self.destination = destination.expanduser().absolute()
+        self.folder = folder
+        if self.destination.exists() and not overwrite:
+            raise OutputError(f"output {destination} already exists; pass --overwrite to replace it.")
+        if self.destination.exists() and self.destination.is_dir() != folder:
+            kind = "a folder" if self.destination.is_dir() else "a file"
+            raise OutputError(f"output {destination} is {kind}; choose another path.")
+        parent = self.destination.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create the output folder {parent}: {error.strerror or error}") from error
+        token = f"partial-{os.getpid()}-{secrets.token_hex(3)}"
+        name = self.destination.name
+        # The real suffix stays last, so encoders that pick a format by extension still do.
+        suffix = "" if folder else self.destination.suffix
+        self.temporary = parent / f".{name}.{token}{suffix}"
+        try:
+            if folder:
+                self.temporary.mkdir()
+            else:
+                self.temporary.touch(exist_ok=False)
+        except OSError as error:
+            raise OutputError(f"cannot write to {parent}: {error.strerror or error}") from error
+
+    def commit(self) -> None:
+        try:
+            if self.folder and self.destination.exists():
+                old = self.destination.with_name(f".{self.destination.name}.old-{secrets.token_hex(3)}")
+                self.destination.rename(old)
+                self.temporary.rename(self.destination)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.temporary, self.destination)
+        except OSError as error:
+            raise OutputError(f"cannot move the finished output into place at {self.destination}: {error}") from error
+
+    def discard(self) -> None:
+        if self.folder:
+            shutil.rmtree(self.temporary, ignore_errors=True)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+class StagedOutputs:
+    """Context manager: outputs added inside are committed together on success and discarded on any error."""
+
+    def __init__(self, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self._staged: list[StagedPath] = []
+
+    def add(self, destination: Path, *, folder: bool) -> Path:
+        """Stage ``destination``; returns the temporary path to write to."""
+        for staged in self._staged:
+            if staged.destination == destination.expanduser().absolute():
+                raise OutputError(f"{destination} is given as two different outputs; give each its own path.")
+        staged = StagedPath(destination, folder=folder, overwrite=self.overwrite)
+        self._staged.append(staged)
+        return staged.temporary
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            for staged in self._staged:
+                staged.commit()
+        else:
+            for staged in self._staged:
+                staged.discard()
+
+
+class VideoWriter:
+    """Encodes ``[F, H, W, 3]`` uint8 chunks to a video; the stream opens on the first chunk (size known)."""
+
+    def __init__(self, path: Path, frame_rate: Fraction, codec: str | None = None) -> None:
+        self.path = path
+        self.frame_rate = frame_rate
+        self.codec = codec or _default_codec(path)
+        self._container = None
+        self._stream = None
+        self.frames_written = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        import av
+
+        try:
+            if self._container is None:
+                self._open(frames.shape[2], frames.shape[1])
+            for frame_array in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_array), format="rgb24")
+                frame.pts = self.frames_written
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_written += 1
+        except av.error.FFmpegError as error:
+            raise OutputError(f"cannot encode video {self.path} with codec {self.codec}: {error}") from error
+
+    def close(self) -> None:
+        import av
+
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except av.error.FFmpegError as error:
+            raise OutputError(f"cannot finish video {self.path}: {error}") from error
+        finally:
+            self._container.close()
+            self._container = None
+
+    def abort(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the file is discarded anyway
+                pass
+            self._container = None
+
+    def _open(self, width: int, height: int) -> None:
+        import av
+
+        self._container = av.open(str(self.path), mode="w")
+        try:
+            stream = self._container.add_stream(self.codec, rate=self.frame_rate)
+        except (av.error.FFmpegError, ValueError) as error:
+            raise OutputError(
+                f"codec {self.codec!r} is not available for {self.path.suffix or 'this'} output ({error}); "
+                "pick another with --codec (e.g. libx264, mpeg4) or another file extension."
+            ) from error
+        stream.width = width
+        stream.height = height
+        stream.time_base = Fraction(1) / self.frame_rate
+        # yuv420p needs even sizes; odd frames keep full chroma instead of being cropped.
+        even = width % 2 == 0 and height % 2 == 0
+        stream.pix_fmt = "yuv420p" if even or self.codec == "mpeg4" else "yuv444p"
+        if self.codec == "libx264":
+            stream.options = {"crf": "18", "preset": "medium"}
+        elif self.codec == "mpeg4":
+            stream.options = {"qscale": "3"}
+        self._stream = stream
+
+
+def _default_codec(path: Path) -> str:
+    import av
+
+    codec = VIDEO_CODECS.get(path.suffix.lower(), "libx264")
+    return codec if codec in av.codec.codecs_available else "mpeg4"
+
+
+class PngFolderWriter:
+    """Numbered PNGs ``frame_000000.png`` ... in a folder."""
+
+    def __init__(self, folder: Path, prefix: str = "frame") -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self.frames_written = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        from PIL import Image
+
+        for frame in frames:
+            path = self.folder / f"{self.prefix}_{self.frames_written:06d}.png"
+            try:
+                Image.fromarray(frame).save(path, compress_level=3)
+            except OSError as error:
+                raise OutputError(f"cannot write {path}: {error}") from error
+            self.frames_written += 1
+
+
+class NpyArrayWriter:
+    """One ``.npy`` array ``[F, 2, H, W]`` float32 written chunk by chunk; the frame count goes into the header
+    at the end (the header is reserved at full length up front and padded with spaces, as numpy itself pads)."""
+
+    HEADER_BYTES = 128
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = path.open("wb")
+        self._handle.write(b"\0" * self.HEADER_BYTES)
+        self._frame_shape: tuple[int, ...] | None = None
+        self.frames_written = 0
+
+    def write(self, flow: np.ndarray) -> None:
+        if self._frame_shape is None:
+            self._frame_shape = flow.shape[1:]
+        self._handle.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
+        self.frames_written += flow.shape[0]
+
+    def close(self) -> None:
+        shape = (self.frames_written, *(self._frame_shape or (2, 0, 0)))
+        self._handle.seek(0)
+        self._handle.write(npy_header(shape, "<f4", self.HEADER_BYTES))
+        self._handle.close()
+
+    def abort(self) -> None:
+        self._handle.close()
+
+
+def npy_header(shape: tuple[int, ...], descr: str, total_bytes: int) -> bytes:
+    """An ``.npy`` version 1.0 header of exactly ``total_bytes`` (a multiple of 64) for a C-order array."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    prefix_bytes = 10  # magic (6) + version (2) + header length (2)
+    padding = total_bytes - prefix_bytes - len(text) - 1
+    if padding < 0 or total_bytes % 64:
+        raise ValueError(f"npy header for shape {shape} does not fit in {total_bytes} bytes")
+    body = (text + " " * padding + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+
+
+class NpyFolderWriter:
+    """One ``[2, H, W]`` float32 ``.npy`` per frame: ``flow_000000.npy`` ..."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.frames_written = 0
+
+    def write(self, flow: np.ndarray) -> None:
+        for frame_flow in flow:
+            np.save(self.folder / f"flow_{self.frames_written:06d}.npy", frame_flow.astype(np.float32))
+            self.frames_written += 1
+
+
+class FloFolderWriter:
+    """Middlebury ``.flo`` per frame: float32 202021.25, int32 width, int32 height, then u, v interleaved."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.frames_written = 0
+
+    def write(self, flow: np.ndarray) -> None:
+        for frame_flow in flow:
+            write_flo(self.folder / f"flow_{self.frames_written:06d}.flo", frame_flow)
+            self.frames_written += 1
+
+
+def write_flo(path: Path, flow: np.ndarray) -> None:
+    """Write ``[2, H, W]`` flow (u, v in pixels) as a Middlebury ``.flo`` file."""
+    _, height, width = flow.shape
+    with path.open("wb") as handle:
+        np.array([FLO_MAGIC], dtype="<f4").tofile(handle)
+        np.array([width, height], dtype="<i4").tofile(handle)
+        np.ascontiguousarray(flow.transpose(1, 2, 0), dtype="<f4").tofile(handle)
+
+
+def read_flo(path: Path) -> np.ndarray:
+    """Read a Middlebury ``.flo`` file as ``[2, H, W]`` float32."""
+    with path.open("rb") as handle:
+        magic = np.fromfile(handle, "<f4", 1)
+        if magic.size != 1 or magic[0] != FLO_MAGIC:
+            raise ValueError(f"{path} is not a Middlebury .flo file (bad magic number)")
+        width, height = np.fromfile(handle, "<i4", 2)
+        data = np.fromfile(handle, "<f4", int(width) * int(height) * 2)
+    return data.reshape(int(height), int(width), 2).transpose(2, 0, 1)

@@ -1,0 +1,63 @@
+"""Process-wide output settings (verbose, quiet), logging to stderr, progress bars and result lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+PROG_NAME = "scope-optical-flow"
+
+
+class Settings:
+    verbose = False
+    quiet = False
+
+
+settings = Settings()
+
+
+def set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """Eager option callback: ``--verbose`` anywhere on the line turns on tracebacks and info logs."""
+    if value:
+        settings.verbose = True
+        configure_logging()
+
+
+def set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        settings.quiet = True
+        configure_logging()
+
+
+def configure_logging() -> None:
+    """The package's log (fallback warnings, untrained weights, backend choice) goes to stderr, one line each."""
+    logger = logging.getLogger("scope_optical_flow_tensorrt")
+    if not any(getattr(handler, "_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG_NAME}: %(levelname)s: %(message)s"))
+        handler._cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if settings.verbose else logging.ERROR if settings.quiet else logging.WARNING)
+
+
+def say(message: str) -> None:
+    """A result line on stdout (suppressed by --quiet)."""
+    if not settings.quiet:
+        click.echo(message)
+
+
+def notice(message: str) -> None:
+    """A line for the user on stderr (even with --quiet: used for things they must not miss)."""
+    click.echo(message, err=True)
+
+
+def progress_bar(total: int | None, **kwargs: Any) -> Any:
+    """tqdm on stderr: frames done, frames/s and time left; off with --quiet or when stderr is no terminal."""
+    from tqdm import tqdm
+
+    disable = True if settings.quiet else None  # None: tqdm turns itself off on a non-terminal
+    return tqdm(total=total, disable=disable, dynamic_ncols=True, file=sys.stderr, **kwargs)
