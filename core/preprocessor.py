@@ -48,7 +48,8 @@ class OpticalFlowTensorRTPreprocessor:
         normalization: ``"per_frame"`` (each frame scaled by its own largest motion, torchvision's look),
             ``"fixed"`` (``max_flow`` pixels is full saturation) or ``"running"`` (running maximum that decays
             by ``decay`` per frame: no colour flicker in video).
-        backend: ``"auto"`` (TensorRT when available on CUDA, else PyTorch) or ``"torch"``.
+        backend: ``"auto"`` (TensorRT when available on CUDA, else PyTorch), ``"torch"``, ``"tensorrt"`` or
+            ``"onnxruntime"`` (the exported ONNX graph; for checks and CPU-only machines).
         weights: ``"DEFAULT"``, a ``Raft_Small_Weights`` name, a local ``.pth`` path, or ``None`` (untrained,
             seeded). ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` overrides ``"DEFAULT"``.
         layout: default input layout (``"BCFHW"``, ``"CFHW"``, ``"FHWC"``, ``"FCHW"``); ``None`` infers it.
@@ -144,6 +145,7 @@ class OpticalFlowTensorRTPreprocessor:
                 num_flow_updates=self.num_flow_updates,
                 max_pairs=self.max_batch_pairs,
                 cuda_graphs=self.cuda_graphs,
+                models_dir=self.models_dir,
             )
             self._backend = create_backend(self.backend_name, config, self.weights_spec)
             logger.info(

@@ -2,51 +2,95 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 
 from ..log import log_once
+from ..trt_build import TENSORRT_INSTALL_HINT
 from ..weights import WeightsSpec
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
 
-BACKENDS: tuple[str, ...] = ("auto", "torch")
-TENSORRT_INSTALL_HINT = (
-    "pip install tensorrt (from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
-    "tensorrt), or pip install 'scope-optical-flow-tensorrt[tensorrt]'"
-)
+BACKENDS: tuple[str, ...] = ("auto", "torch", "tensorrt", "onnxruntime")
 
 
+@functools.cache
 def tensorrt_available() -> bool:
-    """Whether the ``tensorrt`` Python package can be imported (checked without importing it)."""
-    return importlib.util.find_spec("tensorrt") is not None
+    """Whether ``import tensorrt`` works (tried once per process; a broken install counts as missing)."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def choose_backend(requested: str, device: torch.device) -> str:
-    """Resolve ``backend=`` to a concrete backend name, logging once why ``auto`` chose what it chose."""
+    """Resolve ``backend=`` to a concrete backend name, logging once why ``auto`` chose what it chose.
+
+    ``"tensorrt"`` without TensorRT or without a CUDA device, and ``"onnxruntime"`` without onnxruntime, raise
+    a ``RuntimeError`` here (at construction), saying what to install.
+    """
     if requested not in BACKENDS:
         raise ValueError(f"backend={requested!r} is not supported; use one of {', '.join(BACKENDS)}.")
+    if requested == "tensorrt":
+        if not tensorrt_available():
+            raise RuntimeError(
+                f"backend='tensorrt' but TensorRT is not installed (import tensorrt failed). Install it with: "
+                f"{TENSORRT_INSTALL_HINT}; or use backend='auto' or 'torch'."
+            )
+        if device.type != "cuda":
+            raise RuntimeError(
+                f"backend='tensorrt' needs a CUDA GPU, but the device is {device}. Use device='cuda' on a machine "
+                "with an NVIDIA GPU, or backend='torch'."
+            )
+        return requested
+    if requested == "onnxruntime":
+        from .onnxruntime_backend import import_onnxruntime
+
+        import_onnxruntime()
+        return requested
     if requested != "auto":
         return requested
     if device.type != "cuda":
         log_once("backend-auto-cpu", "optical flow backend: torch (running on the CPU; TensorRT needs CUDA).", 20)
         return "torch"
-    reason = (
-        "TensorRT is not installed" if not tensorrt_available() else "this version has no TensorRT backend yet"
-    )
+    if tensorrt_available():
+        log_once(
+            "backend-auto-tensorrt",
+            "optical flow backend: tensorrt. The first use at a new size builds an engine (minutes), cached after.",
+            20,
+        )
+        return "tensorrt"
     log_once(
         "backend-auto-torch",
-        f"optical flow backend: torch, because {reason}. For the faster TensorRT path: {TENSORRT_INSTALL_HINT}.",
+        f"optical flow backend: torch, because TensorRT is not installed. For the faster TensorRT path: "
+        f"{TENSORRT_INSTALL_HINT}.",
     )
     return "torch"
 
 
 def create_backend(name: str, config: BackendConfig, weights: WeightsSpec) -> FlowBackend:
-    """Build the named backend (loads weights; the expensive step the preprocessor defers to first use)."""
+    """Build the named backend (loads weights or engines; the expensive step the preprocessor defers to first use)."""
     if name == "torch":
         return TorchFlowBackend(config, weights)
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTFlowBackend
+
+        return TensorRTFlowBackend(config, weights)
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeFlowBackend
+
+        return OnnxRuntimeFlowBackend(config, weights)
     raise ValueError(f"backend={name!r} is not supported; use one of {', '.join(BACKENDS)}.")
 
 
-__all__ = ["BACKENDS", "BackendConfig", "FlowBackend", "choose_backend", "create_backend", "tensorrt_available"]
+__all__ = [
+    "BACKENDS",
+    "TENSORRT_INSTALL_HINT",
+    "BackendConfig",
+    "FlowBackend",
+    "choose_backend",
+    "create_backend",
+    "tensorrt_available",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,3 +34,4 @@ class BackendConfig:
     num_flow_updates: int
     max_pairs: int
     cuda_graphs: bool = True  # replay the forward pass from CUDA graphs where the backend supports it
+    models_dir: str | os.PathLike[str] | None = None  # ONNX/engine cache folder (None: the default one)

@@ -1,0 +1,92 @@
+"""The TensorRT backend: a cached engine (built on first use), run on torch's current CUDA stream.
+
+The engine is deserialized once and run through one execution context. Input and output are torch tensors
+on the preprocessor's device, bound by address (``set_tensor_address``); ``set_input_shape`` and the output
+buffer change only when the number of frames changes; ``execute_async_v3`` is queued on
+``torch.cuda.current_stream()``, so nothing waits for the GPU (no host synchronization in ``flow``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..engine_manager import EngineSpec, load_engine
+from ..onnx_export import INPUT_NAME, OUTPUT_NAME
+from ..paths import plugin_models_dir
+from ..trt_build import build_target, import_tensorrt, tensorrt_logger
+from ..weights import WeightsInfo, WeightsSpec
+from .base import BackendConfig
+
+
+class TensorRTFlowBackend:
+    """RAFT Small through a TensorRT engine cached per size, settings and GPU (see ``core.engine_manager``)."""
+
+    name = "tensorrt"
+
+    def __init__(self, config: BackendConfig, weights: WeightsSpec) -> None:
+        trt = import_tensorrt()
+        target = build_target(config.device)  # raises without CUDA
+        self.config = config
+        self.device = config.device
+        self.max_pairs = config.max_pairs
+        spec = EngineSpec(config.height, config.width, config.fp16, config.num_flow_updates, config.max_pairs)
+        # TensorRT keeps references to the logger and runtime; they must outlive the engine.
+        self._trt_logger = tensorrt_logger(trt)
+        self._runtime = trt.Runtime(self._trt_logger)
+        with torch.cuda.device(self.device):
+            self.engine, self.engine_path, self.weights_info = load_engine(
+                plugin_models_dir(config.models_dir), spec, weights, target, self._runtime.deserialize_cuda_engine
+            )
+            self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {self.engine_path} (out of GPU memory?).")
+        self._check_io(trt)
+        self._frames: int | None = None  # number of frames the context's input shape is set for
+        self._output: Tensor | None = None
+
+    @property
+    def weights(self) -> WeightsInfo:
+        return self.weights_info
+
+    def flow(self, frames: Tensor) -> Tensor:
+        num_frames = frames.shape[0]
+        if not 2 <= num_frames <= self.max_pairs + 1:
+            raise ValueError(f"the TensorRT engine takes 2 to {self.max_pairs + 1} frames per call, got {num_frames}.")
+        frames = frames.to(device=self.device, dtype=torch.float32).contiguous()
+        if num_frames != self._frames:
+            self._resize(num_frames)
+        assert self._output is not None
+        if not self.context.set_tensor_address(INPUT_NAME, frames.data_ptr()):
+            raise RuntimeError("TensorRT rejected the input tensor address.")
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run the engine {self.engine_path} (see the TensorRT log).")
+        # The output buffer is reused by the next call, and callers keep several results (one per window)
+        # before concatenating them: hand out a copy (queued on the same stream, no synchronization).
+        return self._output.clone()
+
+    def _resize(self, num_frames: int) -> None:
+        """Set the input shape for ``num_frames`` and (re)allocate and bind the output buffer."""
+        shape = (num_frames, 3, self.config.height, self.config.width)
+        if not self.context.set_input_shape(INPUT_NAME, shape):
+            raise RuntimeError(f"TensorRT rejected input shape {shape} (engine profile: 2 to {self.max_pairs + 1} frames).")
+        output_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
+        self._output = torch.empty(output_shape, dtype=torch.float32, device=self.device)
+        if not self.context.set_tensor_address(OUTPUT_NAME, self._output.data_ptr()):
+            raise RuntimeError("TensorRT rejected the output tensor address.")
+        self._frames = num_frames
+
+    def _check_io(self, trt: Any) -> None:
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        modes = {name: self.engine.get_tensor_mode(name) for name in names}
+        if modes.get(INPUT_NAME) != trt.TensorIOMode.INPUT or modes.get(OUTPUT_NAME) != trt.TensorIOMode.OUTPUT:
+            raise RuntimeError(
+                f"{self.engine_path} has tensors {names}, expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}; "
+                "delete it (or run clear_cache()) to rebuild."
+            )
+        for name in (INPUT_NAME, OUTPUT_NAME):
+            if self.engine.get_tensor_dtype(name) != trt.float32:
+                raise RuntimeError(f"{self.engine_path}: tensor {name!r} is not float32; delete it to rebuild.")

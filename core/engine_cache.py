@@ -1,0 +1,231 @@
+"""A small on-disk cache of build artifacts (ONNX graphs, TensorRT engines) with a JSON sidecar per file.
+
+Every artifact ``<name>`` has a sidecar ``<name>.json`` holding the key it was built for, its size and
+sha256. An artifact is used only if its sidecar exists, its key equals the wanted key and size and sha256
+match the file; anything else (missing, stale, truncated, corrupt) is rebuilt. Writes are atomic: the
+artifact is built into a temporary file in the same folder, then ``os.replace``-d into place; the old
+sidecar is removed first and the new one written last, so a crash in between leaves an artifact without a
+sidecar, which counts as stale. One inter-process lock per cache folder (``filelock``) serializes checks,
+builds, loads and clearing, so two processes that need the same engine build it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .log import logger
+
+SIDECAR_SUFFIX = ".json"
+LOCK_NAME = ".raft_small.lock"
+TEMP_MARKER = ".tmp-"
+ARTIFACT_PREFIX = "raft_small_"
+ARTIFACT_SUFFIXES = (".onnx", ".trt")
+# A first TensorRT build takes minutes; a process waiting for another one's build waits this long at most.
+LOCK_TIMEOUT_S = 3600.0
+LOCK_NOTICE_S = 2.0
+
+_locks: dict[str, FileLock] = {}
+_locks_guard = threading.Lock()
+
+
+class ArtifactBuildError(RuntimeError):
+    """A build function did not produce a usable file."""
+
+
+def sanitize_gpu_name(name: str) -> str:
+    """A GPU name made safe for file names: ``"NVIDIA GeForce RTX 4090"`` -> ``"NVIDIA_GeForce_RTX_4090"``.
+
+    Anything but letters, digits, ``.``, ``-`` and ``_`` (path separators, spaces, colons, ...) becomes ``_``.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)[:64].strip("._-")
+    return cleaned or "gpu"
+
+
+def key_hash(fields: dict[str, Any]) -> str:
+    """Short stable hash of key fields (8 hex digits), used in file names."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (never a partial file)."""
+    temp = _temp_path(path)
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar of artifact ``path`` as a dict, or ``None`` if missing or unreadable."""
+    try:
+        data = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cache_lock(directory: Path) -> FileLock:
+    """The inter-process lock of a cache folder (one object per folder in this process, so it nests)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_path = str((directory / LOCK_NAME).resolve())
+    with _locks_guard:
+        if lock_path not in _locks:
+            _locks[lock_path] = FileLock(lock_path)
+        return _locks[lock_path]
+
+
+@contextmanager
+def locked(directory: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the folder's lock; say so in the log if another process holds it (it may be building)."""
+    lock = cache_lock(directory)
+    try:
+        lock.acquire(timeout=LOCK_NOTICE_S)
+    except Timeout:
+        logger.info("waiting for another process using the engine cache %s (it may be building an engine)", directory)
+        try:
+            lock.acquire(timeout=max(0.0, timeout - LOCK_NOTICE_S))
+        except Timeout as error:
+            raise RuntimeError(
+                f"timed out after {timeout:.0f} s waiting for the engine cache lock {lock.lock_file}. If no other "
+                "process is building an engine, delete that lock file and try again."
+            ) from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_artifact(path: Path, key: dict[str, Any]) -> str | None:
+    """Why ``path`` cannot be used for ``key`` (a short reason), or ``None`` when it is valid."""
+    if not path.is_file():
+        return "not built yet"
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        return f"its metadata {sidecar_path(path).name} is missing or unreadable"
+    stored = sidecar.get("key")
+    if stored != key:
+        changed = sorted(name for name in set(key) | set(stored or {}) if (stored or {}).get(name) != key.get(name))
+        return f"it was built for other settings (changed: {', '.join(changed)})"
+    size = path.stat().st_size
+    if size != sidecar.get("size_bytes"):
+        return f"its size is {size} bytes, not the {sidecar.get('size_bytes')} recorded (truncated or replaced)"
+    if file_sha256(path) != sidecar.get("sha256"):
+        return "its sha256 does not match the recorded one (corrupt)"
+    return None
+
+
+def build_artifact(
+    path: Path, key: dict[str, Any], build: Callable[[Path], None], info: dict[str, Any] | None = None
+) -> Path:
+    """Run ``build(temp_path)`` and move the result to ``path`` with a fresh sidecar (atomic; caller holds the lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    sidecar_path(path).unlink(missing_ok=True)
+    started = time.monotonic()
+    try:
+        build(temp)
+        if not temp.is_file() or temp.stat().st_size == 0:
+            raise ArtifactBuildError(f"building {path.name} produced no file (or an empty one)")
+        size, sha256 = temp.stat().st_size, file_sha256(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    sidecar = {
+        "key": key,
+        "info": dict(info or {}),
+        "size_bytes": size,
+        "sha256": sha256,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 3),
+    }
+    atomic_write_bytes(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True).encode())
+    return path
+
+
+def ensure_artifact(
+    path: Path,
+    key: dict[str, Any],
+    build: Callable[[Path], None],
+    *,
+    info: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+    label: str = "artifact",
+) -> Path:
+    """``path`` valid for ``key``, building it first if it is missing, stale or corrupt (takes the lock)."""
+    with locked(path.parent):
+        reason = check_artifact(path, key)
+        if reason is None:
+            logger.debug("using cached %s %s", label, path)
+            return path
+        if path.exists() or sidecar_path(path).exists():
+            logger.warning("rebuilding %s %s: %s", label, path.name, reason)
+        extra = info() if callable(info) else info
+        return build_artifact(path, key, build, extra)
+
+
+def invalidate(path: Path, reason: str) -> None:
+    """Remove an artifact found unusable after it passed :func:`check_artifact` (e.g. it failed to load)."""
+    logger.warning("discarding %s: %s; it will be rebuilt", path, reason)
+    sidecar_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def cached_files(directory: Path) -> list[Path]:
+    """Artifacts in ``directory`` (``raft_small_*.onnx`` / ``.trt``), sorted by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        child for child in directory.iterdir()
+        if child.is_file() and child.name.startswith(ARTIFACT_PREFIX) and child.suffix in ARTIFACT_SUFFIXES
+    )
+
+
+def clear_directory(directory: Path) -> int:
+    """Remove every artifact, sidecar and leftover temporary file in ``directory`` under the lock; returns the count."""
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    with locked(directory):
+        for child in sorted(directory.iterdir()):
+            name = child.name
+            ours = name.startswith(ARTIFACT_PREFIX) and (
+                child.suffix in ARTIFACT_SUFFIXES
+                or name.endswith(tuple(suffix + SIDECAR_SUFFIX for suffix in ARTIFACT_SUFFIXES))
+                or TEMP_MARKER in name
+            )
+            if ours and child.is_file():
+                child.unlink()
+                removed += 1
+    return removed
+
+
+def _temp_path(path: Path) -> Path:
+    # Same folder as the target (os.replace must not cross file systems); unique per process and thread.
+    return path.with_name(f"{path.name}{TEMP_MARKER}{os.getpid()}-{threading.get_ident()}")

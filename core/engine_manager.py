@@ -1,0 +1,316 @@
+"""The ONNX/TensorRT engine cache of RAFT Small: names, keys, export, build, load, listing and clearing.
+
+Files live in ``core.paths.plugin_models_dir(models_dir)``:
+
+- ``raft_small_{H}x{W}-{hash}.onnx``: the fp32 graph (dynamic frame axis), ``hash`` over the settings that
+  change it (size, flow updates, weights identity, opset);
+- ``raft_small_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), ``hash`` over
+  precision, flow updates, weights identity and the frame profile;
+- ``<file>.json`` next to each: the full key, size, sha256 and build information.
+
+The hash keeps differently configured files of one size side by side (switching settings never rebuilds
+what was built before). Environment fields (TensorRT version, compute capability, package version, the
+ONNX file's sha256, workspace) are in the key but not the hash: when they change, the file is rebuilt in
+place rather than accumulating stale copies. See :mod:`core.engine_cache` for validation, atomic writes and
+locking.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .engine_cache import (
+    cached_files,
+    check_artifact,
+    clear_directory,
+    ensure_artifact,
+    invalidate,
+    key_hash,
+    locked,
+    read_sidecar,
+    sanitize_gpu_name,
+)
+from .log import logger
+from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
+from .paths import plugin_models_dir
+from .preprocessor import _check_compute_size, default_max_pairs
+from .raft import RaftSequenceFlow
+from .trt_build import TENSORRT_INSTALL_HINT, BuildTarget, build_engine_bytes, build_target, import_tensorrt
+from .weights import WeightsInfo, WeightsSpec, load_raft_small
+
+CACHE_FORMAT = 1
+PACKAGE_NAME = "scope-optical-flow-tensorrt"
+
+Engine = TypeVar("Engine")
+# (onnx_path, engine_path_being_written, spec, target) -> None: writes a serialized engine to the path.
+EngineBuilder = Callable[[Path, Path, "EngineSpec", BuildTarget], None]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is for: compute size, precision, flow updates, frames per call."""
+
+    height: int
+    width: int
+    fp16: bool = True
+    num_flow_updates: int = 12
+    max_pairs: int = 1
+
+    @property
+    def max_frames(self) -> int:
+        return self.max_pairs + 1
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(PACKAGE_NAME)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- keys and names -----------------------------------------------------------------------------------
+
+
+def onnx_key(height: int, width: int, num_flow_updates: int, weights_identity: str) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "kind": "onnx",
+        "height": height,
+        "width": width,
+        "num_flow_updates": num_flow_updates,
+        "weights": weights_identity,
+        "opset": ONNX_OPSET,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "package_version": package_version(),
+    }
+
+
+def engine_key(spec: EngineSpec, weights_identity: str, target: BuildTarget, onnx_sha256: str) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "kind": "tensorrt",
+        "height": spec.height,
+        "width": spec.width,
+        "num_flow_updates": spec.num_flow_updates,
+        "weights": weights_identity,
+        "precision": "fp16" if spec.fp16 else "fp32",
+        "profile_frames": [2, spec.max_frames, spec.max_frames],  # min / opt / max frames per call
+        "gpu_name": target.gpu_name,
+        "compute_capability": target.compute_capability,
+        "tensorrt_version": target.tensorrt_version,
+        "workspace_bytes": target.workspace_bytes,
+        "onnx_sha256": onnx_sha256,
+        "package_version": package_version(),
+    }
+
+
+_ONNX_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "opset")
+_ENGINE_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "precision", "profile_frames")
+
+
+def onnx_path(directory: Path, key: dict[str, Any]) -> Path:
+    digest = key_hash({name: key[name] for name in _ONNX_NAME_FIELDS})
+    return directory / f"raft_small_{key['height']}x{key['width']}-{digest}.onnx"
+
+
+def engine_path(directory: Path, key: dict[str, Any]) -> Path:
+    digest = key_hash({name: key[name] for name in _ENGINE_NAME_FIELDS})
+    gpu = sanitize_gpu_name(key["gpu_name"])
+    return directory / f"raft_small_{key['height']}x{key['width']}_{gpu}-{digest}.trt"
+
+
+# -- ONNX -----------------------------------------------------------------------------------------------
+
+
+def ensure_onnx(
+    directory: Path, height: int, width: int, num_flow_updates: int, weights: WeightsSpec
+) -> tuple[Path, WeightsInfo]:
+    """The cached ONNX graph for these settings, exported first if missing or stale."""
+    _check_compute_size(height, width)
+    raft, info = load_raft_small(weights)
+    key = onnx_key(height, width, num_flow_updates, info.identity)
+    path = onnx_path(directory, key)
+    exporter = resolve_exporter()
+
+    def export(temp: Path) -> None:
+        logger.info("exporting RAFT Small to ONNX (%dx%d, %d flow updates, %s exporter)", height, width,
+                    num_flow_updates, exporter)
+        model = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=torch.float32)
+        export_raft_onnx(model, temp, height, width, exporter=exporter)
+
+    extra = {"exporter": exporter, "torch_version": torch.__version__, "weights_description": info.description}
+    ensure_artifact(path, key, export, info=extra, label="ONNX graph")
+    return path, info
+
+
+def export_onnx_cached(
+    height: int,
+    width: int,
+    *,
+    num_flow_updates: int = 12,
+    max_pairs: int | None = None,
+    weights: WeightsSpec = "DEFAULT",
+    models_dir: str | os.PathLike[str] | None = None,
+    fp16: bool | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Path of the cached ONNX graph for ``height`` x ``width`` (exported now if needed; no TensorRT needed).
+
+    ``max_pairs``, ``fp16`` and ``device`` are accepted so callers can pass :func:`prebuild_engine`'s
+    arguments unchanged; they do not change the graph (fp32, dynamic frame axis, exported on the CPU).
+    """
+    _check_positive("num_flow_updates", num_flow_updates)
+    if max_pairs is not None:
+        _check_positive("max_pairs", max_pairs)
+    return ensure_onnx(plugin_models_dir(models_dir), height, width, num_flow_updates, weights)[0]
+
+
+# -- engines --------------------------------------------------------------------------------------------
+
+
+def write_engine_with_tensorrt(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+    """The real :data:`EngineBuilder`: polygraphy/TensorRT build, bytes written to ``destination``."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    data = build_engine_bytes(
+        onnx, height=spec.height, width=spec.width, fp16=spec.fp16, max_frames=spec.max_frames,
+        workspace_bytes=target.workspace_bytes, device=device,
+    )
+    destination.write_bytes(data)
+
+
+def ensure_engine(
+    directory: Path,
+    spec: EngineSpec,
+    weights: WeightsSpec,
+    target: BuildTarget,
+    builder: EngineBuilder = write_engine_with_tensorrt,
+) -> tuple[Path, WeightsInfo]:
+    """The cached engine for ``spec`` on ``target``, exporting ONNX and building first where needed."""
+    with locked(directory):
+        onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights)
+        sidecar = read_sidecar(onnx) or {}
+        key = engine_key(spec, info.identity, target, str(sidecar.get("sha256", "")))
+        path = engine_path(directory, key)
+        extra = {"onnx_file": onnx.name, "weights_description": info.description}
+        ensure_artifact(path, key, lambda temp: builder(onnx, temp, spec, target), info=extra, label="TensorRT engine")
+    return path, info
+
+
+def load_engine(
+    directory: Path,
+    spec: EngineSpec,
+    weights: WeightsSpec,
+    target: BuildTarget,
+    deserialize: Callable[[bytes], Engine | None],
+    builder: EngineBuilder = write_engine_with_tensorrt,
+) -> tuple[Engine, Path, WeightsInfo]:
+    """Ensure the engine and deserialize it; an engine that fails to deserialize is discarded and rebuilt once."""
+    with locked(directory):
+        for attempt in (1, 2):
+            path, info = ensure_engine(directory, spec, weights, target, builder)
+            try:
+                engine = deserialize(path.read_bytes())
+            except Exception as error:  # TensorRT raises or returns None for a bad plan, depending on the damage
+                engine, failure = None, f"{type(error).__name__}: {error}"
+            else:
+                failure = "TensorRT could not deserialize it"
+            if engine is not None:
+                return engine, path, info
+            if attempt == 2:
+                raise RuntimeError(f"the freshly built TensorRT engine {path} does not load ({failure}).")
+            invalidate(path, failure)
+    raise AssertionError("unreachable")
+
+
+def prebuild_engine(
+    height: int,
+    width: int,
+    *,
+    fp16: bool = True,
+    num_flow_updates: int = 12,
+    max_pairs: int | None = None,
+    weights: WeightsSpec = "DEFAULT",
+    models_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cuda",
+) -> Path:
+    """Export ONNX if needed and build the TensorRT engine for these settings ahead of time; returns its path.
+
+    ``max_pairs=None`` uses the preprocessor's default for this size, so the preprocessor with the same
+    settings finds this engine. Raises ``RuntimeError`` (with the install hint) without TensorRT or CUDA.
+    """
+    _check_compute_size(height, width)
+    _check_positive("num_flow_updates", num_flow_updates)
+    if max_pairs is not None:
+        _check_positive("max_pairs", max_pairs)
+    spec = EngineSpec(height, width, bool(fp16), num_flow_updates, max_pairs or default_max_pairs(height, width))
+    import_tensorrt()  # first, so a machine without TensorRT gets the install hint
+    resolved = _cuda_device(device)
+    target = build_target(resolved)
+    with torch.cuda.device(resolved):
+        return ensure_engine(plugin_models_dir(models_dir), spec, weights, target)[0]
+
+
+# -- listing and clearing -------------------------------------------------------------------------------
+
+
+def list_cached_engines(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per cached ``.onnx`` / ``.trt`` file: ``path``, ``kind`` (``"onnx"`` or ``"tensorrt"``),
+    ``size_bytes``, ``valid_metadata``, ``created``, and the key fields from its sidecar, both flat and as
+    ``key`` (a dict; empty when the file has no readable sidecar)."""
+    rows: list[dict[str, Any]] = []
+    for path in cached_files(plugin_models_dir(models_dir)):
+        sidecar = read_sidecar(path) or {}
+        key = sidecar.get("key") if isinstance(sidecar.get("key"), dict) else {}
+        row: dict[str, Any] = dict(key)
+        row.update(
+            key=key,
+            path=path,
+            kind="onnx" if path.suffix == ".onnx" else "tensorrt",
+            size_bytes=path.stat().st_size,
+            valid_metadata=bool(key) and sidecar.get("size_bytes") == path.stat().st_size,
+            created=sidecar.get("created"),
+        )
+        rows.append(row)
+    return rows
+
+
+def clear_cache(models_dir: str | os.PathLike[str] | None = None) -> int:
+    """Delete cached ONNX graphs, engines, their sidecars and leftover temporary files (under the cache lock).
+
+    Returns the number of files removed. Other files in the folder (e.g. weights) are left alone.
+    """
+    directory = plugin_models_dir(models_dir)
+    removed = clear_directory(directory)
+    logger.info("cleared %d file(s) from the engine cache %s", removed, directory)
+    return removed
+
+
+def engine_status(path: Path, key: dict[str, Any]) -> str | None:
+    """Why the engine at ``path`` would be rebuilt for ``key`` (``None`` if it is valid). For diagnostics."""
+    return check_artifact(path, key)
+
+
+def _cuda_device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device={device!r} is not a valid torch device; use 'cuda' or 'cuda:N'.") from error
+    if resolved.type != "cuda" or not torch.cuda.is_available():
+        raise RuntimeError(
+            f"building a TensorRT engine needs a CUDA GPU (device={device!r}, CUDA available: "
+            f"{torch.cuda.is_available()}). TensorRT: {TENSORRT_INSTALL_HINT}."
+        )
+    return torch.device("cuda", resolved.index if resolved.index is not None else torch.cuda.current_device())
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
