@@ -1,0 +1,379 @@
+"""The Daydream Scope plugin through a real pluggy PluginManager("scope") and the installed entry point.
+
+The hook specification below is declared the way Scope declares it (``ScopeHookSpec`` with
+``pluggy.HookspecMarker("scope")``); Scope itself is not needed. Functional runs use a no-argument subclass of
+the registered class at a small compute size, with seeded weights from ``$SCOPE_OPTICAL_FLOW_WEIGHTS``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+import torch
+import torchvision
+
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core import preprocessor as core_preprocessor
+
+from conftest import COMPUTE_SIZE, make_frames
+
+ENTRY_POINT_MODULE = "scope_optical_flow_tensorrt.scope_adapter"
+UPDATES = 2
+SCOPE_INSTALLED = importlib.util.find_spec("scope") is not None
+
+hookspec = pluggy.HookspecMarker("scope")
+
+
+class ScopeHookSpec:
+    """As in Scope builds with the VACE preprocessor registry (January 2026)."""
+
+    @hookspec
+    def register_pipelines(self, register):  # type: ignore[no-untyped-def]
+        """register(PipelineClass)"""
+
+    @hookspec
+    def register_preprocessors(self, register):  # type: ignore[no-untyped-def]
+        """register(id, name, PreprocessorClass)"""
+
+
+class NewerScopeHookSpec:
+    """As in Scope v0.2.4: no preprocessor hook; pipelines and nodes only."""
+
+    @hookspec
+    def register_pipelines(self, register):  # type: ignore[no-untyped-def]
+        """register(PipelineClass)"""
+
+    @hookspec
+    def register_nodes(self, register):  # type: ignore[no-untyped-def]
+        """register(NodeClass)"""
+
+
+@dataclass
+class Context:
+    """Shaped like Scope's ``PreprocessorContext``."""
+
+    video_frames: Any = None
+    ctrl_input: Any = None
+    target_height: int = 512
+    target_width: int = 512
+    num_frames: int = 12
+
+
+def plugin_manager(spec: type) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("scope")
+    pm.add_hookspecs(spec)
+    pm.load_setuptools_entrypoints("scope")
+    return pm
+
+
+def registered_preprocessors(pm: pluggy.PluginManager) -> list[tuple[str, str, type]]:
+    calls: list[tuple[str, str, type]] = []
+
+    def register(preprocessor_id: str, name: str, preprocessor_class: type) -> None:
+        calls.append((preprocessor_id, name, preprocessor_class))
+
+    pm.hook.register_preprocessors(register=register)
+    return calls
+
+
+def scope_context(frames_fhwc: torch.Tensor, target: tuple[int, int] | None = None) -> Context:
+    """Scope's conversion: uint8-origin ``[F, H, W, C]`` -> ``[1, C, F, H, W]`` float in [0, 1], on the CPU."""
+    video = frames_fhwc.permute(3, 0, 1, 2).unsqueeze(0).float() / 255.0
+    height, width = target if target is not None else frames_fhwc.shape[1:3]
+    return Context(video_frames=video, target_height=height, target_width=width, num_frames=frames_fhwc.shape[0])
+
+
+def uint8_frames(num_frames: int, height: int = 64, width: int = 80, seed: int = 0) -> torch.Tensor:
+    return (make_frames(num_frames, height, width, seed=seed) * 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "raft_small_seeded.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(torchvision.models.optical_flow.raft_small(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def registered_class(seeded_weights: Path, monkeypatch: pytest.MonkeyPatch) -> type:
+    """The class the plugin registers with Scope, loaded through the installed entry point."""
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(seeded_weights))
+    [(_, _, cls)] = registered_preprocessors(plugin_manager(ScopeHookSpec))
+    return cls
+
+
+@pytest.fixture
+def small_class(registered_class: type) -> type:
+    """A no-argument subclass of the registered class computing at 128x128 with few updates (CPU speed)."""
+
+    class SmallFlow(registered_class):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES)
+
+    return SmallFlow
+
+
+# -- discovery and registration -----------------------------------------------------------------------
+
+
+def test_entry_point_is_installed_in_group_scope() -> None:
+    [entry] = [ep for ep in entry_points(group="scope") if ep.value == ENTRY_POINT_MODULE]
+    assert entry.name == "optical_flow_tensorrt"
+
+
+def test_plugin_manager_loads_us_through_the_entry_point() -> None:
+    pm = plugin_manager(ScopeHookSpec)
+    plugin = pm.get_plugin("optical_flow_tensorrt")
+    assert plugin is not None and plugin.__name__ == ENTRY_POINT_MODULE
+    pm.check_pending()  # every hook we implement matches a declared spec
+    assert [impl.plugin_name for impl in pm.hook.register_preprocessors.get_hookimpls()] == ["optical_flow_tensorrt"]
+
+
+def test_register_preprocessors_registers_flow_with_the_core_class() -> None:
+    calls = registered_preprocessors(plugin_manager(ScopeHookSpec))
+    assert calls == [("flow", "Flow", OpticalFlowTensorRTPreprocessor)]
+
+
+@pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: the pipeline hook registers (tested below)")
+def test_pipeline_hook_registers_nothing_without_scope() -> None:
+    registered: list[type] = []
+    plugin_manager(ScopeHookSpec).hook.register_pipelines(register=registered.append)
+    assert registered == []
+
+
+def test_plugin_validates_against_newer_scope_hookspecs() -> None:
+    pm = plugin_manager(NewerScopeHookSpec)
+    assert pm.get_plugin("optical_flow_tensorrt") is not None
+    pm.check_pending()  # register_preprocessors has no spec there; it is an optional hook, so this passes
+
+
+def test_importing_the_adapter_imports_neither_torch_nor_the_core() -> None:
+    code = (
+        "import sys\n"
+        "from importlib.metadata import entry_points\n"
+        f"[ep] = [ep for ep in entry_points(group='scope') if ep.value == {ENTRY_POINT_MODULE!r}]\n"
+        "module = ep.load()\n"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') "
+        "or m.startswith('scope_optical_flow_tensorrt.core'))\n"
+        "assert callable(module.register_preprocessors), 'no hook'\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_adapter_uses_scopes_marker_when_scope_loaded_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scope_optical_flow_tensorrt import scope_adapter
+
+    scope_marker = pluggy.HookimplMarker("scope")
+    fake_hookspecs = type(sys)("scope.core.plugins.hookspecs")
+    fake_hookspecs.hookimpl = scope_marker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "scope.core.plugins.hookspecs", fake_hookspecs)
+    assert scope_adapter._scope_hookimpl() is scope_marker
+    monkeypatch.delitem(sys.modules, "scope.core.plugins.hookspecs")
+    fallback = scope_adapter._scope_hookimpl()
+    assert fallback is not scope_marker and fallback.project_name == "scope"
+
+
+# -- the registered class, as Scope builds and calls it -----------------------------------------------
+
+
+def test_no_argument_construction_has_gpu_defaults_and_is_lazy(
+    registered_class: type, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(core_log, "_said", set())  # so the once-per-process CUDA warning shows here
+    instance = registered_class()
+    assert (instance.height, instance.width, instance.fp16, instance.flow_strength) == (512, 512, True, 1.0)
+    assert instance.weights_spec == "DEFAULT" and not instance.loaded
+    if torch.cuda.is_available():
+        assert instance.device.type == "cuda"
+    else:
+        assert instance.device.type == "cpu"
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("CUDA is not available" in message for message in warnings), warnings
+
+
+def test_scope_context_gives_target_size_maps_in_range(small_class: type) -> None:
+    instance = small_class()
+    frames = uint8_frames(4)
+    out = instance(scope_context(frames, target=(96, 160)))
+    assert instance.loaded
+    assert out.shape == (1, 3, 4, 96, 160) and out.dtype == torch.float32
+    assert out.device == instance.device
+    assert -1.0 <= out.min().item() and out.max().item() <= 1.0
+    assert torch.all(out[:, :, 0] == 1.0)  # first frame of a stream: no reference, white
+    assert out[:, :, 1:].std() > 0.05  # later frames show (random-weights) flow, not a blank
+
+
+def test_bare_tensor_as_older_scope_passed_it(small_class: type) -> None:
+    frames = uint8_frames(3)
+    ctx = scope_context(frames)
+    via_context = small_class()(ctx)
+    via_tensor = small_class()(ctx.video_frames)
+    assert via_tensor.shape == (1, 3, 3, 64, 80)
+    torch.testing.assert_close(via_tensor, via_context)
+
+
+def test_uint8_origin_context_matches_uint8_frames(small_class: type) -> None:
+    frames = uint8_frames(3)
+    from_context = small_class()(scope_context(frames))
+    from_uint8 = small_class()(frames)  # [F, H, W, C] uint8, the camera's own format
+    torch.testing.assert_close(from_context, from_uint8, atol=1e-5, rtol=0)
+
+
+def test_chunks_continue_one_stream(small_class: type) -> None:
+    frames = uint8_frames(12)
+    target = (72, 88)
+    streamed = small_class()
+    chunks, start = [], 0
+    for size in (4, 3, 5):
+        chunks.append(streamed(scope_context(frames[start : start + size], target)))
+        start += size
+    whole = small_class()(scope_context(frames, target))
+    torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=1e-5, rtol=0)
+    for chunk in chunks[1:]:  # each chunk's first map compares with the previous chunk's last frame
+        assert chunk[:, :, 0].std() > 0.05
+
+
+def test_cpu_frames_move_to_the_device_once_per_chunk(small_class: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    moves: list[tuple[tuple[int, ...], torch.device, torch.device]] = []
+    original = core_preprocessor.to_unit_float
+
+    def spy(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+        moves.append((tuple(frames.shape), frames.device, device))
+        return original(frames, device)
+
+    monkeypatch.setattr(core_preprocessor, "to_unit_float", spy)
+    instance = small_class()
+    frames = uint8_frames(7)
+    instance(scope_context(frames[:4]))
+    instance(scope_context(frames[4:]))
+    # One transfer per chunk, of the whole chunk [B, F, C, H, W], from the CPU to the compute device.
+    assert moves == [
+        ((1, 4, 3, 64, 80), torch.device("cpu"), instance.device),
+        ((1, 3, 3, 64, 80), torch.device("cpu"), instance.device),
+    ]
+
+
+# -- failure modes --------------------------------------------------------------------------------------
+
+
+def test_no_video_frames_is_a_clear_error(small_class: type) -> None:
+    with pytest.raises(ValueError, match=r"video_frames is None.*Select a video source"):
+        small_class()(Context(video_frames=None))
+
+
+@pytest.mark.parametrize(
+    ("video", "error", "message"),
+    [
+        (torch.rand(1, 2, 3, 64, 80), ValueError, r"2 channels.*expected 3 \(RGB\)"),
+        (torch.rand(1, 3, 3, 1, 1), ValueError, r"too small.*at least 2x2"),
+        (torch.rand(3, 64, 80), ValueError, r"4-D.*5-D"),
+        (torch.rand(1, 3, 0, 64, 80), ValueError, r"zero frames"),
+        (torch.rand(1, 3, 3, 64, 80) * 255, ValueError, r"\[0, 1\].*divide by 255"),
+        (torch.rand(1, 3, 3, 64, 80).numpy(), TypeError, r"torch.Tensor.*torch.from_numpy"),
+    ],
+    ids=["two-channels", "one-pixel", "3-d", "no-frames", "0-255-floats", "numpy"],
+)
+def test_bad_frames_are_clear_errors(small_class: type, video: Any, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        small_class()(Context(video_frames=video, target_height=64, target_width=80))
+
+
+@pytest.mark.parametrize("target", [(0, 80), (64.0, 80), (64, None)])
+def test_bad_target_size(small_class: type, target: tuple[Any, Any]) -> None:
+    ctx = Context(video_frames=torch.rand(1, 3, 2, 64, 80), target_height=target[0], target_width=target[1])
+    if target[1] is None:  # no target: conditioning comes back at the input size
+        assert small_class()(ctx).shape == (1, 3, 2, 64, 80)
+        return
+    with pytest.raises(ValueError, match=r"context.target_height must be a positive integer"):
+        small_class()(ctx)
+
+
+def test_bad_chunk_does_not_break_the_stream(small_class: type) -> None:
+    frames = uint8_frames(6)
+    streamed = small_class()
+    first = streamed(scope_context(frames[:3]))
+    with pytest.raises(ValueError):
+        streamed(Context(video_frames=None))
+    with pytest.raises(ValueError):
+        streamed(Context(video_frames=torch.rand(1, 2, 3, 64, 80)))
+    second = streamed(scope_context(frames[3:]))
+    whole = small_class()(scope_context(frames))
+    torch.testing.assert_close(torch.cat([first, second], dim=2), whole, atol=1e-5, rtol=0)
+
+
+def test_frame_size_change_starts_a_new_sequence(small_class: type) -> None:
+    instance = small_class()
+    instance(scope_context(uint8_frames(3)))
+    out = instance(scope_context(uint8_frames(3, height=48, width=64), target=(64, 80)))
+    assert out.shape == (1, 3, 3, 64, 80)
+    assert torch.all(out[:, :, 0] == 1.0)  # no reference across a size change: white, not a bogus flow
+
+
+# -- newer Scope: the preprocessor pipeline (runs only where Scope with preprocessor pipelines is installed) --
+
+
+@pytest.mark.skipif(not SCOPE_INSTALLED, reason="Daydream Scope is not installed")
+def test_pipeline_hook_with_scope(seeded_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scope_optical_flow_tensorrt.scope_adapter import scope_has_preprocessor_pipelines
+
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(seeded_weights))
+    registered: list[type] = []
+    plugin_manager(ScopeHookSpec).hook.register_pipelines(register=registered.append)
+    if not scope_has_preprocessor_pipelines():
+        assert registered == []
+        return
+    [pipeline_class] = registered
+    config = pipeline_class.get_config_class()
+    assert (config.pipeline_id, config.pipeline_name) == ("flow", "Flow")
+    assert [usage.value for usage in config.usage] == ["preprocessor"]
+    defaults = {name: field.default for name, field in config.model_fields.items() if field.default is not None}
+    pipeline = pipeline_class(**defaults)  # as Scope's PipelineManager builds plugin pipelines
+    pipeline.preprocessor = OpticalFlowTensorRTPreprocessor(  # small compute for the CPU
+        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device=pipeline.preprocessor.device
+    )
+    frames = uint8_frames(6)
+    chunk_size = pipeline.prepare(video=True).input_size
+    outputs = [
+        pipeline(video=[frame[None] for frame in frames[i : i + chunk_size]], init_cache=i == 0)["video"]
+        for i in range(0, 6, chunk_size)
+    ]
+    streamed = torch.cat(outputs)
+    assert streamed.shape == (6, 64, 80, 3) and 0.0 <= streamed.min() and streamed.max() <= 1.0
+    whole = OpticalFlowTensorRTPreprocessor(
+        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device=pipeline.preprocessor.device
+    )(frames)
+    torch.testing.assert_close(streamed, (whole[0].permute(1, 2, 3, 0) + 1) / 2, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="no video frames"):
+        pipeline(video=[])
+
+
+# -- GPU ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_gpu_defaults_through_the_plugin(registered_class: type) -> None:
+    instance = registered_class()  # what Scope does: cls(), then instance(ctx) per chunk
+    assert instance.device.type == "cuda" and instance.fp16
+    frames = uint8_frames(12, 240, 320)
+    chunks = [instance(scope_context(frames[i : i + 4], target=(320, 576))) for i in range(0, 12, 4)]
+    for chunk in chunks:
+        assert chunk.shape == (1, 3, 4, 320, 576) and chunk.device.type == "cuda"
+        assert -1.0 <= chunk.min().item() and chunk.max().item() <= 1.0
+    whole = registered_class()(scope_context(frames, target=(320, 576)))
+    # fp16 on CUDA: batching of pairs differs between calls, so compare loosely.
+    assert (torch.cat(chunks, dim=2) - whole).abs().mean().item() < 0.02
