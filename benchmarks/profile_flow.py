@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -20,7 +21,7 @@ from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 from scope_optical_flow_tensorrt.core.weights import load_raft_small
 
 
-def graph_ms(model: RaftSequenceFlow, frames: torch.Tensor, repeats: int = 20) -> float:
+def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) -> float:
     runner = CudaGraphRunner(model, frames.device)
     with torch.inference_mode():
         for _ in range(3):
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--profile-compiled", action="store_true", help="profile with the compiled update step")
     args = parser.parse_args()
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()
@@ -48,24 +50,39 @@ def main() -> None:
         "fp32": dict(compute_dtype=torch.float32),
         "fp16, corr fp32": dict(compute_dtype=torch.float16),
         "fp16, corr fp16": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
-        "fp16 channels_last, corr fp32": dict(compute_dtype=torch.float16, channels_last=True),
-        "bf16, corr fp32": dict(compute_dtype=torch.bfloat16),
+        "fp16, corr fp16, compiled step": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
+        "fp16, corr fp16, compiled step+encode": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
+        "fp16, corr fp16, compiled forward": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
     }
     reference = None
     for name, options in variants.items():
         raft, _ = load_raft_small(None)
         model = RaftSequenceFlow(raft, 12, **options).to(device).eval()  # type: ignore[arg-type]
-        ms = graph_ms(model, frames)
+        call = model
+        if "compiled step" in name:
+            model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
+        if "+encode" in name:
+            model.encode = torch.compile(model.encode, dynamic=False)  # type: ignore[method-assign]
+        if "compiled forward" in name:
+            call = torch.compile(model, dynamic=False)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            call(frames)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        ms = graph_ms(call, frames)
         with torch.inference_mode():
             flow = model(frames).float()
         if reference is None:
             reference = flow
         diff = (flow - reference).abs()
-        print(f"{name:32s} {ms:7.2f} ms/call  {ms / args.pairs:6.3f} ms/pair  "
+        print(f"{name:40s} first call {first:6.1f} s  {ms:7.2f} ms/call  {ms / args.pairs:6.3f} ms/pair  "
               f"flow diff vs fp32 max {diff.max().item():.3f} mean {diff.mean().item():.4f} px", flush=True)
 
     raft, _ = load_raft_small(None)
-    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16).to(device).eval()
+    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16).to(device).eval()
+    if args.profile_compiled:
+        model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
     with torch.inference_mode():
         for _ in range(3):
             model(frames)

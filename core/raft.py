@@ -57,34 +57,43 @@ class RaftSequenceFlow(nn.Module):
         # added to x. The trained weights expect exactly this channel order.
         delta = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1).view(1, side, side, 2)
         self.register_buffer("lookup_offsets", delta, persistent=False)
-        self.to(compute_dtype)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.register_buffer("unit_x", torch.tensor([1.0, 0.0]), persistent=False)
+        self.register_buffer("unit_y", torch.tensor([0.0, 1.0]), persistent=False)
+        for part in (self.feature_encoder, self.context_encoder, self.update_block):  # buffers above stay fp32
+            part.to(compute_dtype)
+            if channels_last:
+                part.to(memory_format=torch.channels_last)
 
     def forward(self, frames: Tensor) -> Tensor:
         num_frames, _, height, width = frames.shape
+        pyramid, hidden, context = self.encode(frames)
+        coords0 = self._coords_grid(num_frames - 1, height // DOWNSAMPLE, width // DOWNSAMPLE, frames.device)
+        coords1 = coords0
+        for _ in range(self.num_flow_updates):
+            hidden, coords1 = self.update_step(pyramid, context, hidden, coords0, coords1)
+        flow_low = coords1 - coords0
+        return DOWNSAMPLE * F.interpolate(flow_low, size=(height, width), mode="bilinear", align_corners=True)
+
+    def encode(self, frames: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Features of every frame once, context of every first frame, and the correlation pyramid per pair."""
         images = frames.to(self.compute_dtype) * 2.0 - 1.0
         images = images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         fmaps = self.feature_encoder(images)
-        fmap1, fmap2 = fmaps[:-1], fmaps[1:]
         context_out = self.context_encoder(images[:-1])
         hidden, context = torch.split(
             context_out, [self.hidden_size, context_out.shape[1] - self.hidden_size], dim=1
         )
-        hidden = torch.tanh(hidden)
-        context = F.relu(context)
+        pyramid = self._correlation_pyramid(fmaps[:-1], fmaps[1:])
+        return pyramid, torch.tanh(hidden), F.relu(context)
 
-        pyramid = self._correlation_pyramid(fmap1, fmap2)
-        h8, w8 = height // DOWNSAMPLE, width // DOWNSAMPLE
-        coords0 = self._coords_grid(num_frames - 1, h8, w8, frames.device)
-        coords1 = coords0
-        for _ in range(self.num_flow_updates):
-            corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
-            flow = (coords1 - coords0).to(self.compute_dtype)
-            hidden, delta_flow = self.update_block(hidden, context, corr_features, flow)
-            coords1 = coords1 + delta_flow.float()
-        flow_low = coords1 - coords0
-        return DOWNSAMPLE * F.interpolate(flow_low, size=(height, width), mode="bilinear", align_corners=True)
+    def update_step(
+        self, pyramid: list[Tensor], context: Tensor, hidden: Tensor, coords0: Tensor, coords1: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One RAFT refinement: look up correlations around ``coords1``, update the hidden state and coords."""
+        corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
+        flow = (coords1 - coords0).to(self.compute_dtype)
+        hidden, delta_flow = self.update_block(hidden, context, corr_features, flow)
+        return hidden, coords1 + delta_flow.float()
 
     def _correlation_pyramid(self, fmap1: Tensor, fmap2: Tensor) -> list[Tensor]:
         pairs, channels, h, w = fmap1.shape
@@ -102,16 +111,15 @@ class RaftSequenceFlow(nn.Module):
         pairs, _, h, w = coords.shape
         centroids = coords.permute(0, 2, 3, 1).reshape(pairs * h * w, 1, 1, 2)
         sampled = []
-        for level in pyramid:
+        for index, level in enumerate(pyramid):
             level_h, level_w = level.shape[-2:]
-            points = centroids + self.lookup_offsets
-            # torchvision's grid_sample helper: absolute pixel coordinates -> [-1, 1] with align_corners=True.
-            x, y = points.unbind(dim=-1)
-            grid = torch.stack([x * (2.0 / (level_w - 1)) - 1.0, y * (2.0 / (level_h - 1)) - 1.0], dim=-1)
-            grid = grid.to(level.dtype)
-            values = F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            sampled.append(values.reshape(pairs, h, w, -1))
-            centroids = centroids / 2
+            # torchvision's grid_sample helper maps absolute pixels to [-1, 1] with align_corners=True:
+            # grid = (centroid / 2^level + offset) * axis_scale - 1, done as one fused multiply-add per level.
+            axis_scale = self.unit_x * (2.0 / (level_w - 1)) + self.unit_y * (2.0 / (level_h - 1))
+            grid = torch.addcmul(self.lookup_offsets * axis_scale - 1.0, centroids, axis_scale / 2**index)
+            values = F.grid_sample(level, grid.to(level.dtype), mode="bilinear", padding_mode="zeros",
+                                   align_corners=True)
+            sampled.append(values.view(pairs, h, w, -1))
         return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
