@@ -71,7 +71,14 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             layout="FHWC",
             models_dir=settings.models_dir,
         )
-        preprocessor.load()  # cached only once loading worked, so a failed download is retried next time
+        try:
+            preprocessor.load()  # cached only once loading worked, so a failed download is retried next time
+        except RuntimeError as error:
+            if settings.weights != WEIGHTS_DEFAULT:
+                raise
+            raise RuntimeError(
+                f"{error} Or put a RAFT Small .pth file in {settings.models_dir} and choose it under weights."
+            ) from error
         _cache.clear()
         _cache[key] = preprocessor
     preprocessor.reset()

@@ -115,6 +115,7 @@ def _register_folder() -> ModuleType | None:
     registry = folder_paths.folder_names_and_paths
     if MODELS_FOLDER_NAME not in registry or not registry[MODELS_FOLDER_NAME][0]:
         default = os.path.join(folder_paths.models_dir, MODELS_FOLDER_NAME)
+        os.makedirs(default, exist_ok=True)  # so users find where weights go (and engines can be written)
         folder_paths.add_model_folder_path(MODELS_FOLDER_NAME, default)
     paths, extensions = registry[MODELS_FOLDER_NAME]
     if not extensions:  # a folder added by extra_model_paths.yaml or add_model_folder_path lists every file
