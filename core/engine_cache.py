@@ -107,11 +107,11 @@ def locked(directory: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the folder's lock; say so in the log if another process holds it (it may be building)."""
     lock = cache_lock(directory)
     try:
-        lock.acquire(timeout=LOCK_NOTICE_S)
+        lock.acquire(timeout=min(LOCK_NOTICE_S, timeout))
     except Timeout:
         logger.info("waiting for another process using the engine cache %s (it may be building an engine)", directory)
         try:
-            lock.acquire(timeout=max(0.0, timeout - LOCK_NOTICE_S))
+            lock.acquire(timeout=max(0.0, timeout - min(LOCK_NOTICE_S, timeout)))
         except Timeout as error:
             raise RuntimeError(
                 f"timed out after {timeout:.0f} s waiting for the engine cache lock {lock.lock_file}. If no other "

@@ -1,0 +1,328 @@
+"""Engine cache logic without TensorRT: names, keys, rebuild rules, atomic writes, corrupt files, locking.
+
+A fake engine builder (writes bytes naming what it was asked to build) and a fake GPU description stand in
+for TensorRT; the ONNX export is real (TorchScript exporter here for speed, 128x128, 1 flow update).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from scope_optical_flow_tensorrt.core import engine_cache, engine_manager
+from scope_optical_flow_tensorrt.core.engine_cache import (
+    LOCK_NAME,
+    ensure_artifact,
+    locked,
+    sanitize_gpu_name,
+    sidecar_path,
+)
+from scope_optical_flow_tensorrt.core.engine_manager import (
+    EngineSpec,
+    clear_cache,
+    ensure_engine,
+    export_onnx_cached,
+    list_cached_engines,
+    load_engine,
+    prebuild_engine,
+)
+from scope_optical_flow_tensorrt.core.trt_build import BuildTarget
+
+SIZE = 128
+SPEC = EngineSpec(height=SIZE, width=SIZE, fp16=True, num_flow_updates=1, max_pairs=4)
+TARGET = BuildTarget(gpu_name="NVIDIA GeForce RTX 4090", compute_capability="8.9", tensorrt_version="10.3.0",
+                     workspace_bytes=4 << 30)
+
+
+class FakeBuilder:
+    """Stands in for TensorRT: writes a small 'engine' describing its inputs, and counts builds."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[EngineSpec, BuildTarget]] = []
+
+    def __call__(self, onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+        assert onnx.is_file() and onnx.suffix == ".onnx"
+        self.calls.append((spec, target))
+        destination.write_bytes(f"engine {spec} {target} from {onnx.name}".encode() * 50)
+
+
+@pytest.fixture(autouse=True)
+def fast_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_manager, "resolve_exporter", lambda exporter="auto": "torchscript")
+
+
+@pytest.fixture(scope="module")
+def onnx_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the ONNX graph (exported once per module, copied into each test's folder)."""
+    folder = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_manager, "resolve_exporter", lambda exporter="auto": "torchscript")
+        export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=folder)
+    return folder
+
+
+@pytest.fixture
+def cache_dir(onnx_template: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "cache"
+    shutil.copytree(onnx_template, folder)
+    return folder
+
+
+def test_gpu_names_are_sanitized_for_file_names() -> None:
+    assert sanitize_gpu_name("NVIDIA GeForce RTX 4090") == "NVIDIA_GeForce_RTX_4090"
+    assert sanitize_gpu_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
+    for hostile in ("../../etc/passwd", "A100/SXM4:80GB", "a\\b", "..", "GPU\x00\n*?<>|\"'"):
+        name = sanitize_gpu_name(hostile)
+        assert name and "/" not in name and "\\" not in name and ".." not in name
+        assert all(ch.isalnum() or ch in "._-" for ch in name)
+    assert sanitize_gpu_name("") == sanitize_gpu_name("///") == "gpu"
+    assert len(sanitize_gpu_name("X" * 500)) <= 64
+
+
+def test_engine_is_built_once_then_reused_with_named_file_and_metadata(cache_dir: Path) -> None:
+    builder = FakeBuilder()
+    path, info = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    assert path.parent == cache_dir
+    assert path.name.startswith(f"raft_small_{SIZE}x{SIZE}_NVIDIA_GeForce_RTX_4090-") and path.suffix == ".trt"
+    assert len(builder.calls) == 1 and info.identity == "random-seed0"
+    again, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    assert again == path and len(builder.calls) == 1  # cache hit: no rebuild
+
+    key = json.loads(sidecar_path(path).read_text())["key"]
+    assert key["tensorrt_version"] == "10.3.0" and key["compute_capability"] == "8.9"
+    assert key["precision"] == "fp16" and key["num_flow_updates"] == 1
+    assert key["profile_frames"] == [2, 5, 5] and key["weights"] == "random-seed0"
+    assert key["package_version"] and len(key["onnx_sha256"]) == 64
+    assert not list(cache_dir.glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"target": BuildTarget("NVIDIA GeForce RTX 4090", "8.9", "10.4.0", 4 << 30)},  # TensorRT upgrade
+        {"target": BuildTarget("NVIDIA GeForce RTX 4090", "9.0", "10.3.0", 4 << 30)},  # compute capability
+    ],
+)
+def test_environment_change_rebuilds_in_place(cache_dir: Path, change: dict) -> None:
+    builder = FakeBuilder()
+    path, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    rebuilt, _ = ensure_engine(cache_dir, SPEC, None, change["target"], builder)
+    assert rebuilt == path and len(builder.calls) == 2  # same file, rebuilt: no stale copies pile up
+    assert json.loads(sidecar_path(path).read_text())["key"]["tensorrt_version"] == change["target"].tensorrt_version
+
+
+def test_package_version_change_rebuilds(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = FakeBuilder()
+    path, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    monkeypatch.setattr(engine_manager, "package_version", lambda: "99.0")
+    again, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    assert again == path and len(builder.calls) == 2
+
+
+def test_settings_changes_get_their_own_files_without_thrashing(cache_dir: Path) -> None:
+    builder = FakeBuilder()
+    variants = [
+        SPEC,
+        EngineSpec(SIZE, SIZE, fp16=False, num_flow_updates=1, max_pairs=4),  # precision
+        EngineSpec(SIZE, SIZE, fp16=True, num_flow_updates=1, max_pairs=8),  # batch profile
+    ]
+    paths = [ensure_engine(cache_dir, spec, None, TARGET, builder)[0] for spec in variants]
+    assert len(set(paths)) == 3 and all(p.is_file() for p in paths) and len(builder.calls) == 3
+    for spec, path in zip(variants, paths):  # switching back and forth rebuilds nothing
+        assert ensure_engine(cache_dir, spec, None, TARGET, builder)[0] == path
+    assert len(builder.calls) == 3
+    other_gpu = BuildTarget("NVIDIA H100 80GB HBM3", "9.0", "10.3.0", 4 << 30)
+    assert "NVIDIA_H100_80GB_HBM3" in ensure_engine(cache_dir, SPEC, None, other_gpu, builder)[0].name
+
+
+def test_flow_updates_change_reexports_onnx_and_builds_new_engine(cache_dir: Path) -> None:
+    builder = FakeBuilder()
+    first, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    two = EngineSpec(SIZE, SIZE, fp16=True, num_flow_updates=2, max_pairs=4)
+    second, _ = ensure_engine(cache_dir, two, None, TARGET, builder)
+    assert first != second and len(builder.calls) == 2
+    onnx_keys = sorted(row["num_flow_updates"] for row in list_cached_engines(cache_dir) if row["kind"] == "onnx")
+    assert onnx_keys == [1, 2]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_sidecar", "bad_sidecar", "other_key"])
+def test_corrupt_or_stale_engine_is_detected_and_rebuilt(
+    cache_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    builder = FakeBuilder()
+    path, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    good = path.read_bytes()
+    sidecar = sidecar_path(path)
+    if damage == "truncate":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "flip":
+        path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    elif damage == "no_sidecar":
+        sidecar.unlink()
+    elif damage == "bad_sidecar":
+        sidecar.write_text("{not json")
+    else:
+        data = json.loads(sidecar.read_text())
+        data["key"]["precision"] = "fp32"
+        sidecar.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="scope_optical_flow_tensorrt"):
+        again, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    assert again == path and len(builder.calls) == 2
+    assert path.read_bytes() == good
+    assert any("rebuilding TensorRT engine" in record.getMessage() for record in caplog.records)
+
+
+def test_engine_that_fails_to_deserialize_is_discarded_and_rebuilt_once(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    builder = FakeBuilder()
+    ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    answers = iter([None, "engine object"])  # TensorRT returns None for a plan it cannot read
+    with caplog.at_level(logging.WARNING, logger="scope_optical_flow_tensorrt"):
+        engine, path, info = load_engine(cache_dir, SPEC, None, TARGET, lambda data: next(answers), builder)
+    assert engine == "engine object" and path.is_file() and info.identity == "random-seed0"
+    assert len(builder.calls) == 2
+    assert any("discarding" in record.getMessage() for record in caplog.records)
+
+    def always_broken(data: bytes) -> None:
+        raise RuntimeError("Serialization assertion failed")
+
+    with pytest.raises(RuntimeError, match="does not load"):
+        load_engine(cache_dir, SPEC, None, TARGET, always_broken, builder)
+
+
+def test_failed_build_leaves_no_partial_file(cache_dir: Path) -> None:
+    def crashing_builder(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+        destination.write_bytes(b"half an engine")
+        raise RuntimeError("builder crashed")
+
+    with pytest.raises(RuntimeError, match="builder crashed"):
+        ensure_engine(cache_dir, SPEC, None, TARGET, crashing_builder)
+    assert not list(cache_dir.glob("*.trt")) and not list(cache_dir.glob("*.trt.json"))
+    assert not [p for p in cache_dir.iterdir() if ".tmp-" in p.name]
+
+    def empty_builder(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+        destination.write_bytes(b"")
+
+    with pytest.raises(RuntimeError, match="empty"):
+        ensure_engine(cache_dir, SPEC, None, TARGET, empty_builder)
+    assert not list(cache_dir.glob("*.trt"))
+    # A later good build still works.
+    assert ensure_engine(cache_dir, SPEC, None, TARGET, FakeBuilder())[0].is_file()
+
+
+def test_failed_rebuild_keeps_old_file_marked_stale(cache_dir: Path) -> None:
+    builder = FakeBuilder()
+    path, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    newer = BuildTarget(TARGET.gpu_name, TARGET.compute_capability, "10.9.0", TARGET.workspace_bytes)
+
+    def crashing_builder(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ensure_engine(cache_dir, SPEC, None, newer, crashing_builder)
+    assert not sidecar_path(path).exists()  # old engine can no longer pass as valid for any key
+    assert ensure_engine(cache_dir, SPEC, None, TARGET, builder)[0] == path and len(builder.calls) == 2
+
+
+def _build_in_process(folder: str, counter: str, barrier) -> None:
+    barrier.wait()  # both processes ask at the same moment
+
+    def slow_build(temp: Path) -> None:
+        with open(counter, "a") as handle:
+            handle.write("built\n")
+        time.sleep(0.5)
+        temp.write_bytes(b"engine bytes")
+
+    ensure_artifact(Path(folder) / "raft_small_128x128_gpu-0000.trt", {"k": 1}, slow_build, label="TensorRT engine")
+
+
+def test_two_processes_build_the_same_engine_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    counter = tmp_path / "builds.txt"
+    barrier = context.Barrier(2)
+    processes = [context.Process(target=_build_in_process, args=(str(tmp_path), str(counter), barrier))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert counter.read_text().count("built") == 1
+    assert (tmp_path / "raft_small_128x128_gpu-0000.trt").read_bytes() == b"engine bytes"
+
+
+def test_lock_wait_is_logged_and_times_out_with_a_clear_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = FileLock(str(tmp_path / LOCK_NAME))  # another holder (a separate lock object acts like another process)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with other:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    try:
+        with caplog.at_level(logging.INFO, logger="scope_optical_flow_tensorrt"):
+            with pytest.raises(RuntimeError, match="engine cache lock"):
+                with locked(tmp_path, timeout=0.3):
+                    pass
+        assert any("waiting for another process" in record.getMessage() for record in caplog.records)
+    finally:
+        release.set()
+        thread.join()
+    with locked(tmp_path, timeout=1):  # free again
+        pass
+
+
+def test_list_and_clear_cache(cache_dir: Path) -> None:
+    builder = FakeBuilder()
+    ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    (cache_dir / "raft_small_128x128-deadbeef.onnx.tmp-1-2").write_bytes(b"left by a crash")
+    (cache_dir / "my_weights.pth").write_bytes(b"not ours")
+    rows = list_cached_engines(cache_dir)
+    assert sorted(row["kind"] for row in rows) == ["onnx", "tensorrt"]
+    for row in rows:
+        assert row["path"].is_file() and row["size_bytes"] == row["path"].stat().st_size > 0
+        assert row["valid_metadata"] and row["key"]["height"] == SIZE and row["height"] == SIZE
+    engine_row = next(row for row in rows if row["kind"] == "tensorrt")
+    assert engine_row["precision"] == "fp16" and engine_row["tensorrt_version"] == "10.3.0"
+
+    assert clear_cache(cache_dir) == 5  # onnx + sidecar, engine + sidecar, temp leftover
+    assert list_cached_engines(cache_dir) == []
+    assert (cache_dir / "my_weights.pth").is_file()
+    assert clear_cache(cache_dir) == 0
+    assert clear_cache(cache_dir / "missing") == 0
+
+
+def test_prebuild_without_tensorrt_raises_with_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # make `import tensorrt` fail everywhere
+    with pytest.raises(RuntimeError, match="pip install tensorrt"):
+        prebuild_engine(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=tmp_path)
+    assert not list(tmp_path.glob("*.trt"))
+
+
+def test_export_onnx_cached_rebuilds_stale_graph(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=cache_dir)
+    created = json.loads(sidecar_path(path).read_text())["created"]
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["key"]["opset"] >= 16 and sidecar["info"]["exporter"] == "torchscript"
+    monkeypatch.setattr(engine_manager, "package_version", lambda: "99.0")
+    again = export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=cache_dir)
+    assert again == path
+    assert json.loads(sidecar_path(path).read_text())["key"]["package_version"] == "99.0"
+    assert created  # sidecar carries build information
+    assert engine_cache.check_artifact(path, json.loads(sidecar_path(path).read_text())["key"]) is None
