@@ -146,7 +146,7 @@ def test_register_preprocessors_registers_flow_with_the_core_class() -> None:
     assert calls == [("flow", "Flow", OpticalFlowTensorRTPreprocessor)]
 
 
-@pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: the pipeline hook registers (tested below)")
+@pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: covered by test_pipeline_hook_with_scope")
 def test_pipeline_hook_registers_nothing_without_scope() -> None:
     registered: list[type] = []
     plugin_manager(ScopeHookSpec).hook.register_pipelines(register=registered.append)
