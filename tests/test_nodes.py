@@ -422,3 +422,40 @@ def test_nodes_on_cuda(pack: types.ModuleType, work: types.ModuleType, precision
     assert torch.isfinite(flow).all() and 0.0 <= image.min() and image.max() <= 1.0
     (again,) = run(pack.NODE_CLASS_MAPPINGS["OpticalFlowToImage"], flow=flow)
     torch.testing.assert_close(again, image)
+
+
+# -- example workflow and registry metadata -----------------------------------------------------------------
+
+
+def test_example_workflow_fits_the_node_schemas(pack: types.ModuleType) -> None:
+    import json
+
+    workflow = json.loads((REPO_ROOT / "examples" / "optical_flow_video.json").read_text())
+    ours = [node for node in workflow.values() if node["class_type"] in pack.NODE_CLASS_MAPPINGS]
+    assert {node["class_type"] for node in ours} >= {"OpticalFlowRAFT", "OpticalFlowMagnitudeMask"}
+    for node in workflow.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list):  # a link: [source node id, output index]
+                assert value[0] in workflow, value
+    for node in ours:
+        node_class = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
+        required = node_class.INPUT_TYPES()["required"]
+        assert set(required) <= set(node["inputs"]), node["class_type"]
+        for name, value in node["inputs"].items():
+            kind, options = required[name][0], required[name][1]
+            if isinstance(value, list):
+                source = workflow[value[0]]["class_type"]
+                if source in pack.NODE_CLASS_MAPPINGS:
+                    assert pack.NODE_CLASS_MAPPINGS[source].RETURN_TYPES[value[1]] == kind, (name, source)
+            elif isinstance(kind, list):
+                assert value in kind, (name, value)
+            else:
+                assert options["min"] <= value <= options["max"], (name, value)
+
+
+def test_registry_metadata() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
+    assert "comfyui" not in project["project"]["name"].lower()  # the registry's node-id rule
