@@ -116,11 +116,12 @@ def registered_class(seeded_weights: Path, monkeypatch: pytest.MonkeyPatch) -> t
 
 @pytest.fixture
 def small_class(registered_class: type) -> type:
-    """A no-argument subclass of the registered class computing at 128x128 with few updates (CPU speed)."""
+    """A no-argument subclass of the registered class: 128x128 compute, few updates, on the CPU (deterministic
+    and fast everywhere; the default device is covered by the GPU tests)."""
 
     class SmallFlow(registered_class):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            super().__init__(height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES)
+            super().__init__(height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device="cpu")
 
     return SmallFlow
 
@@ -343,8 +344,9 @@ def test_pipeline_hook_with_scope(seeded_weights: Path, monkeypatch: pytest.Monk
     assert [usage.value for usage in config.usage] == ["preprocessor"]
     defaults = {name: field.default for name, field in config.model_fields.items() if field.default is not None}
     pipeline = pipeline_class(**defaults)  # as Scope's PipelineManager builds plugin pipelines
-    pipeline.preprocessor = OpticalFlowTensorRTPreprocessor(  # small compute for the CPU
-        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device=pipeline.preprocessor.device
+    assert (pipeline.preprocessor.height, pipeline.preprocessor.fp16) == (512, True)
+    pipeline.preprocessor = OpticalFlowTensorRTPreprocessor(  # small compute on the CPU for speed
+        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device="cpu"
     )
     frames = uint8_frames(6)
     chunk_size = pipeline.prepare(video=True).input_size
@@ -355,7 +357,7 @@ def test_pipeline_hook_with_scope(seeded_weights: Path, monkeypatch: pytest.Monk
     streamed = torch.cat(outputs)
     assert streamed.shape == (6, 64, 80, 3) and 0.0 <= streamed.min() and streamed.max() <= 1.0
     whole = OpticalFlowTensorRTPreprocessor(
-        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device=pipeline.preprocessor.device
+        height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device="cpu"
     )(frames)
     torch.testing.assert_close(streamed, (whole[0].permute(1, 2, 3, 0) + 1) / 2, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no video frames"):
@@ -366,14 +368,26 @@ def test_pipeline_hook_with_scope(seeded_weights: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.gpu
-def test_gpu_defaults_through_the_plugin(registered_class: type) -> None:
+def test_gpu_defaults_through_the_plugin(registered_class: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    moves: list[tuple[torch.device, torch.device]] = []
+    original = core_preprocessor.to_unit_float
+
+    def spy(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+        moves.append((frames.device, device))
+        return original(frames, device)
+
+    monkeypatch.setattr(core_preprocessor, "to_unit_float", spy)
     instance = registered_class()  # what Scope does: cls(), then instance(ctx) per chunk
-    assert instance.device.type == "cuda" and instance.fp16
+    assert instance.device.type == "cuda" and instance.fp16 and (instance.height, instance.width) == (512, 512)
     frames = uint8_frames(12, 240, 320)
     chunks = [instance(scope_context(frames[i : i + 4], target=(320, 576))) for i in range(0, 12, 4)]
+    assert moves == [(torch.device("cpu"), instance.device)] * 3  # one CPU-to-GPU transfer per chunk
     for chunk in chunks:
         assert chunk.shape == (1, 3, 4, 320, 576) and chunk.device.type == "cuda"
         assert -1.0 <= chunk.min().item() and chunk.max().item() <= 1.0
+    assert chunks[0][:, :, 0].min().item() > 0.99  # the stream's first frame: white
+    for chunk in chunks[1:]:
+        assert chunk[:, :, 0].std() > 0.05  # later chunks' first frames have a reference
     whole = registered_class()(scope_context(frames, target=(320, 576)))
-    # fp16 on CUDA: batching of pairs differs between calls, so compare loosely.
-    assert (torch.cat(chunks, dim=2) - whole).abs().mean().item() < 0.02
+    # fp16 kernels may differ with the number of pairs per call, so compare loosely here (exactly on the CPU).
+    assert (torch.cat(chunks, dim=2) - whole).abs().mean().item() < 0.05
