@@ -38,12 +38,44 @@ def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) ->
     return statistics.median(times)
 
 
+def compile_shapes(size: int) -> None:
+    """First-call (compile + capture) time per new window length, static vs dynamic shapes."""
+    from scope_optical_flow_tensorrt.core.backends import BackendConfig
+    from scope_optical_flow_tensorrt.core.backends import torch_backend
+
+    device = torch.device("cuda")
+    for dynamic in (True, False):
+        torch_backend.COMPILE_DYNAMIC = dynamic
+        torch._dynamo.reset()
+        config = BackendConfig(height=size, width=size, device=device, fp16=True, num_flow_updates=12, max_pairs=16)
+        backend = torch_backend.TorchFlowBackend(config, None)
+        line = []
+        for frames_count in (13, 17, 9):
+            frames = moving_texture(frames_count, size, device)[0].permute(1, 0, 2, 3).contiguous()
+            start = time.perf_counter()
+            backend.flow(frames)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - start
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                backend.flow(frames)
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1000)
+            line.append(f"T={frames_count}: first {first:5.1f} s, then {statistics.median(times):6.2f} ms")
+        print(f"compile dynamic={dynamic}: " + "; ".join(line), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--profile-compiled", action="store_true", help="profile with the compiled update step")
+    parser.add_argument("--shapes", action="store_true", help="only time compiles per window length")
     args = parser.parse_args()
+    if args.shapes:
+        compile_shapes(args.size)
+        return
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()
     variants = {

@@ -155,6 +155,7 @@ def build_artifact(
         if not temp.is_file() or temp.stat().st_size == 0:
             raise ArtifactBuildError(f"building {path.name} produced no file (or an empty one)")
         size, sha256 = temp.stat().st_size, file_sha256(temp)
+        _fsync(temp)  # the bytes reach the disk before the name does
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -224,6 +225,11 @@ def clear_directory(directory: Path) -> int:
                 child.unlink()
                 removed += 1
     return removed
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def _temp_path(path: Path) -> Path:

@@ -81,6 +81,7 @@ def export_raft_onnx(
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes={"frames": {0: num_frames}},
                 external_data=False,
+                verbose=False,
             )
         else:
             torch.onnx.export(
@@ -106,9 +107,11 @@ def fold_constants(path: Path) -> bool:
         return False
     import onnx
     from polygraphy.backend.onnx import fold_constants as polygraphy_fold_constants
+    from polygraphy.logger import G_LOGGER
 
     model = onnx.load(str(path))
-    folded = polygraphy_fold_constants(model, num_passes=2, error_ok=True)
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        folded = polygraphy_fold_constants(model, num_passes=2, error_ok=True)
     onnx.save(folded, str(path))
     return True
 

@@ -57,6 +57,8 @@ class OpticalFlowTensorRTPreprocessor:
         models_dir: where ONNX graphs and engines are cached; default ``<models root>/optical-flow-tensorrt``.
         cuda_graphs: on CUDA, replay the PyTorch model from CUDA graphs (one capture per window shape);
             turn off to debug or to save the graphs' memory.
+        torch_compile: on CUDA, compile the PyTorch model with torch.compile (a first call of tens of
+            seconds, cached on disk; falls back to eager if compiling fails).
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -83,6 +85,7 @@ class OpticalFlowTensorRTPreprocessor:
         max_batch_pairs: int | None = None,
         models_dir: str | os.PathLike[str] | None = None,
         cuda_graphs: bool = True,
+        torch_compile: bool = True,
     ) -> None:
         _check_compute_size(height, width)
         _check_flow_strength(flow_strength)
@@ -98,6 +101,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.num_flow_updates = num_flow_updates
         self.fp16 = bool(fp16)
         self.cuda_graphs = bool(cuda_graphs)
+        self.torch_compile = bool(torch_compile)
         self.layout = layout
         self.weights_spec = weights
         self.models_dir = plugin_models_dir(models_dir)
@@ -145,6 +149,7 @@ class OpticalFlowTensorRTPreprocessor:
                 num_flow_updates=self.num_flow_updates,
                 max_pairs=self.max_batch_pairs,
                 cuda_graphs=self.cuda_graphs,
+                torch_compile=self.torch_compile,
                 models_dir=self.models_dir,
             )
             self._backend = create_backend(self.backend_name, config, self.weights_spec)

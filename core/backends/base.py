@@ -34,4 +34,5 @@ class BackendConfig:
     num_flow_updates: int
     max_pairs: int
     cuda_graphs: bool = True  # replay the forward pass from CUDA graphs where the backend supports it
+    torch_compile: bool = True  # compile the PyTorch model's parts with torch.compile on CUDA
     models_dir: str | os.PathLike[str] | None = None  # ONNX/engine cache folder (None: the default one)

@@ -60,7 +60,9 @@ class OnnxRuntimeFlowBackend:
             [("CUDAExecutionProvider", {"device_id": config.device.index or 0}), "CPUExecutionProvider"]
             if self.on_cuda else ["CPUExecutionProvider"]
         )
-        self.session = ort.InferenceSession(str(self.onnx_path), providers=providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: graph-optimizer notes are not the user's concern
+        self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=providers)
 
     @property
     def weights(self) -> WeightsInfo:

@@ -1,14 +1,21 @@
-"""The PyTorch backend: RAFT Small run eagerly through :class:`RaftSequenceFlow` (the reference backend)."""
+"""The PyTorch backend: RAFT Small through :class:`RaftSequenceFlow`, eager on the CPU, fast path on CUDA."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import Tensor
 
+from ..log import log_once, logger
 from ..raft import RaftSequenceFlow
 from ..weights import WeightsSpec, load_raft_small
 from .base import BackendConfig
 from .cuda_graph import CudaGraphRunner
+
+
+# One compiled kernel set for every window length (frame count), instead of a recompile per new length.
+COMPILE_DYNAMIC = True
 
 
 def half_precision_active(config: BackendConfig) -> bool:
@@ -19,28 +26,71 @@ def half_precision_active(config: BackendConfig) -> bool:
 class TorchFlowBackend:
     """PyTorch inference of :class:`RaftSequenceFlow`.
 
-    On CUDA: encoders and update block in fp16 (``fp16=True``; correlation stays fp32), and the whole forward
-    pass replayed from a CUDA graph per input shape (``cuda_graphs=True``), which removes the per-kernel launch
-    cost that dominates eager RAFT. On the CPU: plain fp32 eager.
+    On CUDA, three things make it fast (each can be turned off in the config):
+
+    - ``fp16``: encoders, update block and correlation pyramid in half precision (coordinates stay fp32);
+      measured against fp32 on random weights: flow within 0.2 px max, 0.02 px mean at 512x512.
+    - ``torch_compile``: ``encode`` and ``update_step`` compiled by torch.compile (default mode, no
+      autotuning), which fuses the GRU's elementwise work, concatenations and layout copies. The first call
+      compiles (tens of seconds; torch caches the result on disk for later runs). If compiling fails, the
+      backend says so once and runs eagerly.
+    - ``cuda_graphs``: the whole forward pass replayed from a CUDA graph per input shape, which removes the
+      launch cost of its several hundred kernels.
+
+    On the CPU: plain fp32 eager.
     """
 
     name = "torch"
 
     def __init__(self, config: BackendConfig, weights: WeightsSpec) -> None:
         raft, self.weights_info = load_raft_small(weights)
-        compute_dtype = torch.float16 if half_precision_active(config) else torch.float32
-        self.model = RaftSequenceFlow(raft, config.num_flow_updates, compute_dtype=compute_dtype)
+        half = half_precision_active(config)
+        compute_dtype = torch.float16 if half else torch.float32
+        self.model = RaftSequenceFlow(raft, config.num_flow_updates, compute_dtype=compute_dtype, corr_dtype=compute_dtype)
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
         self.config = config
-        use_graphs = config.cuda_graphs and config.device.type == "cuda"
-        self.graphs = CudaGraphRunner(self._forward, config.device) if use_graphs else None
+        on_cuda = config.device.type == "cuda"
+        self.compiled = config.torch_compile and on_cuda
+        if self.compiled:
+            self._compile()
+        self.graphs = CudaGraphRunner(self._forward, config.device) if config.cuda_graphs and on_cuda else None
+
+    def _compile(self) -> None:
+        log_once(
+            "torch-compile",
+            "compiling RAFT Small with torch.compile for this GPU: the first call for each new input shape takes "
+            "a while (cached on disk for later runs); pass torch_compile=False to skip.",
+            20,
+        )
+        self.model.encode = torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
+        self.model.update_step = torch.compile(self.model.update_step, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
+
+    def _uncompile(self, error: Exception) -> None:
+        log_once(
+            "torch-compile-failed",
+            f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); running RAFT eagerly instead.",
+        )
+        del self.model.encode, self.model.update_step  # back to the class's eager methods
+        self.compiled = False
+        if self.graphs is not None:
+            self.graphs = CudaGraphRunner(self._forward, self.config.device)
 
     def _forward(self, frames: Tensor) -> Tensor:
         return self.model(frames).float()
 
     @torch.inference_mode()
     def flow(self, frames: Tensor) -> Tensor:
-        if self.graphs is not None:
-            return self.graphs(frames)
-        return self._forward(frames)
+        run = self.graphs if self.graphs is not None else self._forward
+        if not self.compiled:
+            return run(frames)
+        started = time.perf_counter()
+        try:
+            flow = run(frames)
+        except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
+            self._uncompile(error)
+            return self.flow(frames)
+        elapsed = time.perf_counter() - started
+        if elapsed > 2.0:
+            logger.info("compiled/captured RAFT for %s frames in %.1f s", frames.shape[0], elapsed)
+        return flow
