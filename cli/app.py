@@ -52,6 +52,7 @@ for _sub in cache_group.commands.values():
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m scope_optical_flow_tensorrt``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    settings.verbose = settings.quiet = False
     try:
         result = cli.main(args=args, prog_name=PROG_NAME, standalone_mode=False)
     except click.exceptions.Abort:

@@ -65,7 +65,10 @@ def prebuild_command(
         if onnx_only:
             path = manager.export_onnx_cached(height, width, **arguments)
         else:
-            path = manager.prebuild_engine(height, width, **arguments)
+            try:
+                path = manager.prebuild_engine(height, width, **arguments)
+            except RuntimeError as error:
+                raise CliError(f"{error} (To export only the ONNX graph: prebuild --onnx-only.)") from error
         say(f"{height}x{width}: {path}")
 
 
@@ -77,7 +80,7 @@ def info_command(as_json: bool, models_dir: Path | None) -> None:
     """GPUs, library versions, backends, weights status, models folder and cached engines."""
     report = collect_info(models_dir)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, default=str))
         return
     click.echo(f"python      {report['python']} ({report['platform']})")
     for name, version in report["packages"].items():

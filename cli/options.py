@@ -74,7 +74,7 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
                      help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128)."),
         click.option("--fp16/--fp32", "fp16", default=True, show_default=True,
                      help="Half precision on CUDA (ignored on the CPU)."),
-        click.option("--updates", "num_flow_updates", type=int, default=12, show_default=True,
+        click.option("--updates", "num_flow_updates", type=click.IntRange(min=1), default=12, show_default=True,
                      help="RAFT refinement iterations (fewer: faster, coarser)."),
         click.option("--backend", type=BackendType(), default="auto", show_default=True,
                      help="Inference backend; auto picks TensorRT when available on CUDA."),
@@ -99,13 +99,13 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
 def display_options(function: Callable) -> Callable:
     """Decorator adding the visualization options (flow_strength, normalization)."""
     for option in reversed([
-        click.option("--strength", "flow_strength", type=float, default=1.0, show_default=True,
+        click.option("--strength", "flow_strength", type=click.FloatRange(0.0, 2.0), default=1.0, show_default=True,
                      help="Saturation multiplier in [0, 2]."),
         click.option("--normalization", type=click.Choice(["per_frame", "fixed", "running"]), default="per_frame",
                      show_default=True, help="How flow magnitude maps to saturation (see the README)."),
-        click.option("--max-flow", type=float, default=20.0, show_default=True,
+        click.option("--max-flow", type=click.FloatRange(min=0.0, min_open=True), default=20.0, show_default=True,
                      help="Pixels of motion at full saturation with --normalization fixed."),
-        click.option("--decay", type=float, default=0.9, show_default=True,
+        click.option("--decay", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
                      help="Per-frame decay of the running maximum with --normalization running."),
     ]):
         function = option(function)

@@ -63,8 +63,8 @@ def run_command(
     """
     if output is None and flow_npy is None and flow_flo is None:
         raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
-    flow = build_preprocessor(weights=weights_spec(weights), **options)
     source = open_input(input_spec, fps)
+    flow = build_preprocessor(weights=weights_spec(weights), **options)
     started = time.perf_counter()
     with StagedOutputs(overwrite) as staged:
         image_writers: list[Any] = []

@@ -35,13 +35,19 @@ def set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 def configure_logging() -> None:
     """The package's log (fallback warnings, untrained weights, backend choice) goes to stderr, one line each."""
     logger = logging.getLogger("scope_optical_flow_tensorrt")
-    if not any(getattr(handler, "_cli", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, StderrHandler) for handler in logger.handlers):
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter(f"{PROG_NAME}: %(levelname)s: %(message)s"))
-        handler._cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(logging.INFO if settings.verbose else logging.ERROR if settings.quiet else logging.WARNING)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be swapped, e.g. by tqdm)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def say(message: str) -> None:
