@@ -184,7 +184,9 @@ def test_torchscript_exporter_fallback_matches_model(tmp_path: Path) -> None:
     model = RaftSequenceFlow(raft, UPDATES).eval()
     path = tmp_path / "raft.onnx"
     assert export_raft_onnx(model, path, COMPUTE_SIZE, COMPUTE_SIZE, exporter="torchscript") == "torchscript"
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     for num_frames in (2, 4):
         frames = torch.rand(num_frames, 3, COMPUTE_SIZE, COMPUTE_SIZE, generator=torch.Generator().manual_seed(num_frames))
         with torch.no_grad():
@@ -219,8 +221,8 @@ def test_onnxruntime_backend_on_cuda_device_matches_torch(models_dir: Path) -> N
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.parametrize("fp16, tolerance", [(False, 1e-2), (True, 0.5)])
-def test_tensorrt_backend_matches_torch_backend(models_dir: Path, fp16: bool, tolerance: float) -> None:
+@pytest.mark.parametrize("fp16", [False, True])
+def test_tensorrt_backend_matches_torch_backend(models_dir: Path, fp16: bool) -> None:
     """TensorRT (built through prebuild_engine, then found by the preprocessor) against fp32 PyTorch."""
     path = prebuild_engine(COMPUTE_SIZE, COMPUTE_SIZE, fp16=fp16, num_flow_updates=UPDATES, max_pairs=3,
                            weights=None, models_dir=models_dir)
@@ -233,5 +235,10 @@ def test_tensorrt_backend_matches_torch_backend(models_dir: Path, fp16: bool, to
     flow_trt = trt.compute_flow(frames)
     assert trt.load().engine_path == path  # prebuilt engine reused, not rebuilt
     assert trt.weights_info is not None and trt.weights_info.identity == "random-seed0"
-    print(f"tensorrt fp16={fp16} vs torch fp32: max abs flow difference {(flow_trt - flow_ref).abs().max().item():.3g} px")
-    assert (flow_trt - flow_ref).abs().max().item() < tolerance
+    difference = (flow_trt - flow_ref).abs()
+    print(f"tensorrt fp16={fp16} vs torch fp32: flow difference max {difference.max().item():.3g} px, "
+          f"mean {difference.mean().item():.3g} px")
+    if fp16:  # same bar as the PyTorch fp16 path in test_gpu.py
+        assert difference.mean() < 0.02 * flow_ref.abs().mean() + 0.05
+    else:  # torch's reference convolutions may use TF32 (cuDNN default); the engine is built without TF32
+        assert difference.max().item() < 0.05
