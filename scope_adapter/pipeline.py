@@ -64,7 +64,8 @@ class FlowPipeline(Pipeline):
         video = kwargs.get("video")
         if not video:
             raise ValueError(
-                "the Flow preprocessor got no video frames: optical flow needs a video or camera input."
+                "the Flow preprocessor got no video frames: optical flow needs a video or camera input. "
+                "Select a video source, or remove Flow from the preprocessors."
             )
         if kwargs.get("init_cache"):
             self.preprocessor.reset()
