@@ -235,6 +235,22 @@ def test_magnitude_mask(pack: types.ModuleType, work: types.ModuleType) -> None:
     torch.testing.assert_close(binary, (flow.norm(dim=1) >= 1.0).float(), atol=0, rtol=0)
 
 
+def test_onnxruntime_backend_matches_torch(
+    pack: types.ModuleType, work: types.ModuleType, _isolated_models_dir, monkeypatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setattr(work.host, "compute_device", lambda: torch.device("cpu"))  # onnxruntime CPU build
+    if "onnxruntime" not in flow_node(pack).INPUT_TYPES()["required"]["backend"][0]:
+        pytest.skip("this core has no onnxruntime backend")
+    frames = make_frames(3, 96, 112)
+    _, reference = run(flow_node(pack), images=frames, backend="torch")
+    _, flow = run(flow_node(pack), images=frames, backend="onnxruntime")
+    assert next(iter(work._cache.values())).backend_name == "onnxruntime"
+    assert list(_isolated_models_dir.rglob("*.onnx")), "the ONNX graph is cached in the models folder"
+    torch.testing.assert_close(flow, reference, rtol=1e-3, atol=1e-3)
+
+
 # -- caching -----------------------------------------------------------------------------------------------
 
 
