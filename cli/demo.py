@@ -188,11 +188,11 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     from .run import to_uint8_frames
 
     overwrite = overwrite or _is_old_demo(output)
-    flow = _load_with_fallback(weights, options)
-    height, width = options["size"]
-    clip = synthetic_clip(num_frames, height, width)
     with StagedOutputs(overwrite) as staged:
         folder = staged.add(output, folder=True)
+        flow = _load_with_fallback(weights, options)
+        height, width = options["size"]
+        clip = synthetic_clip(num_frames, height, width)
         started = time.perf_counter()
         raw = flow.compute_flow(clip.frames, layout="FHWC")[0]  # [F, 2, h, w] at the clip's size
         maps = to_uint8_frames(flow.flow_to_image(raw[None], size=(height, width)))

@@ -37,7 +37,8 @@ class SizeType(click.ParamType):
 
 
 class BackendType(click.ParamType):
-    """A backend name from ``core.backends.BACKENDS``, looked up only when used (keeps ``--help`` fast)."""
+    """A backend name; the choices (``core.backends.BACKENDS``) are looked up only for ``--help``, and the core
+    checks the value, so commands that fail early never import torch."""
 
     name = "backend"
 
@@ -45,8 +46,6 @@ class BackendType(click.ParamType):
         return "[" + "|".join(_backends()) + "]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if value not in _backends():
-            self.fail(f"{value!r} is not a backend; use one of {', '.join(_backends())}.", param, ctx)
         return str(value)
 
 

@@ -223,7 +223,7 @@ def _video_without_frames(path: Path) -> None:
         ("bad size", EXIT_USAGE, "multiple of 8"),
         ("unparsable size", EXIT_USAGE, "HEIGHTxWIDTH"),
         ("strength out of range", EXIT_USAGE, "--strength"),
-        ("unknown backend", EXIT_USAGE, "--backend"),
+        ("unknown backend", EXIT_USAGE, "backend='cuda' is not supported"),
         ("missing weights file", EXIT_USAGE, "weights file not found"),
         ("bad device", EXIT_USAGE, "not a valid torch device"),
     ],
@@ -271,7 +271,7 @@ def test_bad_input(tmp_path: Path, run_main, case: str, code: int, message: str)
 # -- demo ---------------------------------------------------------------------------------------------------
 
 
-def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_offline_end_to_end(tmp_path: Path, run_main) -> None:
     result = cli("demo", "--size", "128", "--frames", "4", "--updates", "2", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "optical-flow-demo"  # the default output folder
@@ -288,16 +288,15 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     legend = np.asarray(Image.open(folder / "legend.png"))
     assert legend.ndim == 3 and legend.std() > 20  # a coloured wheel, not a blank image
     # Running again replaces the earlier demo; a folder that is not a demo is refused.
-    again = cli("demo", "-o", folder, "--size", "128", "--frames", "3", "--updates", "1", "--device", "cpu",
-                "--weights", "untrained")
-    assert again.returncode == 0, again.stderr
+    fast = ["--size", "128", "--frames", "3", "--updates", "1", "--device", "cpu", "--weights", "untrained"]
+    code, _, err = run_main("demo", "-o", folder, *fast)
+    assert code == 0, err
     assert json.loads((folder / "summary.json").read_text())["frames"] == 3
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("keep me")
-    refused = cli("demo", "-o", tmp_path / "mine", "--size", "128", "--frames", "3", "--updates", "1",
-                  "--device", "cpu", "--weights", "untrained")
-    assert refused.returncode == EXIT_OUTPUT and "--overwrite" in refused.stderr
-    assert (tmp_path / "mine" / "thesis.txt").read_text() == "keep me"
+    code, _, err = run_main("demo", "-o", tmp_path / "mine", *fast)
+    assert code == EXIT_OUTPUT and "--overwrite" in err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]
 
 
 def test_synthetic_clip_has_the_stated_motion() -> None:
@@ -352,18 +351,21 @@ def test_bench_json(tmp_path: Path) -> None:
 def test_info_prebuild_and_cache_clear(tmp_path: Path, _isolated_models_dir: Path, run_main) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
+    code, out, err = run_main("info", "--json")
+    assert code == 0, err
+    assert json.loads(out)["engines"] == []
+    built = cli("prebuild", "--onnx-only", "--size", "128x128", "--updates", "1", "--weights", "untrained")
+    assert built.returncode == 0, built.stderr
+    onnx_path = Path(built.stdout.strip().split(": ", 1)[1])
+    assert onnx_path.is_file() and onnx_path.suffix == ".onnx"
     info = cli("info", "--json")
     assert info.returncode == 0, info.stderr
     report = json.loads(info.stdout)
     assert report["packages"]["torch"] == metadata.version("torch")
     assert report["models_dir"] == str(_isolated_models_dir / "optical-flow-tensorrt")
-    assert "torch" in report["backends"] and report["engines"] == []
+    assert "torch" in report["backends"]
     assert {"source", "path", "present", "status"} <= set(report["weights"])
-    built = cli("prebuild", "--onnx-only", "--size", "128x128", "--updates", "1", "--weights", "untrained")
-    assert built.returncode == 0, built.stderr
-    onnx_path = Path(built.stdout.strip().split(": ", 1)[1])
-    assert onnx_path.is_file() and onnx_path.suffix == ".onnx"
-    listed = json.loads(cli("info", "--json").stdout)["engines"]
+    listed = report["engines"]
     assert [Path(entry["path"]) for entry in listed] == [onnx_path]
     assert listed[0]["kind"] == "onnx" and listed[0]["size_bytes"] == onnx_path.stat().st_size
     code, out, _ = run_main("info")
@@ -371,7 +373,8 @@ def test_info_prebuild_and_cache_clear(tmp_path: Path, _isolated_models_dir: Pat
     cleared = cli("cache", "clear")
     assert cleared.returncode == 0 and "removed" in cleared.stdout
     assert not onnx_path.exists()
-    assert json.loads(cli("info", "--json").stdout)["engines"] == []
+    code, out, _ = run_main("info", "--json")
+    assert json.loads(out)["engines"] == []
 
 
 def test_prebuild_without_tensorrt_explains(run_main) -> None:
