@@ -191,16 +191,20 @@ def ensure_engine(
     spec: EngineSpec,
     weights: WeightsSpec,
     target: BuildTarget,
-    builder: EngineBuilder = write_engine_with_tensorrt,
+    builder: EngineBuilder | None = None,
 ) -> tuple[Path, WeightsInfo]:
-    """The cached engine for ``spec`` on ``target``, exporting ONNX and building first where needed."""
+    """The cached engine for ``spec`` on ``target``, exporting ONNX and building first where needed.
+
+    ``builder`` defaults to :func:`write_engine_with_tensorrt` (tests inject a fake one).
+    """
+    build = builder or write_engine_with_tensorrt
     with locked(directory):
         onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights)
         sidecar = read_sidecar(onnx) or {}
         key = engine_key(spec, info.identity, target, str(sidecar.get("sha256", "")))
         path = engine_path(directory, key)
         extra = {"onnx_file": onnx.name, "weights_description": info.description}
-        ensure_artifact(path, key, lambda temp: builder(onnx, temp, spec, target), info=extra, label="TensorRT engine")
+        ensure_artifact(path, key, lambda temp: build(onnx, temp, spec, target), info=extra, label="TensorRT engine")
     return path, info
 
 
@@ -210,7 +214,7 @@ def load_engine(
     weights: WeightsSpec,
     target: BuildTarget,
     deserialize: Callable[[bytes], Engine | None],
-    builder: EngineBuilder = write_engine_with_tensorrt,
+    builder: EngineBuilder | None = None,
 ) -> tuple[Engine, Path, WeightsInfo]:
     """Ensure the engine and deserialize it; an engine that fails to deserialize is discarded and rebuilt once."""
     with locked(directory):

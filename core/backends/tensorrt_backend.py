@@ -56,17 +56,18 @@ class TensorRTFlowBackend:
         if not 2 <= num_frames <= self.max_pairs + 1:
             raise ValueError(f"the TensorRT engine takes 2 to {self.max_pairs + 1} frames per call, got {num_frames}.")
         frames = frames.to(device=self.device, dtype=torch.float32).contiguous()
-        if num_frames != self._frames:
-            self._resize(num_frames)
-        assert self._output is not None
-        if not self.context.set_tensor_address(INPUT_NAME, frames.data_ptr()):
-            raise RuntimeError("TensorRT rejected the input tensor address.")
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run the engine {self.engine_path} (see the TensorRT log).")
-        # The output buffer is reused by the next call, and callers keep several results (one per window)
-        # before concatenating them: hand out a copy (queued on the same stream, no synchronization).
-        return self._output.clone()
+        with torch.cuda.device(self.device):  # TensorRT runs on the current device; no-op when already current
+            if num_frames != self._frames:
+                self._resize(num_frames)
+            assert self._output is not None
+            if not self.context.set_tensor_address(INPUT_NAME, frames.data_ptr()):
+                raise RuntimeError("TensorRT rejected the input tensor address.")
+            stream = torch.cuda.current_stream(self.device)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT failed to run the engine {self.engine_path} (see the TensorRT log).")
+            # The output buffer is reused by the next call, and callers keep several results (one per window)
+            # before concatenating them: hand out a copy (queued on the same stream, no synchronization).
+            return self._output.clone()
 
     def _resize(self, num_frames: int) -> None:
         """Set the input shape for ``num_frames`` and (re)allocate and bind the output buffer."""
