@@ -196,3 +196,73 @@ def test_tensorrt_backend_reuses_cached_engine_and_rebuilds_unreadable_one(fake_
     assert len(setup.builds) == 2 and third.engine_path == path
     assert path.read_bytes().startswith(b"FAKE-ENGINE")
     assert setup.deserialized.count(bad) == 1
+
+
+def test_engine_build_assembles_polygraphy_loaders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """build_engine_bytes: one batch profile (min 2, opt = max = max_frames), fp16 with the correlation pinned
+    to fp32, workspace limit and a progress monitor, all handed to polygraphy's loaders."""
+    import polygraphy.backend.trt as polygraphy_trt
+
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    trt = types.ModuleType("tensorrt")
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.LayerType = types.SimpleNamespace(MATRIX_MULTIPLY="matmul", POOLING="pool", GRID_SAMPLE="grid", CONVOLUTION="conv")
+    trt.float32 = "FLOAT"
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    trt.IProgressMonitor = IProgressMonitor
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    seen: dict[str, object] = {}
+
+    class Layer:
+        def __init__(self, kind: str) -> None:
+            self.type, self.num_outputs, self.precision, self.output_types = kind, 1, None, {}
+
+        def set_output_type(self, index: int, dtype: str) -> None:
+            self.output_types[index] = dtype
+
+    layers = [Layer(kind) for kind in ("conv", "matmul", "pool", "grid", "conv")]
+    network = types.SimpleNamespace(num_layers=len(layers), get_layer=lambda index: layers[index])
+
+    monkeypatch.setattr(polygraphy_trt, "network_from_onnx_path", lambda path: seen.setdefault("onnx", path) and "net")
+
+    def postprocess(net: object, func, name=None) -> str:
+        func(network=network)
+        return "postprocessed"
+
+    def create_config(**kwargs: object) -> dict:
+        seen["config"] = kwargs
+        return kwargs
+
+    def engine_bytes(net: object, config: object) -> bytes:
+        seen["network"] = net
+        monitor = config["progress_monitor"]
+        monitor.phase_start("Building", None, 2)
+        assert monitor.step_complete("Building", 0) is True
+        monitor.phase_finish("Building")
+        return b"PLAN"
+
+    monkeypatch.setattr(polygraphy_trt, "PostprocessNetwork", postprocess)
+    monkeypatch.setattr(polygraphy_trt, "CreateConfig", create_config)
+    monkeypatch.setattr(polygraphy_trt, "engine_bytes_from_network", engine_bytes)
+
+    plan = trt_build.build_engine_bytes(tmp_path / "g.onnx", height=256, width=320, fp16=True, max_frames=9,
+                                        workspace_bytes=123, device=torch.device("cpu"))
+    assert plan == b"PLAN" and seen["onnx"] == str(tmp_path / "g.onnx") and seen["network"] == "postprocessed"
+    config = seen["config"]
+    assert config["fp16"] is True and config["precision_constraints"] == "prefer"
+    assert config["memory_pool_limits"] == {"WORKSPACE": 123}
+    (profile,) = config["profiles"]
+    shapes = profile["frames"]
+    assert (tuple(shapes.min), tuple(shapes.opt), tuple(shapes.max)) == ((2, 3, 256, 320), (9, 3, 256, 320), (9, 3, 256, 320))
+    assert [layer.precision for layer in layers] == [None, "FLOAT", "FLOAT", "FLOAT", None]
+
+    seen.clear()
+    trt_build.build_engine_bytes(tmp_path / "g.onnx", height=128, width=128, fp16=False, max_frames=2,
+                                 workspace_bytes=1, device=torch.device("cpu"))
+    assert seen["network"] == "net" and seen["config"]["fp16"] is False  # fp32: no pinning step
