@@ -45,7 +45,8 @@ _MAX_FLOW = (
 
 def _check_strength(flow_strength: float) -> float:
     low, high = FLOW_STRENGTH_RANGE
-    if not isinstance(flow_strength, (int, float)) or not math.isfinite(flow_strength) or not low <= flow_strength <= high:
+    valid = isinstance(flow_strength, (int, float)) and math.isfinite(flow_strength) and low <= flow_strength <= high
+    if not valid:
         raise ValueError(f"flow_strength must be a number in [{low}, {high}], got {flow_strength!r}.")
     return float(flow_strength)
 
@@ -143,15 +144,8 @@ class OpticalFlowRAFT:
         previous_frames: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         images = work.check_images(images)
-        previous = None
-        if previous_frames is not None:
-            previous = work.check_images(previous_frames, "previous_frames")[-1]
-            if previous.shape[:2] != images.shape[1:3]:
-                raise ValueError(
-                    f"previous_frames are {previous.shape[1]}x{previous.shape[0]} but images are "
-                    f"{images.shape[2]}x{images.shape[1]} (width x height); they must be the same video size. "
-                    "Resize one of them, or disconnect previous_frames."
-                )
+        previous = None if previous_frames is None else work.check_images(previous_frames, "previous_frames")[-1]
+        work.check_clip(images, previous, first_frame)
         strength = _check_strength(flow_strength)
         normalizer = _normalizer(normalization, max_flow)
         device = host.compute_device()

@@ -125,6 +125,23 @@ def check_flow(flow: object) -> Tensor:
     return flow
 
 
+def check_clip(images: Tensor, previous_frame: Tensor | None, first_frame: str) -> None:
+    """Errors a clip would hit in :func:`video_flow`, raised before any model is loaded."""
+    if first_frame not in FIRST_FRAME_MODES:
+        raise ValueError(f"first_frame={first_frame!r} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.")
+    if previous_frame is None and images.shape[0] < 2:
+        raise ValueError(
+            f"optical flow needs at least 2 frames to find motion, got {images.shape[0]}. Connect a video's frames "
+            "(e.g. Load Video -> Get Video Components), or connect previous_frames with the frame(s) before it."
+        )
+    if previous_frame is not None and previous_frame.shape[:2] != images.shape[1:3]:
+        raise ValueError(
+            f"previous_frames are {previous_frame.shape[1]}x{previous_frame.shape[0]} but images are "
+            f"{images.shape[2]}x{images.shape[1]} (width x height); they must be the same video size. "
+            "Resize one of them, or disconnect previous_frames."
+        )
+
+
 def video_flow(
     preprocessor: OpticalFlowTensorRTPreprocessor,
     images: Tensor,
@@ -139,13 +156,7 @@ def video_flow(
     reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"copy_next"`` (frame 1's flow)
     or ``"drop"`` (the output has N - 1 frames).
     """
-    if first_frame not in FIRST_FRAME_MODES:
-        raise ValueError(f"first_frame={first_frame!r} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.")
-    if previous_frame is None and images.shape[0] < 2:
-        raise ValueError(
-            f"optical flow needs at least 2 frames to find motion, got {images.shape[0]}. Connect a video's frames "
-            "(e.g. Load Video -> Get Video Components), or connect previous_frames with the frame(s) before it."
-        )
+    check_clip(images, previous_frame, first_frame)
     if previous_frame is not None:
         preprocessor.compute_flow(previous_frame[None])  # primes the stream; no model call for a single frame
     window = max(1, preprocessor.max_batch_pairs)
@@ -163,11 +174,6 @@ def video_flow(
         elif first_frame == "drop":
             flow = flow[1:]
     return flow
-
-
-def flow_at_size(flow: Tensor, height: int, width: int) -> Tensor:
-    """Compute-resolution flow resized to ``height x width`` with the vectors scaled to its pixels."""
-    return resize_flow(flow, height, width)
 
 
 def flow_images(
@@ -190,7 +196,7 @@ def flow_images(
         host.check_interrupted()
         chunk = flow[start : start + window].to(device, torch.float32)
         if size is not None:
-            chunk = flow_at_size(chunk, *size)
+            chunk = resize_flow(chunk, *size)  # vectors scaled to the new size's pixels
         scales = normalizer.scales(chunk[None])[0]
         rgb = flow_to_rgb(chunk, scales, flow_strength).clamp_(0.0, 1.0)
         images.append(rgb.permute(0, 2, 3, 1).to(out))
@@ -198,7 +204,9 @@ def flow_images(
     return torch.cat(images), torch.cat(flows)
 
 
-def magnitude_mask(flow: Tensor, normalizer: FlowNormalizer, threshold: float, device: torch.device, window: int) -> Tensor:
+def magnitude_mask(
+    flow: Tensor, normalizer: FlowNormalizer, threshold: float, device: torch.device, window: int
+) -> Tensor:
     """``[N, H, W]`` motion mask in ``[0, 1]``: |flow| / the normalizer's scale, or 1 where that is >= threshold
     (when ``threshold > 0``)."""
     out = host.output_device()

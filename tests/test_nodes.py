@@ -311,6 +311,8 @@ def test_bad_images_are_explained(
 ) -> None:
     with pytest.raises(error, match=message):
         run(flow_node(pack), images=images)
+    if "255" not in message:  # shape errors come before any model is loaded (the range check needs the values)
+        assert not work._cache
 
 
 def test_bad_settings_and_mismatched_inputs(pack: types.ModuleType, work: types.ModuleType) -> None:
@@ -320,6 +322,8 @@ def test_bad_settings_and_mismatched_inputs(pack: types.ModuleType, work: types.
         run(flow_node(pack), images=frames, previous_frames=torch.rand(2, 80, 100, 3))
     with pytest.raises(ValueError, match=r"width=140 must be a multiple of 8 .* try 144"):
         run(flow_node(pack), images=frames, compute_width=140)
+    with pytest.raises(ValueError, match=r"first_frame='first' is not supported"):
+        run(flow_node(pack), images=frames, first_frame="first")
     with pytest.raises(ValueError, match=r"flow_strength must be a number in \[0.0, 2.0\]"):
         run(flow_node(pack), images=frames, flow_strength=3.0)
     with pytest.raises(ValueError, match=r"normalization='auto' is not supported"):
