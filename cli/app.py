@@ -30,7 +30,14 @@ def _common_options() -> list[click.Option]:
     ]
 
 
-@click.group(name=PROG_NAME, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+class OrderedGroup(click.Group):
+    """Lists commands in the order they were added (the common ones first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(name=PROG_NAME, cls=OrderedGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scope-optical-flow-tensorrt", prog_name=PROG_NAME)
 def cli() -> None:
     """Optical-flow maps (RAFT Small; TensorRT or PyTorch) for videos and image sequences.

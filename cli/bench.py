@@ -13,7 +13,7 @@ from .options import build_preprocessor, load_model, model_options, weights_spec
 from .state import say
 
 
-@click.command("bench")
+@click.command("bench", short_help="Frames/s and ms per chunk on this machine.")
 @click.option("--chunk", type=click.IntRange(min=2), default=16, show_default=True, help="Frames per call.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
 @click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls.")

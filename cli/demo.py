@@ -171,7 +171,7 @@ def save_strip(path: Path, frames: Any, maps: Any, count: int = 6) -> None:
     Image.fromarray(strip).save(path)
 
 
-@click.command("demo")
+@click.command("demo", short_help="Flow for a built-in synthetic clip; prints measured vs true motion.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("optical-flow-demo"), show_default=True,
               help="Folder for the demo's files (replaced if it holds an earlier demo).")
 @click.option("--frames", "num_frames", type=click.IntRange(min=3, max=300), default=12, show_default=True,

@@ -33,7 +33,7 @@ def engine_manager() -> ModuleType:
     return module
 
 
-@click.command("prebuild")
+@click.command("prebuild", short_help="Export ONNX and build TensorRT engines ahead of time.")
 @click.option("--size", "sizes", type=SizeType(), multiple=True, required=True,
               help="Compute resolution HEIGHTxWIDTH to build for; repeat for several.")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
@@ -72,7 +72,7 @@ def prebuild_command(
         say(f"{height}x{width}: {path}")
 
 
-@click.command("info")
+@click.command("info", short_help="GPU, versions, backends, weights, models folder, cached engines.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Cache folder to list [default: <models root>/optical-flow-tensorrt].")
@@ -171,7 +171,7 @@ def _version(name: str) -> str | None:
         return None
 
 
-@click.group("cache")
+@click.group("cache", short_help="Manage the ONNX/engine cache (cache clear).")
 def cache_group() -> None:
     """The ONNX/engine cache."""
 

@@ -23,7 +23,7 @@ from .outputs import (
 from .state import progress_bar, say
 
 
-@click.command("run")
+@click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder or glob.")
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Flow visualization: a video (.mp4, .mkv, .mov, .webm, .avi; same frame rate as the input) "
