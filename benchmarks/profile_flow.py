@@ -82,16 +82,20 @@ def main() -> None:
         "fp32": dict(compute_dtype=torch.float32),
         "fp16, corr fp32": dict(compute_dtype=torch.float16),
         "fp16, corr fp16": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
-        "fp16, corr fp16, compiled step": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
+        "fp16, corr fp16, fast block": dict(compute_dtype=torch.float16, corr_dtype=torch.float16,
+                                            fast_update_block=True),
         "fp16, corr fp16, compiled step+encode": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
-        "fp16, corr fp16, compiled forward": dict(compute_dtype=torch.float16, corr_dtype=torch.float16),
+        "fp16, corr fp16, fast block, compiled step+encode": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True),
+        "fp16, corr fp16, fast block channels_last, compiled step+encode": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, channels_last=True),
     }
     reference = None
     for name, options in variants.items():
         raft, _ = load_raft_small(None)
         model = RaftSequenceFlow(raft, 12, **options).to(device).eval()  # type: ignore[arg-type]
         call = model
-        if "compiled step" in name:
+        if "compiled step" in name:  # noqa: SIM102
             model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
         if "+encode" in name:
             model.encode = torch.compile(model.encode, dynamic=False)  # type: ignore[method-assign]
@@ -112,9 +116,11 @@ def main() -> None:
               f"flow diff vs fp32 max {diff.max().item():.3f} mean {diff.mean().item():.4f} px", flush=True)
 
     raft, _ = load_raft_small(None)
-    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16).to(device).eval()
+    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
+                             fast_update_block=True).to(device).eval()
     if args.profile_compiled:
         model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
+        model.encode = torch.compile(model.encode, dynamic=False)  # type: ignore[method-assign]
     with torch.inference_mode():
         for _ in range(3):
             model(frames)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.optical_flow import RAFT
 
+from .fast_update import FastUpdateBlock
+
 # torchvision's CorrBlock needs 2 pixels at the coarsest of its 4 levels: feature maps >= 16, images >= 128.
 MIN_SIZE = 128
 DOWNSAMPLE = 8
@@ -37,13 +39,16 @@ class RaftSequenceFlow(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
         corr_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        fast_update_block: bool = False,
     ) -> None:
         super().__init__()
         if raft.mask_predictor is not None:
             raise ValueError("RaftSequenceFlow supports RAFT Small only (no convex-upsampling mask predictor).")
         self.feature_encoder = raft.feature_encoder
         self.context_encoder = raft.context_encoder
-        self.update_block = raft.update_block
+        # torchvision's block (exported to ONNX as is) or the same arithmetic regrouped for tensor cores
+        self.update_block: nn.Module = FastUpdateBlock(raft.update_block) if fast_update_block else raft.update_block
+        self.fast_update_block = fast_update_block
         self.num_levels: int = raft.corr_block.num_levels
         self.radius: int = raft.corr_block.radius
         self.hidden_size: int = raft.update_block.hidden_state_size
@@ -92,6 +97,9 @@ class RaftSequenceFlow(nn.Module):
         """One RAFT refinement: look up correlations around ``coords1``, update the hidden state and coords."""
         corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
         flow = (coords1 - coords0).to(self.compute_dtype)
+        if self.fast_update_block:
+            corr_features = F.pad(corr_features, (0, 0, 0, 0, 0, self.update_block.corr_channels - corr_features.shape[1]))
+            flow = F.pad(flow, (0, 0, 0, 0, 0, self.update_block.flow_channels - 2))
         hidden, delta_flow = self.update_block(hidden, context, corr_features, flow)
         return hidden, coords1 + delta_flow.float()
 

@@ -14,8 +14,19 @@ from .base import BackendConfig
 from .cuda_graph import CudaGraphRunner
 
 
-# One compiled kernel set for every window length (frame count), instead of a recompile per new length.
-COMPILE_DYNAMIC = True
+# Measured on an H200 at 512x512 (benchmarks/profile_flow.py --shapes): dynamic shapes compiled in 60 s and ran
+# 2x slower than static ones (19 s per shape). So shapes stay static, and window lengths are padded up to a few
+# bucket sizes (in pairs) so that only a handful of shapes is ever compiled and captured.
+COMPILE_DYNAMIC = False
+PAIR_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+
+
+def bucket_pairs(pairs: int, max_pairs: int) -> int:
+    """The smallest bucket size (or ``max_pairs``) that holds ``pairs`` pairs."""
+    for bucket in PAIR_BUCKETS:
+        if pairs <= bucket <= max_pairs:
+            return bucket
+    return max_pairs
 
 
 def half_precision_active(config: BackendConfig) -> bool:
@@ -30,6 +41,7 @@ class TorchFlowBackend:
 
     - ``fp16``: encoders, update block and correlation pyramid in half precision (coordinates stay fp32);
       measured against fp32 on random weights: flow within 0.2 px max, 0.02 px mean at 512x512.
+    - the update block regrouped for tensor cores (:class:`FastUpdateBlock`, same arithmetic).
     - ``torch_compile``: ``encode`` and ``update_step`` compiled by torch.compile (default mode, no
       autotuning), which fuses the GRU's elementwise work, concatenations and layout copies. The first call
       compiles (tens of seconds; torch caches the result on disk for later runs). If compiling fails, the
@@ -46,7 +58,13 @@ class TorchFlowBackend:
         raft, self.weights_info = load_raft_small(weights)
         half = half_precision_active(config)
         compute_dtype = torch.float16 if half else torch.float32
-        self.model = RaftSequenceFlow(raft, config.num_flow_updates, compute_dtype=compute_dtype, corr_dtype=compute_dtype)
+        self.model = RaftSequenceFlow(
+            raft,
+            config.num_flow_updates,
+            compute_dtype=compute_dtype,
+            corr_dtype=compute_dtype,
+            fast_update_block=config.device.type == "cuda",
+        )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
         self.config = config
@@ -84,13 +102,17 @@ class TorchFlowBackend:
         run = self.graphs if self.graphs is not None else self._forward
         if not self.compiled:
             return run(frames)
+        pairs = frames.shape[0] - 1
+        padding = bucket_pairs(pairs, self.max_pairs) - pairs
+        if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
+            frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
         started = time.perf_counter()
         try:
             flow = run(frames)
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
             self._uncompile(error)
-            return self.flow(frames)
+            return self.flow(frames[: pairs + 1])
         elapsed = time.perf_counter() - started
         if elapsed > 2.0:
-            logger.info("compiled/captured RAFT for %s frames in %.1f s", frames.shape[0], elapsed)
-        return flow
+            logger.info("compiled RAFT for windows of %d frames in %.1f s", frames.shape[0], elapsed)
+        return flow[:pairs]
