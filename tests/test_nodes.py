@@ -46,9 +46,15 @@ def pack() -> types.ModuleType:
 
 
 @pytest.fixture
-def work(pack: types.ModuleType) -> types.ModuleType:
-    """The nodes' work module, with an empty model cache before and after each test."""
+def work(pack: types.ModuleType, request: pytest.FixtureRequest, monkeypatch) -> types.ModuleType:
+    """The nodes' work module, with an empty model cache before and after each test.
+
+    Tests not marked ``gpu`` run the nodes on the CPU even where CUDA exists (exact parity checks); the
+    fake-ComfyUI test keeps the real device lookup, which then asks the fake ComfyUI.
+    """
     module = sys.modules[f"{pack.__name__}.nodes.flow"]
+    if "gpu" not in request.keywords and "fake_comfy" not in request.fixturenames:
+        monkeypatch.setattr(module.host, "compute_device", lambda: torch.device("cpu"))
     module.clear_cache()
     yield module
     module.clear_cache()
@@ -164,14 +170,12 @@ def test_optical_flow_outputs_shapes_and_ranges(pack: types.ModuleType, work: ty
 def test_flow_output_is_core_flow_at_input_size(pack: types.ModuleType, work: types.ModuleType) -> None:
     frames = make_frames(4, 96, 112)
     _, flow = run(flow_node(pack), images=frames)
-    device = next(iter(work._cache.values())).device  # the node's device (ComfyUI's, or CUDA when present)
     core = pack.OpticalFlowTensorRTPreprocessor(
-        COMPUTE_SIZE, COMPUTE_SIZE, device=device, fp16=False, num_flow_updates=2, weights=None
+        COMPUTE_SIZE, COMPUTE_SIZE, device="cpu", fp16=False, num_flow_updates=2, weights=None
     )
     raw = core.compute_flow(frames, layout="FHWC")[0]  # [F, 2, 128, 128] in compute pixels
     resize_flow = sys.modules[f"{pack.__name__}.core.resize"].resize_flow
-    expected = resize_flow(raw, 96, 112).cpu()
-    raw = raw.cpu()
+    expected = resize_flow(raw, 96, 112)
     torch.testing.assert_close(flow, expected, rtol=1e-4, atol=1e-4)
     # Vectors are in input pixels: x scaled by 112/128, y by 96/128 relative to the compute-size flow.
     assert torch.allclose(flow[1:, 0].mean(), raw[1:, 0].mean() * 112 / 128, rtol=0.05, atol=1e-3)
@@ -236,11 +240,10 @@ def test_magnitude_mask(pack: types.ModuleType, work: types.ModuleType) -> None:
 
 
 def test_onnxruntime_backend_matches_torch(
-    pack: types.ModuleType, work: types.ModuleType, _isolated_models_dir, monkeypatch
+    pack: types.ModuleType, work: types.ModuleType, _isolated_models_dir: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    monkeypatch.setattr(work.host, "compute_device", lambda: torch.device("cpu"))  # onnxruntime CPU build
     if "onnxruntime" not in flow_node(pack).INPUT_TYPES()["required"]["backend"][0]:
         pytest.skip("this core has no onnxruntime backend")
     frames = make_frames(3, 96, 112)
@@ -351,9 +354,16 @@ class _Interrupted(Exception):
 @pytest.fixture
 def fake_comfy(monkeypatch, tmp_path: Path) -> types.SimpleNamespace:
     """Stand-ins for the ComfyUI modules the nodes use, recording how they are called."""
-    record = types.SimpleNamespace(progress=[], checks=0, interrupt_after=None, models=tmp_path / "models")
+    record = types.SimpleNamespace(
+        progress=[], checks=0, interrupt_after=None, models=tmp_path / "models", device_asked=0
+    )
     management = types.ModuleType("comfy.model_management")
-    management.get_torch_device = lambda: torch.device("cpu")
+
+    def get_torch_device() -> torch.device:
+        record.device_asked += 1
+        return torch.device("cpu")
+
+    management.get_torch_device = get_torch_device
     management.intermediate_device = lambda: torch.device("cpu")
 
     def check() -> None:
@@ -414,6 +424,7 @@ def test_uses_comfyui_device_folder_progress_and_interruption(
     image, _ = run(flow_node(pack), images=frames)
     preprocessor = next(iter(work._cache.values()))
     assert preprocessor.models_dir == fake_comfy.models / "optical_flow"  # engines go to ComfyUI's models
+    assert fake_comfy.device_asked >= 1 and preprocessor.device == torch.device("cpu")
     assert fake_comfy.progress == [[5, 5]]
     checks_one_run = fake_comfy.checks
     assert checks_one_run >= 2  # at least one check for flow windows and one for visualization
