@@ -169,9 +169,9 @@ class VideoWriter:
         even = width % 2 == 0 and height % 2 == 0
         stream.pix_fmt = "yuv420p" if even or self.codec == "mpeg4" else "yuv444p"
         if self.codec == "libx264":
-            stream.options = {"crf": "18", "preset": "medium"}
+            stream.codec_context.options = {"crf": "18", "preset": "medium"}
         elif self.codec == "mpeg4":
-            stream.options = {"qscale": "3"}
+            stream.codec_context.options = {"qscale": "3"}
         self._stream = stream
 
 

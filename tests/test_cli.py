@@ -19,6 +19,9 @@ import pytest
 import torch
 
 av = pytest.importorskip("av")
+pytest.importorskip("click")
+pytest.importorskip("tqdm")
+pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 from scope_optical_flow_tensorrt.cli import main  # noqa: E402
@@ -206,6 +209,8 @@ def _video_without_frames(path: Path) -> None:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=Fraction(12))
         stream.width, stream.height = 64, 64
+        if not hasattr(container, "start_encoding"):
+            pytest.skip("this PyAV cannot write a video without frames")
         container.start_encoding()
 
 
