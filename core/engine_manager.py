@@ -9,14 +9,15 @@ Files live in ``core.paths.plugin_models_dir(models_dir)``:
 - ``<file>.json`` next to each: the full key, size, sha256 and build information.
 
 The hash keeps differently configured files of one size side by side (switching settings never rebuilds
-what was built before). Environment fields (TensorRT version, compute capability, package version, the
-ONNX file's sha256, workspace) are in the key but not the hash: when they change, the file is rebuilt in
+what was built before). Environment fields (TensorRT version, compute capability, package version, a hash
+of the model/export code, the ONNX file's sha256, workspace) are in the key but not the hash: when they change, the file is rebuilt in
 place rather than accumulating stale copies. See :mod:`core.engine_cache` for validation, atomic writes and
 locking.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from .engine_cache import (
     read_sidecar,
     sanitize_gpu_name,
 )
+from . import onnx_export as onnx_export_module
+from . import raft as raft_module
 from .log import logger
 from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
 from .paths import plugin_models_dir
@@ -68,6 +71,14 @@ class EngineSpec:
         return self.max_pairs + 1
 
 
+def model_code_digest() -> str:
+    """Hash of the code that defines the exported graph, so an edited model re-exports even at one version."""
+    digest = hashlib.sha256()
+    for module in (raft_module, onnx_export_module):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def package_version() -> str:
     try:
         return metadata.version(PACKAGE_NAME)
@@ -90,6 +101,7 @@ def onnx_key(height: int, width: int, num_flow_updates: int, weights_identity: s
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "package_version": package_version(),
+        "model_code": model_code_digest(),
     }
 
 
