@@ -182,7 +182,19 @@ def _default_codec(path: Path) -> str:
     return codec if codec in av.codec.codecs_available else "mpeg4"
 
 
-class PngFolderWriter:
+class FolderWriter:
+    """Writers of one file per frame: nothing to finish or abort (the staged folder is moved or removed)."""
+
+    frames_written = 0
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class PngFolderWriter(FolderWriter):
     """Numbered PNGs ``frame_000000.png`` ... in a folder."""
 
     def __init__(self, folder: Path, prefix: str = "frame") -> None:
@@ -242,7 +254,7 @@ def npy_header(shape: tuple[int, ...], descr: str, total_bytes: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
 
 
-class NpyFolderWriter:
+class NpyFolderWriter(FolderWriter):
     """One ``[2, H, W]`` float32 ``.npy`` per frame: ``flow_000000.npy`` ..."""
 
     def __init__(self, folder: Path) -> None:
@@ -255,7 +267,7 @@ class NpyFolderWriter:
             self.frames_written += 1
 
 
-class FloFolderWriter:
+class FloFolderWriter(FolderWriter):
     """Middlebury ``.flo`` per frame: float32 202021.25, int32 width, int32 height, then u, v interleaved."""
 
     def __init__(self, folder: Path) -> None:

@@ -86,12 +86,10 @@ def run_command(
             load_model(flow)
             frames_done, size = _stream(flow, source, chunk, image_writers, flow_writers, flow_size == "input")
             for writer in writers:
-                if hasattr(writer, "close"):
-                    writer.close()
+                writer.close()
         except BaseException:
             for writer in writers:
-                if hasattr(writer, "abort"):
-                    writer.abort()
+                writer.abort()
             raise
     seconds = time.perf_counter() - started
     written = ", ".join(str(path) for path in (output, flow_npy, flow_flo) if path is not None)
