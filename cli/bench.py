@@ -70,8 +70,8 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
     rows = [
         ("device", f"{result['device']} ({result['backend']} backend{', fp16' if result['fp16'] else ''})"),
         ("size / chunk / updates", f"{result['size']} / {chunk} frames / {result['flow_updates']}"),
-        ("ms per chunk", f"mean {result['ms_per_chunk_mean']}, median {result['ms_per_chunk_median']}, "
-                         f"min {result['ms_per_chunk_min']}, max {result['ms_per_chunk_max']} ({runs} runs)"),
+        ("ms per chunk", (f"mean {result['ms_per_chunk_mean']}, median {result['ms_per_chunk_median']}, "
+                          f"min {result['ms_per_chunk_min']}, max {result['ms_per_chunk_max']} ({runs} runs)")),
         ("frames/s", f"{result['frames_per_s']}"),
         ("model load", f"{result['load_s']} s"),
     ]

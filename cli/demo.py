@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from .errors import OutputError
 from .options import build_preprocessor, load_model, model_options, weights_spec
 from .outputs import StagedOutputs, VideoWriter
 from .state import notice, say

@@ -60,8 +60,8 @@ def prebuild_command(
     """Export ONNX graphs and build TensorRT engines ahead of time, so the first run starts at once."""
     manager = engine_manager()
     for height, width in sizes:
-        arguments = dict(fp16=fp16, num_flow_updates=num_flow_updates, max_pairs=max_pairs,
-                         weights=weights_spec(weights), models_dir=models_dir, device=device)
+        arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
+                     "weights": weights_spec(weights), "models_dir": models_dir, "device": device}
         if onnx_only:
             path = manager.export_onnx_cached(height, width, **arguments)
         else:

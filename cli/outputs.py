@@ -7,6 +7,7 @@ Writers: flow-visualization video (PyAV), PNG folder (Pillow), raw flow as one `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -144,11 +145,11 @@ class VideoWriter:
             self._container = None
 
     def abort(self) -> None:
+        import av
+
         if self._container is not None:
-            try:
+            with contextlib.suppress(av.error.FFmpegError, OSError):  # the file is discarded anyway
                 self._container.close()
-            except Exception:  # the file is discarded anyway
-                pass
             self._container = None
 
     def _open(self, width: int, height: int) -> None:

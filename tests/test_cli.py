@@ -22,16 +22,15 @@ av = pytest.importorskip("av")
 pytest.importorskip("click")
 pytest.importorskip("tqdm")
 pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
-
-from scope_optical_flow_tensorrt.cli import main  # noqa: E402
-from scope_optical_flow_tensorrt.cli.demo import SPIN_DEGREES, PAN, measure_motion, synthetic_clip  # noqa: E402
-from scope_optical_flow_tensorrt.cli.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE  # noqa: E402
-from scope_optical_flow_tensorrt.cli.inputs import open_input  # noqa: E402
-from scope_optical_flow_tensorrt.cli.outputs import npy_header, read_flo  # noqa: E402
-from scope_optical_flow_tensorrt.cli.state import StderrHandler  # noqa: E402
-from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor  # noqa: E402
-from scope_optical_flow_tensorrt.core.resize import resize_flow  # noqa: E402
+from PIL import Image
+from scope_optical_flow_tensorrt.cli import main
+from scope_optical_flow_tensorrt.cli.demo import PAN, SPIN_DEGREES, measure_motion, synthetic_clip
+from scope_optical_flow_tensorrt.cli.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE
+from scope_optical_flow_tensorrt.cli.inputs import open_input
+from scope_optical_flow_tensorrt.cli.outputs import npy_header, read_flo
+from scope_optical_flow_tensorrt.cli.state import StderrHandler
+from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core.resize import resize_flow
 
 FAST = ["--size", "128x128", "--updates", "2", "--weights", "untrained", "--device", "cpu"]
 
@@ -41,7 +40,7 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "scope_optical_flow_tensorrt", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False,
     )
 
 
@@ -185,7 +184,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path, run_main) -> N
     code, _, err = run_main("run", tmp_path / "frames", "-o", tmp_path / "out.mp4", *FAST)
     assert code == EXIT_OUTPUT and "--overwrite" in err
     assert (tmp_path / "out.mp4").read_bytes() == b"precious"
-    code, out, err = run_main("run", tmp_path / "frames", "-o", tmp_path / "out.mp4", "--overwrite", *FAST)
+    code, _, err = run_main("run", tmp_path / "frames", "-o", tmp_path / "out.mp4", "--overwrite", *FAST)
     assert code == 0, err
     assert read_video(tmp_path / "out.mp4")[0].shape == (3, 64, 64, 3)
     no_leftovers(tmp_path, {"frames", "out.mp4"})
@@ -198,8 +197,8 @@ def test_error_is_one_line_without_traceback_unless_verbose(tmp_path: Path) -> N
     result = cli("run", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4", *FAST)
     assert result.returncode == EXIT_INPUT
     assert result.stderr.strip().splitlines() == [
-        f"scope-optical-flow: error: input not found: {tmp_path / 'missing.mp4'} (give a video file, a folder of "
-        "images or a glob like 'frames/*.png')."
+        (f"scope-optical-flow: error: input not found: {tmp_path / 'missing.mp4'} (give a video file, a folder of "
+         "images or a glob like 'frames/*.png').")
     ]
     verbose = cli("-v", "run", tmp_path / "missing.mp4", "-o", tmp_path / "out.mp4", *FAST)
     assert verbose.returncode == EXIT_INPUT and "Traceback" in verbose.stderr
@@ -264,7 +263,7 @@ def test_bad_input(tmp_path: Path, run_main, case: str, code: int, message: str)
                  "missing weights file": ["--weights", str(tmp_path / "none.pth")],
                  "bad device": ["--device", "gpu7"]}[case]
         args += extra
-    result, out, err = run_main(*args)
+    result, _, err = run_main(*args)
     assert result == code, err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("scope-optical-flow: error: ") and message in lines[-1], err
@@ -414,3 +413,26 @@ def test_npy_header_is_read_by_numpy(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(path), data)
     with pytest.raises(ValueError):
         npy_header((10**60, 2, 3, 5), "<f4", 128)
+
+
+# -- GPU ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_run_bench_and_demo_on_cuda(tmp_path: Path) -> None:
+    cuda = ["--device", "cuda", "--strict-device", "--weights", "untrained", "--size", "128", "--updates", "2"]
+    write_video(tmp_path / "in.mp4", moving_frames(6, 96, 112))
+    result = cli("run", tmp_path / "in.mp4", "-o", tmp_path / "flow.mp4", "--flow-npy", tmp_path / "flow.npy",
+                 "--chunk", "4", *cuda)
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "flow.mp4")[0].shape == (6, 96, 112, 3)
+    flow = np.load(tmp_path / "flow.npy")
+    assert flow.shape == (6, 2, 96, 112) and np.isfinite(flow).all() and np.abs(flow[0]).max() == 0
+    bench = cli("bench", "--chunk", "4", "--warmup", "1", "--runs", "2", "--json", *cuda)
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["device"] != "cpu" and report["peak_gpu_memory_gib"] > 0 and report["frames_per_s"] > 0
+    demo = cli("demo", "-o", tmp_path / "demo", "--device", "cuda", "--strict-device")
+    assert demo.returncode == 0, demo.stderr
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["device"].startswith("cuda") and summary["frames"] == 12
