@@ -13,7 +13,8 @@ pytestmark = pytest.mark.gpu
 
 
 def make(**options: object) -> OpticalFlowTensorRTPreprocessor:
-    settings: dict[str, object] = dict(height=256, width=256, device="cuda", weights=None, strict_device=True)
+    settings: dict[str, object] = dict(height=256, width=256, device="cuda", weights=None, strict_device=True,
+                                       backend="torch")
     settings.update(options)
     return OpticalFlowTensorRTPreprocessor(**settings)  # type: ignore[arg-type]
 
@@ -25,7 +26,7 @@ def clip() -> torch.Tensor:
 
 def test_fast_path_is_the_default_and_matches_fp32_eager(clip: torch.Tensor) -> None:
     fast = make()
-    assert fast.fp16 and fast.cuda_graphs and fast.device.type == "cuda"
+    assert fast.fp16 and fast.cuda_graphs and fast.torch_compile and fast.device.type == "cuda"
     reference = make(fp16=False, cuda_graphs=False)
     out_fast, out_ref = fast(clip), reference(clip)
     assert out_fast.device.type == "cuda" and out_fast.shape == (1, 3, 9, 240, 320)

@@ -34,7 +34,9 @@ def test_no_argument_construction_is_lazy_and_has_gpu_defaults() -> None:
     assert (pre.height, pre.width, pre.fp16, pre.flow_strength) == (512, 512, True, 1.0)
     assert pre.num_flow_updates == 12
     assert not pre.loaded
-    assert pre.backend_name == "torch"
+    from scope_optical_flow_tensorrt.core.backends import tensorrt_available
+
+    assert pre.backend_name == ("tensorrt" if torch.cuda.is_available() and tensorrt_available() else "torch")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pre.device.type == expected
 
