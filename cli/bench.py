@@ -55,6 +55,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
         "chunk": chunk,
         "fp16": flow.fp16 and is_cuda,
         "flow_updates": flow.num_flow_updates,
+        "weights": flow.weights_info.description,
         "runs": runs,
         "load_s": round(load_seconds, 3),
         "ms_per_chunk_mean": round(mean * 1e3, 2),
@@ -62,7 +63,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
         "ms_per_chunk_min": round(min(times) * 1e3, 2),
         "ms_per_chunk_max": round(max(times) * 1e3, 2),
         "frames_per_s": round(chunk / mean, 1),
-        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if is_cuda else None,
+        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if is_cuda else None,
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -73,10 +74,10 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
         ("ms per chunk", (f"mean {result['ms_per_chunk_mean']}, median {result['ms_per_chunk_median']}, "
                           f"min {result['ms_per_chunk_min']}, max {result['ms_per_chunk_max']} ({runs} runs)")),
         ("frames/s", f"{result['frames_per_s']}"),
-        ("model load", f"{result['load_s']} s"),
+        ("model load", f"{result['load_s']} s ({result['weights']})"),
     ]
     if is_cuda:
-        rows.append(("peak GPU memory", f"{result['peak_gpu_memory_gib']} GiB"))
+        rows.append(("peak GPU memory", f"{result['peak_gpu_memory_mib']} MiB"))
     for name, value in rows:
         say(f"{name:<24}{value}")
 

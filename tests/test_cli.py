@@ -431,7 +431,7 @@ def test_run_bench_and_demo_on_cuda(tmp_path: Path) -> None:
     bench = cli("bench", "--chunk", "4", "--warmup", "1", "--runs", "2", "--json", *cuda)
     assert bench.returncode == 0, bench.stderr
     report = json.loads(bench.stdout)
-    assert report["device"] != "cpu" and report["peak_gpu_memory_gib"] > 0 and report["frames_per_s"] > 0
+    assert report["device"] != "cpu" and report["peak_gpu_memory_mib"] > 0 and report["frames_per_s"] > 0
     demo = cli("demo", "-o", tmp_path / "demo", "--device", "cuda", "--strict-device")
     assert demo.returncode == 0, demo.stderr
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
