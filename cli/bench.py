@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from .options import build_preprocessor, load_model, model_options, weights_spec
-from .state import say
 
 
 @click.command("bench", short_help="Frames/s and ms per chunk on this machine.")
@@ -79,7 +78,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
     if is_cuda:
         rows.append(("peak GPU memory", f"{result['peak_gpu_memory_mib']} MiB"))
     for name, value in rows:
-        say(f"{name:<24}{value}")
+        click.echo(f"{name:<24}{value}")
 
 
 def _synchronize(device: Any) -> None:
