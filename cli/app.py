@@ -26,7 +26,8 @@ def _common_options() -> list[click.Option]:
         click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=set_verbose,
                      help="Log details and show tracebacks on errors."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=set_quiet,
-                     help="No progress bar, warnings or summary lines: errors only (and the demo's untrained-weights notice)."),
+                     help="No progress bar, warnings or summary lines: errors only "
+                          "(and the demo's untrained-weights notice)."),
     ]
 
 
