@@ -98,7 +98,8 @@ def info_command(as_json: bool, models_dir: Path | None) -> None:
     elif not engines:
         click.echo("cache       empty")
     else:
-        click.echo(f"cache       {len(engines)} file(s), {sum(e.get('size_bytes', 0) for e in engines) / 2**20:.1f} MiB")
+        total_mib = sum(entry.get("size_bytes", 0) for entry in engines) / 2**20
+        click.echo(f"cache       {len(engines)} file(s), {total_mib:.1f} MiB")
         for entry in engines:
             key = entry.get("key")
             key_text = " ".join(f"{k}={v}" for k, v in key.items()) if isinstance(key, dict) else str(key)
