@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .errors import UsageError
 from .options import build_preprocessor, load_model, model_options, weights_spec
 from .outputs import StagedOutputs, VideoWriter
 from .state import notice, say
@@ -223,19 +224,29 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
 
 def _load_with_fallback(weights: str, options: dict[str, Any]) -> Any:
     """``--weights auto``: DEFAULT weights if they load, else untrained with a notice nobody can miss."""
-    spec = "DEFAULT" if weights.strip().lower() == AUTO else weights_spec(weights)
+    spec = weights_spec(weights)
+    if weights.strip().lower() == AUTO:
+        spec = "DEFAULT" if _default_weights_load() else None
     flow = build_preprocessor(weights=spec, **options)
+    load_model(flow)
+    return flow
+
+
+def _default_weights_load() -> bool:
+    """Whether ``weights="DEFAULT"`` loads here (a small file; torchvision caches it). Only a failure to get the
+    weights (offline, no cached file) falls back; a missing ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` file stays an error."""
+    from ..core.weights import load_raft_small
+
     try:
-        load_model(flow)
+        load_raft_small("DEFAULT", progress=False)
     except RuntimeError as error:
-        if weights.strip().lower() != AUTO:
-            raise
         notice(f"NOTICE: pretrained RAFT Small weights are not available ({_first_sentence(error)}).")
         notice("NOTICE: running the demo with UNTRAINED weights: it runs end to end, but the flow is NOT real "
                "motion. See 'scope-optical-flow info' for where to put the weights file.")
-        flow = build_preprocessor(weights=None, **options)
-        load_model(flow)
-    return flow
+        return False
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--weights auto: {error}") from error
+    return True
 
 
 def _first_sentence(error: BaseException) -> str:

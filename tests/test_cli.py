@@ -303,6 +303,20 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path, run_main) -> None:
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]
 
 
+def test_demo_with_a_weights_file_reports_a_verdict(tmp_path: Path, run_main, monkeypatch) -> None:
+    from torchvision.models.optical_flow import raft_small
+
+    weights = tmp_path / "raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), weights)  # stands in for a pretrained file
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(weights))
+    code, out, err = run_main("demo", "-o", tmp_path / "demo", "--size", "128", "--frames", "3", "--updates", "1",
+                              "--device", "cpu")
+    assert code == 0, err
+    assert "UNTRAINED" not in err and f"file {weights}" in out
+    assert "Measured motion matches" in out or "Measured motion does NOT match" in out
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["pretrained"] is True
+
+
 def test_synthetic_clip_has_the_stated_motion() -> None:
     clip = synthetic_clip(3, 128, 128)
     frames = clip.frames.float()
