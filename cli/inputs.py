@@ -76,6 +76,21 @@ class FrameSource:
                 raise InputError(f"cannot read image {path}: {error}") from error
 
 
+def open_inputs(specs: list[str], fps: float | None = None) -> FrameSource:
+    """One INPUT as :func:`open_input`; several must be image files (e.g. a glob the shell expanded)."""
+    if len(specs) == 1:
+        return open_input(specs[0], fps)
+    paths = [Path(spec).expanduser() for spec in specs]
+    for path in paths:
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(
+                f"several inputs must all be image files ({', '.join(IMAGE_SUFFIXES)}), but {path} is not; give "
+                "one video, one folder, or a quoted glob such as 'frames/*.png'."
+            )
+    rate = Fraction(fps).limit_denominator(1001) if fps is not None else None
+    return _images(f"{len(paths)} images", paths, rate)
+
+
 def open_input(spec: str, fps: float | None = None) -> FrameSource:
     """A video file, a folder of images (sorted by name, numbers in natural order) or a glob pattern."""
     rate = Fraction(fps).limit_denominator(1001) if fps is not None else None

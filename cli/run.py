@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .errors import UsageError
-from .inputs import open_input
+from .inputs import open_inputs
 from .options import build_preprocessor, display_options, load_model, model_options, weights_spec
 from .outputs import (
     FloFolderWriter,
@@ -24,7 +24,7 @@ from .state import progress_bar, say
 
 
 @click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder or glob.")
-@click.argument("input_spec", metavar="INPUT")
+@click.argument("input_specs", metavar="INPUT...", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Flow visualization: a video (.mp4, .mkv, .mov, .webm, .avi; same frame rate as the input) "
                    "or, for any other path, a folder of PNGs.")
@@ -45,7 +45,7 @@ from .state import progress_bar, say
 @model_options(default_size="512x512")
 @display_options
 def run_command(
-    input_spec: str,
+    input_specs: tuple[str, ...],
     output: Path | None,
     flow_npy: Path | None,
     flow_flo: Path | None,
@@ -57,13 +57,14 @@ def run_command(
     weights: str,
     **options: Any,
 ) -> None:
-    """Compute flow maps for INPUT: a video file, a folder of images or a glob such as 'frames/*.png'.
+    """Compute flow maps for INPUT: a video file, a folder of images or a glob such as 'frames/*.png'
+    (several image files, e.g. an unquoted glob, are taken in natural name order).
 
     Frame 0 has no reference and shows zero flow (white); frame i shows the motion from frame i-1 to i.
     """
     if output is None and flow_npy is None and flow_flo is None:
         raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
-    source = open_input(input_spec, fps)
+    source = open_inputs(list(input_specs), fps)
     flow = build_preprocessor(weights=weights_spec(weights), **options)
     started = time.perf_counter()
     with StagedOutputs(overwrite) as staged:

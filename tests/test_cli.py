@@ -420,6 +420,18 @@ def test_image_folder_is_read_in_natural_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(chunks), frames)
 
 
+def test_several_image_arguments_form_one_sequence(tmp_path: Path, run_main) -> None:
+    frames = moving_frames(3, 64, 64)
+    paths = write_images(tmp_path / "frames", frames, names="f{}.png")
+    code, _, err = run_main("run", *reversed(paths), "--flow-npy", tmp_path / "flow.npy", "--flow-size", "compute",
+                            *FAST)
+    assert code == 0, err
+    # Taken in name order whatever the argument order: the result equals the core on f0, f1, f2.
+    np.testing.assert_allclose(np.load(tmp_path / "flow.npy"), core_flow(frames)[0].numpy(), atol=1e-3)
+    code, _, err = run_main("run", paths[0], tmp_path / "frames", "-o", tmp_path / "x.mp4", *FAST)
+    assert code == EXIT_INPUT and "must all be image files" in err
+
+
 def test_npy_header_is_read_by_numpy(tmp_path: Path) -> None:
     data = np.arange(2 * 2 * 3 * 5, dtype="<f4").reshape(2, 2, 3, 5)
     path = tmp_path / "a.npy"
