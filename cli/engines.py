@@ -169,7 +169,18 @@ def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return None
+        pass
+    if name == "tensorrt":  # NVIDIA also ships it as tensorrt-cu12 / -cu13 wheels without a "tensorrt" dist
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt") is not None:
+            try:
+                import tensorrt
+
+                return str(tensorrt.__version__)
+            except Exception as error:  # a broken install should show in `info`, not crash it
+                return f"installed but not importable ({type(error).__name__}: {error})"
+    return None
 
 
 @click.group("cache", short_help="Manage the ONNX/engine cache (cache clear).")
