@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .errors import UsageError
-from .inputs import open_inputs
+from .inputs import IMAGE_SUFFIXES, open_inputs
 from .options import build_preprocessor, display_options, load_model, model_options, weights_spec
 from .outputs import (
     FloFolderWriter,
@@ -64,6 +64,9 @@ def run_command(
     """
     if output is None and flow_npy is None and flow_flo is None:
         raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
+    if output is not None and output.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output}: an image file cannot hold a sequence; give a folder for PNG frames "
+                         f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
     source = open_inputs(list(input_specs), fps)
     flow = build_preprocessor(weights=weights_spec(weights), **options)
     started = time.perf_counter()

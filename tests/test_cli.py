@@ -224,6 +224,7 @@ def _video_without_frames(path: Path) -> None:
         ("frames of two sizes", EXIT_INPUT, "all frames must have one size"),
         ("output under a file", EXIT_OUTPUT, "cannot create the output folder"),
         ("no output", EXIT_USAGE, "nothing to write"),
+        ("image file as output", EXIT_USAGE, "give a folder for PNG frames"),
         ("bad size", EXIT_USAGE, "multiple of 8"),
         ("unparsable size", EXIT_USAGE, "HEIGHTxWIDTH"),
         ("strength out of range", EXIT_USAGE, "--strength"),
@@ -255,6 +256,8 @@ def test_bad_input(tmp_path: Path, run_main, case: str, code: int, message: str)
     elif case == "output under a file":
         (tmp_path / "file").write_text("x")
         args[3] = tmp_path / "file" / "out.mp4"
+    elif case == "image file as output":
+        args[3] = tmp_path / "out.png"
     elif case == "no output":
         args = ["run", frames, *FAST]
     else:
