@@ -52,7 +52,7 @@ def work(pack: types.ModuleType, request: pytest.FixtureRequest, monkeypatch) ->
     Tests not marked ``gpu`` run the nodes on the CPU even where CUDA exists (exact parity checks); the
     fake-ComfyUI test keeps the real device lookup, which then asks the fake ComfyUI.
     """
-    module = sys.modules[f"{pack.__name__}.nodes.flow"]
+    module = importlib.import_module(f"{pack.__name__}.nodes.flow")
     if "gpu" not in request.keywords and "fake_comfy" not in request.fixturenames:
         monkeypatch.setattr(module.host, "compute_device", lambda: torch.device("cpu"))
     module.clear_cache()
@@ -125,8 +125,8 @@ def test_mappings_and_declarations(pack: types.ModuleType) -> None:
 
 
 def test_input_types_schema(pack: types.ModuleType) -> None:
-    from_core = sys.modules[f"{pack.__name__}.core.backends"].BACKENDS
-    normalizations = sys.modules[f"{pack.__name__}.core.visualize"].NORMALIZATIONS
+    from_core = importlib.import_module(f"{pack.__name__}.core.backends").BACKENDS
+    normalizations = importlib.import_module(f"{pack.__name__}.core.visualize").NORMALIZATIONS
     for node_id, node_class in pack.NODE_CLASS_MAPPINGS.items():
         schema = node_class.INPUT_TYPES()
         assert set(schema) <= {"required", "optional", "hidden"}, node_id
@@ -174,7 +174,7 @@ def test_flow_output_is_core_flow_at_input_size(pack: types.ModuleType, work: ty
         COMPUTE_SIZE, COMPUTE_SIZE, device="cpu", fp16=False, num_flow_updates=2, weights=None
     )
     raw = core.compute_flow(frames, layout="FHWC")[0]  # [F, 2, 128, 128] in compute pixels
-    resize_flow = sys.modules[f"{pack.__name__}.core.resize"].resize_flow
+    resize_flow = importlib.import_module(f"{pack.__name__}.core.resize").resize_flow
     expected = resize_flow(raw, 96, 112)
     torch.testing.assert_close(flow, expected, rtol=1e-4, atol=1e-4)
     # Vectors are in input pixels: x scaled by 112/128, y by 96/128 relative to the compute-size flow.

