@@ -13,7 +13,7 @@ from torch import Tensor
 from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
-from .log import logger
+from .log import log_once, logger
 from .paths import plugin_models_dir
 from .raft import DOWNSAMPLE, MIN_SIZE
 from .resize import resize_images
@@ -106,6 +106,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.weights_spec = weights
         self.models_dir = plugin_models_dir(models_dir)
         self.device = resolve_device(device, strict=strict_device)
+        self.requested_backend = backend
         self.backend_name = choose_backend(backend, self.device)
         self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width)
         self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
@@ -152,7 +153,19 @@ class OpticalFlowTensorRTPreprocessor:
                 torch_compile=self.torch_compile,
                 models_dir=self.models_dir,
             )
-            self._backend = create_backend(self.backend_name, config, self.weights_spec)
+            try:
+                self._backend = create_backend(self.backend_name, config, self.weights_spec)
+            except Exception as error:
+                if self.requested_backend != "auto" or self.backend_name == "torch":
+                    raise
+                # backend="auto" promises a working preprocessor: a failed engine build falls back to PyTorch.
+                log_once(
+                    "backend-auto-fallback",
+                    f"the {self.backend_name} backend failed to load ({type(error).__name__}: {error}); "
+                    "falling back to the PyTorch backend. Pass backend='tensorrt' to see the failure as an error.",
+                )
+                self.backend_name = "torch"
+                self._backend = create_backend(self.backend_name, config, self.weights_spec)
             logger.info(
                 "optical flow ready: backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
                 self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,

@@ -92,3 +92,34 @@ def test_onnxruntime_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RuntimeError, match="pip install onnxruntime"):
         choose_backend("onnxruntime", torch.device("cpu"))
+
+
+def test_auto_falls_back_to_torch_when_the_tensorrt_backend_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """backend='auto' chose TensorRT, but its engine build failed: the preprocessor still works, on PyTorch."""
+    from scope_optical_flow_tensorrt.core import log as log_module
+    from scope_optical_flow_tensorrt.core import preprocessor as preprocessor_module
+
+    real_create = preprocessor_module.create_backend
+
+    def failing_tensorrt(name: str, config: object, weights: object) -> object:
+        if name == "tensorrt":
+            raise RuntimeError("engine build failed: out of workspace")
+        return real_create(name, config, weights)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(preprocessor_module, "choose_backend", lambda requested, device: "tensorrt")
+    monkeypatch.setattr(preprocessor_module, "create_backend", failing_tensorrt)
+    monkeypatch.setattr(log_module, "_said", set())
+    pre = preprocessor_module.OpticalFlowTensorRTPreprocessor(128, 128, device="cpu", weights=None, num_flow_updates=2)
+    out = pre(torch.rand(2, 64, 64, 3))
+    assert out.shape == (1, 3, 2, 64, 64)
+    assert pre.backend_name == "torch"
+    assert "tensorrt backend failed to load (RuntimeError: engine build failed" in caplog.text
+
+    strict = preprocessor_module.OpticalFlowTensorRTPreprocessor(
+        128, 128, device="cpu", weights=None, num_flow_updates=2, backend="onnxruntime"
+    )
+    monkeypatch.setattr(preprocessor_module, "create_backend", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        strict(torch.rand(2, 64, 64, 3))
