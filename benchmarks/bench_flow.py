@@ -64,6 +64,15 @@ class Result:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def onnxruntime_on_cuda() -> bool:
+    """onnxruntime is timed only with its CUDA execution provider (its CPU provider is no GPU benchmark)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "onnxruntime" in BACKENDS and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def moving_texture(frames: int, size: int, device: torch.device) -> torch.Tensor:
     """``[1, 3, F, size, size]`` in [0,1]: a smooth random texture panning 3 px right and 1 px down per frame."""
     generator = torch.Generator().manual_seed(0)
@@ -206,8 +215,8 @@ def main() -> None:
                 ("ours torch fp16 + CUDA graphs", ours(backend="torch", fp16=True, torch_compile=False)),
                 ("ours torch fp16 + compile + CUDA graphs (default)", ours(backend="torch")),
             ]
-            if "onnxruntime" in BACKENDS:
-                variants.append(("ours onnxruntime", ours(backend="onnxruntime", fp16=False)))
+            if onnxruntime_on_cuda():
+                variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))
             reference = None
             for name, make in variants:
                 if args.variants is not None and not any(v in name for v in args.variants):
@@ -226,6 +235,7 @@ def main() -> None:
 
     environment = {
         "device": torch.cuda.get_device_name(0),
+        "onnxruntime": "timed (CUDA EP)" if onnxruntime_on_cuda() else "not timed: no CUDA execution provider here",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
