@@ -185,7 +185,7 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     """
     import torch
 
-    from .run import to_uint8_frames
+    from .clips import to_uint8_frames
 
     overwrite = overwrite or _is_old_demo(output)
     with StagedOutputs(overwrite) as staged:
