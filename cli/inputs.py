@@ -18,6 +18,8 @@ import numpy as np
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Files taken as videos when a folder or glob is a collection of clips (any file PyAV reads works as INPUT).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
 DEFAULT_IMAGE_FPS = Fraction(30)
 
 
@@ -115,7 +117,7 @@ def open_input(spec: str, fps: float | None = None) -> FrameSource:
 
 
 def _images(spec: str, files: list[Path], rate: Fraction | None) -> FrameSource:
-    files = sorted(files, key=_natural_key)
+    files = sorted(files, key=natural_key)
     return FrameSource(spec, "images", rate or DEFAULT_IMAGE_FPS, len(files), files)
 
 
@@ -136,5 +138,5 @@ def _video(path: Path, rate: Fraction | None) -> FrameSource:
     return FrameSource(str(path), "video", rate, frames)
 
 
-def _natural_key(path: Path) -> list[object]:
+def natural_key(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]

@@ -1,4 +1,5 @@
-"""``run``: flow maps (and optionally raw flow) for a whole video, image folder or glob, in bounded memory."""
+"""``run``: flow maps (and optionally raw flow) for a whole video, image folder or glob, in bounded memory;
+or for many clips (a folder of videos, a glob, a manifest) on several devices or a Ray cluster."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ from typing import Any
 
 import click
 
-from .clips import ClipJob, WriteSettings, process_clip
+from .clips import WriteSettings, process_clip
 from .errors import UsageError
 from .inputs import IMAGE_SUFFIXES
 from .options import build_preprocessor, display_options, model_options, weights_spec
 from .state import say
 
 
-@click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder or glob.")
-@click.argument("input_specs", metavar="INPUT...", nargs=-1, required=True)
+@click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder, glob or many clips.")
+@click.argument("input_specs", metavar="INPUT...", nargs=-1)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Flow visualization: a video (.mp4, .mkv, .mov, .webm, .avi; same frame rate as the input) "
-                   "or, for any other path, a folder of PNGs.")
+                   "or, for any other path, a folder of PNGs. For many clips: a folder or a {stem} template.")
 @click.option("--flow-npy", type=click.Path(path_type=Path),
               help="Raw flow as .npy: a path ending in .npy gets one [F, 2, H, W] float32 array, any other path a "
                    "folder of per-frame [2, H, W] files.")
@@ -33,6 +34,13 @@ from .state import say
 @click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-batch-pairs", type=click.IntRange(min=1), default=None,
               help="Frame pairs per model call [default: by resolution, bounded memory].")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="CSV file listing clips (header: input,output,flow_npy,flow_flo; see the README).")
+@click.option("--devices", default=None, metavar="LIST",
+              help="Many clips in parallel, one worker process per device: all (every GPU), 0,1, cuda:0,cuda:2, "
+                   "cpu or cpu:N (N CPU workers).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Send the clips to a Ray cluster: auto (the running cluster), ray://HOST:10001, or local.")
 @model_options(default_size="512x512")
 @display_options
 def run_command(
@@ -45,22 +53,40 @@ def run_command(
     fps: float | None,
     codec: str | None,
     overwrite: bool,
+    manifest: Path | None,
+    devices: str | None,
+    ray_address: str | None,
     weights: str,
     **options: Any,
 ) -> None:
     """Compute flow maps for INPUT: a video file, a folder of images or a glob such as 'frames/*.png'
     (several image files, e.g. an unquoted glob, are taken in natural name order).
 
+    Many clips: a folder of videos, a glob or several video files, or --manifest; outputs go to -o FOLDER
+    (FOLDER/<name>.mp4) or a template such as -o 'flow/{stem}.mp4'. Clips whose outputs exist are skipped.
+
     Frame 0 has no reference and shows zero flow (white); frame i shows the motion from frame i-1 to i.
     """
-    if output is None and flow_npy is None and flow_flo is None:
+    from . import batch
+
+    if manifest is None and not input_specs:
+        raise UsageError("missing INPUT: give a video, a folder, a glob, several files, or --manifest FILE.")
+    if manifest is not None and input_specs:
+        raise UsageError("give either INPUT or --manifest, not both.")
+    if output is None and flow_npy is None and flow_flo is None and manifest is None:
         raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
     if output is not None and output.suffix.lower() in IMAGE_SUFFIXES:
         raise UsageError(f"-o {output}: an image file cannot hold a sequence; give a folder for PNG frames "
                          f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
+    if devices is not None and ray_address is not None:
+        raise UsageError("give --devices (this machine) or --ray (a cluster), not both.")
     settings = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite)
     model = {"weights": weights_spec(weights), **options}
-    job = ClipJob(tuple(input_specs), output, flow_npy, flow_flo)
+    plan = batch.plan_jobs(input_specs, manifest, output, flow_npy, flow_flo)
+    if plan.collection or devices is not None or ray_address is not None:
+        batch.run_batch_command(plan.jobs, settings, model, devices=devices, ray_address=ray_address)
+        return
+    job = plan.jobs[0]
     flow = build_preprocessor(**model)
     result = process_clip(flow, job, settings)
     written = ", ".join(str(path) for path in job.outputs)

@@ -1,0 +1,117 @@
+"""Clips on several local devices: a ``ProcessPoolExecutor`` (spawn) with one worker process per device.
+
+Each worker takes one device from a queue in its initializer, pins itself to it and builds one preprocessor
+(loaded once, reused for every clip it gets). Clips are submitted as separate tasks, so a free worker takes
+the next one (dynamic distribution); a clip's temporal state lives in the one worker that runs it. Workers
+report frames done through a queue for the combined progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
+from .errors import EXIT_FAILURE
+from .state import configure_logging, settings
+
+_worker: dict[str, Any] = {}
+
+
+def run_pool(
+    jobs: list[ClipJob],
+    write: WriteSettings,
+    model: dict[str, Any],
+    devices: list[str],
+    on_result: Callable[[ClipResult], None],
+    on_frames: Callable[[int], None],
+) -> None:
+    """Run ``jobs`` on one worker per entry of ``devices``; ``on_result`` gets each clip's result as it ends
+    (an exception it raises cancels the clips not started yet and is re-raised)."""
+    import multiprocessing
+
+    devices = devices[: len(jobs)]  # no idle workers loading a model for nothing
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn also behaves alike everywhere
+    device_queue = context.Queue()
+    for device in devices:
+        device_queue.put(device)
+    frames_queue = context.Queue()
+    threads = threads_per_worker(len(devices))
+    pool = ProcessPoolExecutor(
+        max_workers=len(devices),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(device_queue, frames_queue, model, threads, settings.verbose, settings.quiet),
+    )
+    try:
+        futures: dict[Future[ClipResult], ClipJob] = {pool.submit(_run_clip, job, write): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(frames_queue, on_frames)
+            for future in finished:
+                on_result(_result(future, futures[future]))
+        _drain(frames_queue, on_frames)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        frames_queue.close()
+        device_queue.close()
+
+
+def threads_per_worker(workers: int) -> int | None:
+    """CPU threads per worker so the workers together use the machine's cores once (``None``: keep torch's
+    default, because ``OMP_NUM_THREADS`` was set by the user)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _result(future: Future[ClipResult], job: ClipJob) -> ClipResult:
+    try:
+        return future.result()
+    except BrokenProcessPool as error:  # a worker died (killed, out of memory, crashed in native code)
+        return ClipResult(job, error=f"a worker process died ({error}); its clips were not finished",
+                          exit_code=EXIT_FAILURE)
+    except Exception as error:  # e.g. a result that could not be sent back
+        return ClipResult(job, error=f"{type(error).__name__}: {error}", exit_code=EXIT_FAILURE)
+
+
+def _drain(frames_queue: Any, on_frames: Callable[[int], None]) -> None:
+    while True:
+        try:
+            on_frames(frames_queue.get_nowait())
+        except queue.Empty:
+            return
+        except (OSError, ValueError, EOFError):  # queue closed as the pool shut down
+            return
+
+
+def _init_worker(device_queue: Any, frames_queue: Any, model: dict[str, Any], threads: int | None, verbose: bool,
+                 quiet: bool) -> None:
+    """Worker initializer: take a device, pin to it, build and load this worker's preprocessor."""
+    import torch
+
+    device = device_queue.get()
+    settings.verbose, settings.quiet = verbose, quiet
+    configure_logging()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))  # TensorRT and CUDA graphs use the current device
+    options = {**model, "device": device}
+    _worker.update(options=options, frames=frames_queue, verbose=verbose)
+    try:
+        worker_preprocessor(options)
+    except Exception:  # reported with the first clip (run_job marks it fatal); the pool must not break here
+        pass
+
+
+def _run_clip(job: ClipJob, write: WriteSettings) -> ClipResult:
+    return run_job(job, write, _worker["options"], _worker["frames"].put, _worker["verbose"])
