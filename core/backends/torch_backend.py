@@ -19,6 +19,17 @@ from .cuda_graph import CudaGraphRunner
 # bucket sizes (in pairs) so that only a handful of shapes is ever compiled and captured.
 COMPILE_DYNAMIC = False
 PAIR_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+# torch.compile keeps at most `recompile_limit` (default 8) compiled versions per function, then silently runs
+# it eagerly. Window buckets times compute sizes (and several preprocessors in one process) exceed 8.
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limit() -> None:
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one (alias since 2.6)
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
 
 
 def bucket_pairs(pairs: int, max_pairs: int) -> int:
@@ -81,6 +92,7 @@ class TorchFlowBackend:
             "a while (cached on disk for later runs); pass torch_compile=False to skip.",
             20,
         )
+        _raise_recompile_limit()
         self.model.encode = torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
         self.model.update_step = torch.compile(self.model.update_step, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
 
