@@ -333,7 +333,7 @@ def run_batch_command(
     """``run`` for many clips: run them, print a summary line, list failures and exit non-zero if any."""
     device_list = parse_devices(devices, model.get("strict_device", False)) if devices is not None else None
     report = run_clips(jobs, write, model, device_list, ray_address, show_progress=not settings.quiet)
-    where = f"Ray ({ray_address})" if ray_address is not None else ", ".join(report.workers) or str(model["device"])
+    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None else str(model["device"]))
     seconds = max(report.seconds, 1e-9)
     say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
         f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "

@@ -2,11 +2,12 @@
 
 Two ways to use a Ray cluster:
 
-- **A Ray task per clip** (what ``scope-optical-flow run ... --ray ADDRESS`` does): :func:`run_on_ray`
-  submits :func:`clip_task` once per clip with ``num_gpus=1`` (``0`` with ``--device cpu``); Ray schedules
-  them over the cluster's GPUs. Each Ray worker process keeps one preprocessor (loaded on its first clip,
-  reused for the next ones: the tasks are declared reusable with ``max_calls=0``), and a clip runs entirely in
-  one task, so its temporal state never leaves it. Inputs and outputs must be on storage every node sees.
+- **One Ray call per clip** (what ``scope-optical-flow run ... --ray ADDRESS`` does): :func:`run_on_ray`
+  starts one :class:`ClipWorker` actor per GPU of the cluster (``num_gpus=1``; per CPU with ``--device cpu``),
+  each holding one preprocessor for its life, and hands the clips to whichever actor is free
+  (``ray.util.ActorPool``). A clip runs entirely in one call, so its temporal state never leaves it; a
+  failed clip is reported, the others go on. :func:`clip_task` is the same work as a plain Ray task. Inputs
+  and outputs must be on storage every node sees (the paths are used as they are).
 - **Ray Data**: :class:`FlowMapBatches` is a callable class for ``map_batches``/``map_groups`` with one actor
   per GPU. Rows are frames (columns ``clip``, ``frame``, ``image``); it adds ``flow_map`` (and ``flow``)::
 
@@ -47,8 +48,19 @@ def import_ray() -> Any:
 
 
 def clip_task(job: ClipJob, write: WriteSettings, model: dict[str, Any], verbose: bool = False) -> ClipResult:
-    """One clip in a Ray worker (the body of the Ray task): this process's preprocessor, failures as results."""
+    """One clip as a plain Ray task: ``ray.remote(num_gpus=1)(clip_task).remote(job, write, model)``.
+
+    The Ray worker process keeps its preprocessor for later clips only when Ray reuses it (``max_calls=0``);
+    Ray's default for GPU tasks (``max_calls=1``) loads the model for every clip. ``--ray`` uses
+    :class:`ClipWorker` actors instead, which keep one GPU and one preprocessor for their whole life."""
     return run_job(job, write, model, verbose=verbose)
+
+
+class ClipWorker:
+    """Ray actor body: one preprocessor on the actor's device (loaded on its first clip), one clip per call."""
+
+    def run(self, job: ClipJob, write: WriteSettings, model: dict[str, Any], verbose: bool = False) -> ClipResult:
+        return run_job(job, write, model, verbose=verbose)
 
 
 def run_on_ray(
@@ -58,10 +70,13 @@ def run_on_ray(
     address: str,
     on_result: Callable[[ClipResult], None],
 ) -> list[str]:
-    """Submit one Ray task per clip to the cluster at ``address`` (``auto``, ``ray://HOST:PORT``, ``local``; an
-    already initialized Ray is used as it is) and hand each result to ``on_result`` as it arrives. Returns a
-    description of the workers (the cluster's GPUs and CPUs)."""
+    """Run the clips on the Ray cluster at ``address`` (``auto``, ``ray://HOST:PORT``, ``local``; an already
+    initialized Ray is used as it is): one :class:`ClipWorker` actor per GPU of the cluster (per CPU with
+    ``--device cpu``), clips handed to whichever actor is free (``ray.util.ActorPool``), each result passed to
+    ``on_result`` as it arrives. Returns a description of the workers."""
     ray = import_ray()
+    from ray.util import ActorPool
+
     from .state import settings
 
     if not ray.is_initialized():
@@ -71,27 +86,38 @@ def run_on_ray(
             raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
                            "'ray start --head', or pass --ray local for a Ray instance on this machine).") from error
     on_gpu = str(model["device"]).startswith("cuda")
-    # Ray gives each GPU task its own CUDA_VISIBLE_DEVICES, so "cuda" is the task's GPU.
-    task_model = {**model, "device": "cuda" if on_gpu else "cpu"}
-    remote = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_calls=0)(clip_task)
-    refs = {remote.remote(job, write, task_model, settings.verbose): job for job in jobs}
-    try:
-        while refs:
-            finished, _ = ray.wait(list(refs), num_returns=1)
-            for ref in finished:
-                job = refs.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as error:  # the task's worker died, or Ray failed to run it
-                    message = " ".join(str(error).split())[:500]
-                    result = ClipResult(job, error=f"Ray task failed: {message}", exit_code=EXIT_FAILURE)
-                on_result(result)
-    except BaseException:
-        for ref in refs:
-            ray.cancel(ref)
-        raise
     resources = ray.cluster_resources()
-    return [f"Ray cluster ({int(resources.get('GPU', 0))} GPU, {int(resources.get('CPU', 0))} CPU)"]
+    slots = int(resources.get("GPU" if on_gpu else "CPU", 0))
+    if slots < 1:
+        raise CliError(f"the Ray cluster at {address!r} has no {'GPU' if on_gpu else 'CPU'}; add nodes with GPUs, "
+                       "or pass --device cpu to run on its CPUs.")
+    # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so "cuda" is the actor's GPU.
+    actor_model = {**model, "device": "cuda" if on_gpu else "cpu"}
+    actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=1)(ClipWorker)
+    actors = [actor_class.remote() for _ in range(min(slots, len(jobs)))]
+    pool = ActorPool(actors)
+    for job in jobs:
+        pool.submit(lambda actor, clip: actor.run.remote(clip, write, actor_model, settings.verbose), job)
+    finished: set[ClipJob] = set()
+    lost: list[str] = []
+    try:
+        while pool.has_next() and len(lost) < len(jobs):
+            try:
+                result = pool.get_next_unordered()
+            except Exception as error:  # the actor died (out of memory, crash in native code) or Ray failed
+                lost.append(" ".join(str(error).split())[:300])
+                continue
+            finished.add(result.job)
+            on_result(result)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    for job in jobs:
+        if job not in finished:
+            reason = lost[0] if lost else "no result came back"
+            on_result(ClipResult(job, error=f"its Ray worker failed: {reason}", exit_code=EXIT_FAILURE))
+    kind = "GPU" if on_gpu else "CPU"
+    return [f"Ray cluster, {len(actors)} {kind} worker(s)"]
 
 
 class FlowMapBatches:

@@ -161,7 +161,7 @@ def test_corrupt_clip_is_reported_and_the_others_written(tmp_path: Path, run_mai
 # -- Ray --------------------------------------------------------------------------------------------------------
 
 
-def test_ray_tasks_on_a_local_instance_match_one_process(tmp_path: Path, clips: Path, run_main) -> None:
+def test_ray_workers_on_a_local_instance_match_one_process(tmp_path: Path, clips: Path, run_main) -> None:
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install ray, or the [ray] extra)")
     code, _, err = run_main("run", clips, "--flow-npy", tmp_path / "one", *FAST)
     assert code == 0, err
@@ -172,7 +172,7 @@ def test_ray_tasks_on_a_local_instance_match_one_process(tmp_path: Path, clips: 
     finally:
         ray.shutdown()
     assert code == 0, err
-    assert "3 clip(s) done" in out and "Ray" in out
+    assert "3 clip(s) done" in out and "on Ray cluster, 2 CPU worker(s)" in out
     single, distributed = outputs(tmp_path / "one"), outputs(tmp_path / "ray")
     assert sorted(distributed) == sorted(single) == ["clip0.npy", "clip1.npy", "clip2.npy"]
     for name in single:
