@@ -8,10 +8,11 @@ exception, so one bad clip never stops the others.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,9 @@ class ClipResult:
     error: str | None = None
     exit_code: int = 0
     detail: str | None = None
-    worker: str = ""
+    worker: str = ""  # "DEVICE pid N" of the process that ran it
+    started_at: float = 0.0  # time.time() when the clip started (after the model was loaded)
     fatal: bool = False  # the worker could not load the model: every clip would fail the same way
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,7 @@ def process_clip(
     Raises the CLI's errors (input, output, usage) on failure; the outputs are then left untouched.
     """
     flow.reset()
+    started_at = time.time()
     source = open_inputs(list(job.inputs), settings.fps)
     started = time.perf_counter()
     with StagedOutputs(settings.overwrite) as staged:
@@ -124,7 +126,7 @@ def process_clip(
             for writer in writers:
                 writer.abort()
             raise
-    return ClipResult(job, frames=frames, size=size, seconds=time.perf_counter() - started)
+    return ClipResult(job, frames=frames, size=size, seconds=time.perf_counter() - started, started_at=started_at)
 
 
 def _stream(
@@ -199,7 +201,7 @@ def run_job(
         flow = worker_preprocessor(options)
     except Exception as error:
         return _failed(job, error, label, verbose, fatal=True)
-    label = str(flow.device)
+    label = f"{flow.device} pid {os.getpid()}"
     try:
         result = process_clip(flow, job, settings, on_frames or (lambda frames: None))
     except Exception as error:

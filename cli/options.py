@@ -144,6 +144,7 @@ def build_preprocessor(
             max_batch_pairs=max_batch_pairs,
             models_dir=model["models_dir"],
             cuda_graphs=model["cuda_graphs"],
+            torch_compile=model.get("torch_compile", True),
         )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error

@@ -8,6 +8,7 @@ report frames done through a queue for the combined progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 from collections.abc import Callable
@@ -107,10 +108,9 @@ def _init_worker(device_queue: Any, frames_queue: Any, model: dict[str, Any], th
         torch.cuda.set_device(torch.device(device))  # TensorRT and CUDA graphs use the current device
     options = {**model, "device": device}
     _worker.update(options=options, frames=frames_queue, verbose=verbose)
-    try:
+    # A failure is reported with the first clip (run_job retries and marks it fatal); the pool must not break here.
+    with contextlib.suppress(Exception):
         worker_preprocessor(options)
-    except Exception:  # reported with the first clip (run_job marks it fatal); the pool must not break here
-        pass
 
 
 def _run_clip(job: ClipJob, write: WriteSettings) -> ClipResult:
