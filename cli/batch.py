@@ -157,6 +157,8 @@ def _target(template: Path | None, clip: Path, kind: str, count: int) -> Path | 
         return None
     text = str(template)
     option = {"output": "-o", "flow_npy": "--flow-npy", "flow_flo": "--flow-flo"}[kind]
+    if any(char in clip.name for char in "*?["):
+        clip = clip.parent  # a glob of frames (in a manifest) is named after its folder
     if "{" in text:
         try:
             return Path(text.format(stem=clip.stem, name=clip.name))

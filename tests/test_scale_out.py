@@ -229,6 +229,13 @@ def test_outputs_of_a_collection(tmp_path: Path, clips: Path) -> None:
     (clips / "clip10.mp4").write_bytes((clips / "clip0.mp4").read_bytes())
     assert [job.inputs[0] for job in plan_jobs(tuple(videos[::-1]), None, tmp_path, None, None).jobs] == videos
     assert not plan_jobs((str(clips / "clip0.mp4"),), None, tmp_path / "x.mp4", None, None).collection
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('input,flow_npy\n"a, b.mp4",\nframes/shot1/*.png,\nframes/shot2/,own.npy\n')
+    rows = plan_jobs((), manifest, None, tmp_path / "raw" / "{stem}.npy", None).jobs
+    assert [job.inputs[0] for job in rows] == [str(tmp_path / name) for name in ("a, b.mp4", "frames/shot1/*.png",
+                                                                                "frames/shot2")]
+    assert [job.flow_npy for job in rows] == [tmp_path / "raw" / "a, b.npy", tmp_path / "raw" / "shot1.npy",
+                                              tmp_path / "own.npy"]
 
 
 @pytest.mark.parametrize(
