@@ -63,7 +63,7 @@ def run_command(
     (several image files, e.g. an unquoted glob, are taken in natural name order).
 
     Many clips: a folder of videos, a glob or several video files, or --manifest; outputs go to -o FOLDER
-    (FOLDER/<name>.mp4) or a template such as -o 'flow/{stem}.mp4'. Clips whose outputs exist are skipped.
+    (FOLDER/<stem>.mp4) or a template such as -o 'flow/{stem}.mp4'. Clips whose outputs exist are skipped.
 
     Frame 0 has no reference and shows zero flow (white); frame i shows the motion from frame i-1 to i.
     """

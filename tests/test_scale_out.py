@@ -304,3 +304,22 @@ def test_parse_devices() -> None:
             parse_devices("all", strict=True)
     with pytest.raises(CliError, match=f"GPU {count} does not exist"):
         parse_devices(f"0,{count}" if count else "0")
+
+
+# -- GPU ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_every_gpu_matches_one_process_on_cuda(tmp_path: Path, clips: Path, run_main) -> None:
+    cuda = ["--size", "128x128", "--updates", "2", "--weights", "untrained", "--device", "cuda", "--strict-device",
+            "--fp32"]
+    code, out, err = run_main("run", clips, "--flow-npy", tmp_path / "one", *cuda)
+    assert code == 0, err
+    code, out, err = run_main("run", clips, "--flow-npy", tmp_path / "all", "--devices", "all", *cuda)
+    assert code == 0, err
+    count = torch.cuda.device_count()
+    assert "3 clip(s) done" in out and ", ".join(f"cuda:{i}" for i in range(min(count, 3))) in out
+    single, spread = outputs(tmp_path / "one"), outputs(tmp_path / "all")
+    assert sorted(spread) == sorted(single) == ["clip0.npy", "clip1.npy", "clip2.npy"]
+    for name in single:  # fp32 on GPUs of one model; TF32/cuDNN choices may differ slightly between processes
+        np.testing.assert_allclose(spread[name], single[name], atol=5e-2)
