@@ -41,12 +41,13 @@ def run_pool(
     for device in devices:
         device_queue.put(device)
     frames_queue = context.Queue()
+    stop = context.Event()  # set when the run ends early: queued clips return at once, running ones abort
     threads = threads_per_worker(len(devices))
     pool = ProcessPoolExecutor(
         max_workers=len(devices),
         mp_context=context,
         initializer=_init_worker,
-        initargs=(device_queue, frames_queue, model, threads, settings.verbose, settings.quiet),
+        initargs=(device_queue, frames_queue, stop, model, threads, settings.verbose, settings.quiet),
     )
     try:
         futures: dict[Future[ClipResult], ClipJob] = {pool.submit(_run_clip, job, write): job for job in jobs}
@@ -58,6 +59,7 @@ def run_pool(
                 on_result(_result(future, futures[future]))
         _drain(frames_queue, on_frames)
     except BaseException:
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
@@ -94,8 +96,8 @@ def _drain(frames_queue: Any, on_frames: Callable[[int], None]) -> None:
             return
 
 
-def _init_worker(device_queue: Any, frames_queue: Any, model: dict[str, Any], threads: int | None, verbose: bool,
-                 quiet: bool) -> None:
+def _init_worker(device_queue: Any, frames_queue: Any, stop: Any, model: dict[str, Any], threads: int | None,
+                 verbose: bool, quiet: bool) -> None:
     """Worker initializer: take a device, pin to it, build and load this worker's preprocessor."""
     import torch
 
@@ -107,11 +109,24 @@ def _init_worker(device_queue: Any, frames_queue: Any, model: dict[str, Any], th
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))  # TensorRT and CUDA graphs use the current device
     options = {**model, "device": device}
-    _worker.update(options=options, frames=frames_queue, verbose=verbose)
+    _worker.update(options=options, frames=frames_queue, stop=stop, verbose=verbose)
     # A failure is reported with the first clip (run_job retries and marks it fatal); the pool must not break here.
     with contextlib.suppress(Exception):
         worker_preprocessor(options)
 
 
+class Stopped(Exception):
+    """The run was stopped (Ctrl-C, or an error in the main process) while this worker had a clip."""
+
+
 def _run_clip(job: ClipJob, write: WriteSettings) -> ClipResult:
-    return run_job(job, write, _worker["options"], _worker["frames"].put, _worker["verbose"])
+    stop = _worker["stop"]
+    if stop.is_set():
+        return ClipResult(job, error="not run: the run was stopped", exit_code=EXIT_FAILURE)
+
+    def on_frames(count: int) -> None:
+        _worker["frames"].put(count)
+        if stop.is_set():
+            raise Stopped("the run was stopped")  # process_clip discards this clip's partial outputs
+
+    return run_job(job, write, _worker["options"], on_frames, _worker["verbose"])
