@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,8 @@ def run_on_ray(
     actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=1)(ClipWorker)
     actors = [actor_class.remote() for _ in range(min(slots, len(jobs)))]
     pool = ActorPool(actors)
-    for job in jobs:
+    originals = {_absolute(job): job for job in jobs}  # workers may run elsewhere: no paths relative to here
+    for job in originals:
         pool.submit(lambda actor, clip: actor.run.remote(clip, write, actor_model, settings.verbose), job)
     finished: set[ClipJob] = set()
     lost: list[str] = []
@@ -107,6 +109,7 @@ def run_on_ray(
             except Exception as error:  # the actor died (out of memory, crash in native code) or Ray failed
                 lost.append(" ".join(str(error).split())[:300])
                 continue
+            result.job = originals.get(result.job, result.job)
             finished.add(result.job)
             on_result(result)
     finally:
@@ -118,6 +121,14 @@ def run_on_ray(
             on_result(ClipResult(job, error=f"its Ray worker failed: {reason}", exit_code=EXIT_FAILURE))
     kind = "GPU" if on_gpu else "CPU"
     return [f"Ray cluster, {len(actors)} {kind} worker(s)"]
+
+
+def _absolute(job: ClipJob) -> ClipJob:
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().absolute()
+
+    inputs = tuple(str(Path(spec).expanduser().absolute()) for spec in job.inputs)
+    return ClipJob(inputs, absolute(job.output), absolute(job.flow_npy), absolute(job.flow_flo))
 
 
 class FlowMapBatches:
