@@ -252,6 +252,7 @@ def test_outputs_of_a_collection(tmp_path: Path, clips: Path) -> None:
         ("bad devices", EXIT_USAGE, "not a GPU index"),
         ("bad cpu count", EXIT_USAGE, "cpu:N"),
         ("bad weights", EXIT_USAGE, "weights file not found"),
+        ("bad weights in workers", EXIT_USAGE, "could not load the model"),
     ],
 )
 def test_bad_batch_input(tmp_path: Path, clips: Path, run_main, case: str, code: int, message: str) -> None:
@@ -283,6 +284,8 @@ def test_bad_batch_input(tmp_path: Path, clips: Path, run_main, case: str, code:
         args += ["--devices", "cpu:0"]
     elif case == "bad weights":
         args += ["--weights", str(tmp_path / "none.pth")]
+    elif case == "bad weights in workers":  # stops the run (every clip would fail alike), not one failure per clip
+        args += ["--weights", str(tmp_path / "none.pth"), "--devices", "cpu:2"]
     result, _, err = run_main(*args)
     assert result == code, err
     last = err.strip().splitlines()[-1]
