@@ -45,8 +45,12 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def run_main(capfd: pytest.CaptureFixture[str]):
-    """Call ``main(argv)`` in this process (fast error paths); returns (exit code, stdout, stderr)."""
+def run_main(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Call ``main(argv)`` in this process (fast error paths); returns (exit code, stdout, stderr).
+
+    Worker processes that ``main`` may start (``--devices``) inherit OMP_NUM_THREADS=1.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def call(*args: str | Path) -> tuple[int, str, str]:
         code = main([str(arg) for arg in args])

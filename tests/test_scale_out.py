@@ -4,7 +4,6 @@ Ray Data callable class. CPU, 128x128 compute, untrained weights, 2 flow updates
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -21,29 +20,12 @@ from scope_optical_flow_tensorrt.cli import main
 from scope_optical_flow_tensorrt.cli.batch import parse_devices, plan_jobs
 from scope_optical_flow_tensorrt.cli.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_USAGE, CliError
 from scope_optical_flow_tensorrt.cli.ray_runner import FlowMapBatches
-from scope_optical_flow_tensorrt.cli.state import StderrHandler
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
-from test_cli import moving_frames, read_video, write_video
+from test_cli import moving_frames, read_video, run_main, write_video  # noqa: F401  (run_main: shared fixture)
 
 FAST = ["--size", "128x128", "--updates", "2", "--weights", "untrained", "--device", "cpu"]
 CLIP_FRAMES = (4, 3, 4)
-
-
-@pytest.fixture
-def run_main(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """``main(argv)`` in this process; returns (exit code, stdout, stderr). Workers inherit OMP_NUM_THREADS=1."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-    def call(*args: str | Path) -> tuple[int, str, str]:
-        code = main([str(arg) for arg in args])
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    yield call
-    logger = logging.getLogger("scope_optical_flow_tensorrt")
-    for handler in [h for h in logger.handlers if isinstance(h, StderrHandler)]:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture
