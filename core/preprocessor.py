@@ -219,7 +219,9 @@ class OpticalFlowTensorRTPreprocessor:
         height, width = size if size is not None else flow.shape[-2:]
         scales = self.normalizer.scales(flow)
         rgb = flow_to_rgb(flow.flatten(0, 1), scales.flatten(), self.flow_strength)
-        rgb = resize_images(rgb, height, width).clamp_(0.0, 1.0)
+        # Resize the distance from white: resampling keeps exact zeros exact, so still areas (and a first frame
+        # without reference) stay exactly white at any output size, where resizing 1.0 itself gives 0.99999994.
+        rgb = (1.0 - resize_images(1.0 - rgb, height, width)).clamp_(0.0, 1.0)
         return rearrange(rgb * 2.0 - 1.0, "(b f) c h w -> b c f h w", b=batch, f=num_frames)
 
     # -- internals ----------------------------------------------------------------------------------

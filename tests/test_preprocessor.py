@@ -205,6 +205,10 @@ def test_scope_context_object_and_target_size(frames_fhwc: torch.Tensor) -> None
 
     out = make_preprocessor()(Context())
     assert out.shape == (1, 3, 5, 72, 64)
+    Context.target_height, Context.target_width = 320, 576  # upscaling keeps the white first frame exactly white
+    out = make_preprocessor()(Context())
+    assert out.shape == (1, 3, 5, 320, 576)
+    assert torch.equal(out[:, :, 0], torch.ones_like(out[:, :, 0]))
 
 
 def test_default_max_pairs_bounds_the_correlation_memory() -> None:
