@@ -232,3 +232,15 @@ def test_cuda_fallback_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pytes
     assert caplog.text.count("CUDA is not available") == 1
     with pytest.raises(RuntimeError, match="strict_device=True"):
         OpticalFlowTensorRTPreprocessor(device="cuda", strict_device=True)
+
+
+def test_batch_of_videos_keeps_one_stream_per_video(frames_fhwc: torch.Tensor) -> None:
+    other = make_frames(5, 96, 112, seed=3)
+    batch = torch.stack([rearrange(frames_fhwc, "f h w c -> c f h w"), rearrange(other, "f h w c -> c f h w")])
+    whole = make_preprocessor()(batch)
+    assert whole.shape == (2, 3, 5, 96, 112)
+    assert (whole[0] - make_preprocessor()(frames_fhwc)[0]).abs().max() < 1e-4
+    assert (whole[1] - make_preprocessor()(other)[0]).abs().max() < 1e-4
+    streamed = make_preprocessor()
+    parts = torch.cat([streamed(batch[:, :, :3]), streamed(batch[:, :, 3:])], dim=2)
+    assert (parts - whole).abs().max() < 1e-4
