@@ -43,7 +43,7 @@ from . import raft as raft_module
 from .log import logger
 from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
 from .paths import plugin_models_dir
-from .preprocessor import _check_compute_size, default_max_pairs
+from .preprocessor import check_compute_size, default_max_pairs
 from .raft import RaftSequenceFlow
 from .trt_build import TENSORRT_INSTALL_HINT, BuildTarget, build_engine_bytes, build_target, import_tensorrt
 from .weights import WeightsInfo, WeightsSpec, load_raft_small
@@ -146,7 +146,7 @@ def ensure_onnx(
     directory: Path, height: int, width: int, num_flow_updates: int, weights: WeightsSpec
 ) -> tuple[Path, WeightsInfo]:
     """The cached ONNX graph for these settings, exported first if missing or stale."""
-    _check_compute_size(height, width)
+    check_compute_size(height, width)
     raft, info = load_raft_small(weights)
     key = onnx_key(height, width, num_flow_updates, info.identity)
     path = onnx_path(directory, key)
@@ -262,7 +262,7 @@ def prebuild_engine(
     ``max_pairs=None`` uses the preprocessor's default for this size, so the preprocessor with the same
     settings finds this engine. Raises ``RuntimeError`` (with the install hint) without TensorRT or CUDA.
     """
-    _check_compute_size(height, width)
+    check_compute_size(height, width)
     _check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
         _check_positive("max_pairs", max_pairs)

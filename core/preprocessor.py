@@ -87,7 +87,7 @@ class OpticalFlowTensorRTPreprocessor:
         cuda_graphs: bool = True,
         torch_compile: bool = True,
     ) -> None:
-        _check_compute_size(height, width)
+        check_compute_size(height, width)
         _check_flow_strength(flow_strength)
         if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
             raise ValueError(f"num_flow_updates must be a positive integer (12 is typical), got {num_flow_updates!r}.")
@@ -259,7 +259,8 @@ def _unpack_context(frames: Any) -> tuple[Tensor, tuple[int, int] | None]:
     return video, (target_height, target_width)
 
 
-def _check_compute_size(height: object, width: object) -> None:
+def check_compute_size(height: object, width: object) -> None:
+    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128)."""
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")

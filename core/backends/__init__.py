@@ -7,7 +7,7 @@ import functools
 import torch
 
 from ..log import log_once
-from ..trt_build import TENSORRT_INSTALL_HINT
+from ..trt_build import TENSORRT_INSTALL_HINT, import_tensorrt
 from ..weights import WeightsSpec
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
@@ -19,8 +19,8 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "tensorrt", "onnxruntime")
 def tensorrt_available() -> bool:
     """Whether ``import tensorrt`` works (tried once per process; a broken install counts as missing)."""
     try:
-        import tensorrt  # noqa: F401
-    except Exception:
+        import_tensorrt()
+    except RuntimeError:
         return False
     return True
 
