@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,24 +22,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+from _checkout import use_this_checkout  # noqa: E402  (same folder)
 
-try:
-    from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-    from scope_optical_flow_tensorrt.core.backends import BACKENDS
-except ImportError:  # checkout folder not named after the package: import it under that name
-    import importlib.util
+use_this_checkout()  # run from a checkout without installing
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "scope_optical_flow_tensorrt", root / "__init__.py", submodule_search_locations=[str(root)]
-    )
-    assert spec is not None and spec.loader is not None
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["scope_optical_flow_tensorrt"] = package
-    spec.loader.exec_module(package)
-    from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-    from scope_optical_flow_tensorrt.core.backends import BACKENDS
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
+from scope_optical_flow_tensorrt.core.backends import BACKENDS  # noqa: E402
 
 UPDATES = 12
 

@@ -39,24 +39,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "scope_optical_flow_tensorrt"
-
-
-def _use_this_checkout() -> None:
-    """Import the package from this checkout under its name, also in spawned workers (they inherit sys.path)."""
-    if ROOT.name == PACKAGE:
-        link_dir = ROOT.parent
-    else:
-        link_dir = Path(tempfile.gettempdir()) / f"{PACKAGE}-bench-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        link_dir.mkdir(exist_ok=True)
-        link = link_dir / PACKAGE
-        if link.is_symlink() and link.resolve() != ROOT:
-            link.unlink()
-        if not link.exists():
-            link.symlink_to(ROOT, target_is_directory=True)
-    sys.path.insert(0, str(link_dir))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(link_dir), os.environ.get("PYTHONPATH")]))
+from _checkout import ROOT, use_this_checkout  # noqa: E402  (same folder)
 
 
 def main() -> int:
@@ -77,7 +60,7 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="where clips and outputs go [a temp folder]")
     args = parser.parse_args()
 
-    _use_this_checkout()
+    use_this_checkout()
     import torch
     from scope_optical_flow_tensorrt.cli.batch import parse_devices, run_clips
     from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings
@@ -164,27 +147,19 @@ def make_clips(folder: Path, count: int, frames: int, size: int, video: bool) ->
 def _write_mp4(path: Path, frames: np.ndarray) -> Path:
     from fractions import Fraction
 
-    import av
+    from scope_optical_flow_tensorrt.cli.outputs import VideoWriter
 
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codec.codecs_available else "mpeg4",
-                                      rate=Fraction(24))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    writer = VideoWriter(path, Fraction(24))
+    writer.write(frames)
+    writer.close()
     return path
 
 
 def _write_pngs(folder: Path, frames: np.ndarray) -> Path:
-    from PIL import Image
+    from scope_optical_flow_tensorrt.cli.outputs import PngFolderWriter
 
     folder.mkdir()
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame_{index:04d}.png", compress_level=1)
+    PngFolderWriter(folder).write(frames)
     return folder
 
 
