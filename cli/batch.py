@@ -18,6 +18,7 @@ from .clips import ClipJob, ClipResult, WriteSettings, run_job
 from .errors import EXIT_FAILURE, CliError, InputError, UsageError
 from .inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
 from .options import build_preprocessor
+from .report import write_report
 from .outputs import is_video_path
 from .state import PROG_NAME, notice, progress_bar, say, settings
 
@@ -331,12 +332,16 @@ def run_batch_command(
     model: dict[str, Any],
     devices: str | None,
     ray_address: str | None,
+    report_path: Path | None = None,
 ) -> None:
     """``run`` for many clips: run them, print a summary line, list failures and exit non-zero if any."""
     device_list = parse_devices(devices, model.get("strict_device", False)) if devices is not None else None
     report = run_clips(jobs, write, model, device_list, ray_address, show_progress=not settings.quiet)
     where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None else str(model["device"]))
     seconds = max(report.seconds, 1e-9)
+    if report_path is not None:
+        write_report(report_path, report.results, report.seconds, skipped=[job.name for job in report.skipped],
+                     workers=report.workers)
     say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
         f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "
         f"{report.frames / seconds:.1f} frames/s) on {where}")

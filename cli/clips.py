@@ -8,18 +8,20 @@ exception, so one bad clip never stops the others.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_FAILURE, CliError
-from .inputs import open_inputs
+from .errors import EXIT_FAILURE, CliError, UsageError
+from .inputs import nvdec_available, open_inputs
 from .options import build_preprocessor, load_model
 from .outputs import (
+    DEFAULT_X264_PRESET,
     FloFolderWriter,
     NpyArrayWriter,
     NpyFolderWriter,
@@ -28,7 +30,11 @@ from .outputs import (
     VideoWriter,
     is_video_path,
 )
+from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
 from .state import progress_bar
+from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
+
+logger = logging.getLogger("scope_optical_flow_tensorrt.cli")  # not core.log: that would import torch
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class WriteSettings:
     codec: str | None = None
     flow_size: str = "input"
     overwrite: bool = False
+    preset: str = DEFAULT_X264_PRESET  # libx264's preset for video outputs
+    decoder: str = "auto"  # video decoding: "auto", "cpu" or "nvdec"
+    queue_depth: int = QUEUE_DEPTH  # chunks in flight between two stages (bounds host memory)
+    png_threads: int | None = None  # threads compressing PNGs; None: up to 8, by core count
 
 
 @dataclass
@@ -73,8 +83,12 @@ class ClipResult:
     exit_code: int = 0
     detail: str | None = None
     worker: str = ""  # "DEVICE pid N" of the process that ran it
-    started_at: float = 0.0  # time.time() when the clip started (after the model was loaded)
+    started_at: float = 0.0  # time.time() when the clip started
     fatal: bool = False  # the worker could not load the model: every clip would fail the same way
+    decoder: str = ""  # which video decoder ran ("cpu", "nvdec"; "" for images)
+    stages: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (see ClipStages)
+    first_output_at: float | None = None  # time.time() when the first output chunk was written
+    last_output_at: float | None = None  # time.time() when the last output chunk was written
 
     @property
     def ok(self) -> bool:
@@ -89,84 +103,201 @@ def process_clip(
 ) -> ClipResult:
     """Compute and write one clip with ``flow`` (its stream is reset first, so clips never share state).
 
-    Progress goes to ``on_frames(n)`` after each chunk, or to a progress bar of its own when ``None``.
-    Raises the CLI's errors (input, output, usage) on failure; the outputs are then left untouched.
+    Three stages overlap: a reader thread decodes chunks ahead (into pinned memory on CUDA), this thread
+    computes flow and its outputs on the compute device (one device-to-host copy per chunk and output kind,
+    on a copy stream), and one writer thread per output encodes and writes behind. Queues between them hold
+    ``settings.queue_depth`` chunks, so memory stays flat on long clips. The first failure in any stage (or
+    an exception from ``on_frames``, or Ctrl-C) stops every stage and discards every output.
+
+    Progress goes to ``on_frames(n)`` after each chunk is computed, or to a progress bar of its own when
+    ``None``. Raises the CLI's errors (input, output, usage) on failure; the outputs are then left untouched.
     """
     flow.reset()
     started_at = time.time()
     source = open_inputs(list(job.inputs), settings.fps)
     started = time.perf_counter()
+    stop = StopSignal()
     with StagedOutputs(settings.overwrite) as staged:
-        image_writers: list[Any] = []
-        flow_writers: list[Any] = []
-        if job.output is not None:
-            if is_video_path(job.output):
-                image_writers.append(VideoWriter(staged.add(job.output, folder=False), source.frame_rate,
-                                                 settings.codec))
-            else:
-                image_writers.append(PngFolderWriter(staged.add(job.output, folder=True)))
-        if job.flow_npy is not None:
-            if job.flow_npy.suffix.lower() == ".npy":
-                flow_writers.append(NpyArrayWriter(staged.add(job.flow_npy, folder=False)))
-            else:
-                flow_writers.append(NpyFolderWriter(staged.add(job.flow_npy, folder=True)))
-        if job.flow_flo is not None:
-            flow_writers.append(FloFolderWriter(staged.add(job.flow_flo, folder=True)))
-        writers = image_writers + flow_writers
+        sinks = _open_sinks(job, staged, source, settings)
+        decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
+        chunks = source.chunks(settings.chunk, host_allocator(flow.device), _image_readers(), decoder or "cpu")
+        reader = Prefetcher(chunks, settings.queue_depth, stop)
+        threads: list[WriterThread] = []
         try:
+            reader.start()  # decoding starts while the model loads
+            load_started = time.perf_counter()
             load_model(flow)
+            load_seconds = time.perf_counter() - load_started
+            threads = [WriterThread(sink.write, settings.queue_depth, stop, f"writer-{sink.kind}").start()
+                       for sink in sinks]
             if on_frames is None:
                 with progress_bar(total=source.num_frames, unit="frame", desc="flow") as bar:
-                    frames, size = _stream(flow, source, settings, image_writers, flow_writers, bar.update)
+                    computed = _compute(flow, reader, settings, sinks, threads, bar.update)
             else:
-                frames, size = _stream(flow, source, settings, image_writers, flow_writers, on_frames)
-            for writer in writers:
-                writer.close()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
+                computed = _compute(flow, reader, settings, sinks, threads, on_frames)
+            for thread in threads:
+                thread.finish()
+            for sink in sinks:
+                sink.writer.close()
+        except BaseException as error:
+            stop.set(error)
+            reader.join()
+            for thread in threads:
+                thread.join()
+            for sink in sinks:
+                sink.writer.abort()
             raise
-    return ClipResult(job, frames=frames, size=size, seconds=time.perf_counter() - started, started_at=started_at)
+        reader.join()
+    stages = {"load": load_seconds, "decode": reader.timer.seconds, **computed.stages}
+    for sink, thread in zip(sinks, threads):
+        stages[f"write_{sink.kind}"] = thread.timer.seconds
+    written = [thread for thread in threads if thread.first_done_at is not None]
+    result = ClipResult(
+        job,
+        frames=computed.frames,
+        size=computed.size,
+        seconds=time.perf_counter() - started,
+        started_at=started_at,
+        decoder=decoder,
+        stages=stages,
+        first_output_at=max((t.first_done_at for t in written), default=None),  # type: ignore[arg-type]
+        last_output_at=max((t.last_done_at for t in written), default=None),  # type: ignore[arg-type]
+    )
+    logger.info(
+        "%s: %d frames in %.2f s; model load %.2f s, first chunk computed %.2f s after the clip started; busy "
+        "seconds: %s", job.name, result.frames, result.seconds, load_seconds, computed.first_chunk_seconds,
+        ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()),
+    )
+    return result
 
 
-def _stream(
+@dataclass
+class _Sink:
+    """One output: its writer, which kind of array it takes (``"images"`` or ``"flow"``), a short name."""
+
+    writer: Any
+    takes: str
+    kind: str
+
+    def write(self, chunk: HostChunk) -> None:
+        self.writer.write(chunk.array(self.takes))
+
+
+def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: WriteSettings) -> list[_Sink]:
+    sinks: list[_Sink] = []
+    if job.output is not None:
+        if is_video_path(job.output):
+            writer = VideoWriter(staged.add(job.output, folder=False), source.frame_rate, settings.codec,
+                                 settings.preset)
+            sinks.append(_Sink(writer, "images", "video"))
+        else:
+            threads = settings.png_threads or min(8, os.cpu_count() or 1)
+            sinks.append(_Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
+    if job.flow_npy is not None:
+        if job.flow_npy.suffix.lower() == ".npy":
+            sinks.append(_Sink(NpyArrayWriter(staged.add(job.flow_npy, folder=False)), "flow", "npy"))
+        else:
+            sinks.append(_Sink(NpyFolderWriter(staged.add(job.flow_npy, folder=True)), "flow", "npy_folder"))
+    if job.flow_flo is not None:
+        sinks.append(_Sink(FloFolderWriter(staged.add(job.flow_flo, folder=True)), "flow", "flo"))
+    return sinks
+
+
+@dataclass
+class _Computed:
+    frames: int
+    size: tuple[int, int]
+    stages: dict[str, float]
+    first_chunk_seconds: float
+
+
+def _compute(
     flow: Any,
-    source: Any,
+    chunks: Prefetcher,
     settings: WriteSettings,
-    image_writers: list[Any],
-    flow_writers: list[Any],
+    sinks: list[_Sink],
+    threads: list[WriterThread],
     on_frames: Callable[[int], Any],
-) -> tuple[int, tuple[int, int]]:
-    """Decode, compute and write chunk by chunk; the preprocessor carries the last frame across chunks."""
+) -> _Computed:
+    """The compute stage: flow for each decoded chunk, its outputs made on the device and sent to the writers.
+
+    The preprocessor carries the last frame across chunks, so the result equals one call over the whole clip.
+    """
     import torch
 
     from ..core.resize import resize_flow
 
+    device = flow.device
+    wanted = {sink.takes for sink in sinks}
+    copier = DeviceToHost(device)
+    timer = StageTimer()
+    gpu_timer = GpuTimer(device)
     frames_done = 0
     size = (0, 0)
-    for frames in source.chunks(settings.chunk):
-        size = frames.shape[1:3]
-        raw = flow.compute_flow(torch.from_numpy(frames), layout="FHWC")  # [1, F, 2, h, w]
-        if image_writers:
-            images = to_uint8_frames(flow.flow_to_image(raw, size=size))
-            for writer in image_writers:
-                writer.write(images)
-        if flow_writers:
-            vectors = resize_flow(raw[0], *size) if settings.flow_size == "input" else raw[0]
-            vectors = vectors.float().cpu().numpy()
-            for writer in flow_writers:
-                writer.write(vectors)
+    started = time.perf_counter()
+    first_chunk_seconds = 0.0
+    for frames in chunks:  # [F, H, W, 3] uint8, pinned on CUDA
+        size = (int(frames.shape[1]), int(frames.shape[2]))
+
+        def work() -> HostChunk:
+            with gpu_timer:
+                raw = flow.compute_flow(torch.from_numpy(frames), layout="FHWC")  # [1, F, 2, h, w]
+                outputs: dict[str, Any] = {}
+                if "images" in wanted:
+                    outputs["images"] = to_uint8_images(flow.flow_to_image(raw, size=size))
+                if "flow" in wanted:
+                    vectors = resize_flow(raw[0], *size) if settings.flow_size == "input" else raw[0]
+                    outputs["flow"] = vectors.float().contiguous()
+            # The frames stay referenced until the writers have the outputs: their pinned memory must not be
+            # reused while the asynchronous copy to the device may still read it.
+            return copier.copy(outputs, keep=frames)
+
+        chunk = timer.time(work)
+        for thread in threads:
+            thread.submit(chunk)
+        if frames_done == 0:
+            first_chunk_seconds = time.perf_counter() - started
         frames_done += frames.shape[0]
         on_frames(frames.shape[0])
-    return frames_done, (int(size[0]), int(size[1]))
+    stages = {"compute": timer.seconds}
+    if gpu_timer.enabled:
+        stages["compute_gpu"] = gpu_timer.seconds()
+    return _Computed(frames_done, size, stages, first_chunk_seconds)
+
+
+def to_uint8_images(maps: Any) -> Any:
+    """``[1, 3, F, H, W]`` in ``[-1, 1]`` -> ``[F, H, W, 3]`` uint8 on the same device."""
+    import torch
+
+    images = ((maps[0] + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return images.permute(1, 2, 3, 0).contiguous()
 
 
 def to_uint8_frames(maps: Any) -> Any:
     """``[1, 3, F, H, W]`` in ``[-1, 1]`` -> ``[F, H, W, 3]`` uint8 numpy."""
-    import torch
+    return to_uint8_images(maps).cpu().numpy()
 
-    images = ((maps[0] + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return images.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+def choose_decoder(requested: str, source: Any, device: Any) -> str:
+    """``"auto"`` -> ``"cpu"`` (FFmpeg's threaded software decoder; measured faster end to end than NVDEC with
+    frames downloaded to host memory, see benchmarks/results/e2e.md); ``"nvdec"`` needs a CUDA device and a
+    PyAV/FFmpeg with the CUDA hardware device."""
+    if requested in ("auto", "cpu"):
+        decoder = "cpu"
+    elif requested == "nvdec":
+        if device.type != "cuda" or not nvdec_available():
+            raise UsageError("--decoder nvdec needs a CUDA device and a PyAV whose FFmpeg has the CUDA hardware "
+                             "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
+        decoder = "nvdec"
+    else:
+        raise UsageError(f"--decoder {requested!r} is not supported; use auto, cpu or nvdec.")
+    logger.info("decoding %s with the %s decoder", source.path, decoder)
+    return decoder
+
+
+def _image_readers() -> int:
+    """Threads decoding image files (PNG/JPEG decoders release the GIL)."""
+    return min(4, os.cpu_count() or 1)
 
 
 # -- worker side: one preprocessor per process, failures as results ----------------------------------------

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +35,25 @@ class FrameSource:
     num_frames: int | None
     files: list[Path] | None = None  # image files, in order
 
-    def chunks(self, chunk_size: int) -> Iterator[np.ndarray]:
-        frames = self._video_frames() if self.kind == "video" else self._image_frames()
+    def chunks(
+        self,
+        chunk_size: int,
+        allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+        readers: int = 1,
+        decoder: str = "cpu",
+    ) -> Iterator[np.ndarray]:
+        """``[F, H, W, 3]`` uint8 chunks of ``chunk_size`` frames (the last may be shorter), in order.
+
+        ``allocate(shape)`` makes each chunk's array (pinned host memory for fast copies to the GPU, say);
+        frames are decoded straight into it. ``readers`` threads decode image files in parallel; ``decoder``
+        (videos) is ``"cpu"`` (FFmpeg's threaded software decoder) or ``"nvdec"`` (the GPU's decoder through
+        FFmpeg's CUDA hardware device, frames downloaded to host memory).
+        """
+        allocate = allocate or _allocate_numpy
+        frames = self._video_frames(decoder) if self.kind == "video" else self._image_frames(readers)
         shape: tuple[int, ...] | None = None
-        batch: list[np.ndarray] = []
+        batch: np.ndarray | None = None
+        count = 0
         for index, frame in enumerate(frames):
             if shape is None:
                 shape = frame.shape
@@ -45,21 +62,24 @@ class FrameSource:
                     f"{self.path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but earlier frames are "
                     f"{shape[1]}x{shape[0]}; all frames must have one size (resize them first)."
                 )
-            batch.append(frame)
-            if len(batch) == chunk_size:
-                yield np.stack(batch)
-                batch = []
-        if batch:
-            yield np.stack(batch)
+            if batch is None:
+                batch = allocate((chunk_size, *shape))
+            batch[count] = frame
+            count += 1
+            if count == chunk_size:
+                yield batch
+                batch, count = None, 0
+        if batch is not None and count:
+            yield batch[:count]
         if shape is None:
             what = "video" if self.kind == "video" else "image sequence"
             raise InputError(f"{self.path}: the {what} has no frames; give a video or images with at least one frame.")
 
-    def _video_frames(self) -> Iterator[np.ndarray]:
+    def _video_frames(self, decoder: str = "cpu") -> Iterator[np.ndarray]:
         import av
 
         try:
-            with av.open(self.path) as container:
+            with av.open(self.path, **_decoder_options(decoder)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
@@ -67,15 +87,54 @@ class FrameSource:
         except (av.error.FFmpegError, OSError) as error:
             raise InputError(f"cannot decode video {self.path}: {error}") from error
 
-    def _image_frames(self) -> Iterator[np.ndarray]:
-        from PIL import Image, UnidentifiedImageError
+    def _image_frames(self, readers: int = 1) -> Iterator[np.ndarray]:
+        files = self.files or []
+        if readers <= 1 or len(files) <= 1:
+            yield from map(read_image, files)
+            return
+        # Decoding runs ahead in windows, so memory stays bounded however many files there are.
+        window = readers * 4
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="optical-flow-image-reader") as pool:
+            for start in range(0, len(files), window):
+                yield from pool.map(read_image, files[start : start + window])
 
-        for path in self.files or []:
-            try:
-                with Image.open(path) as image:
-                    yield np.asarray(image.convert("RGB"))
-            except (UnidentifiedImageError, OSError, ValueError) as error:
-                raise InputError(f"cannot read image {path}: {error}") from error
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as ``[H, W, 3]`` uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"cannot read image {path}: {error}") from error
+
+
+def _allocate_numpy(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.uint8)
+
+
+DECODERS = ("cpu", "nvdec")
+
+
+def _decoder_options(decoder: str) -> dict[str, Any]:
+    """``av.open`` keyword arguments for ``decoder``."""
+    if decoder == "cpu":
+        return {}
+    if decoder == "nvdec":
+        from av.codec.hwaccel import HWAccel
+
+        return {"hwaccel": HWAccel(device_type="cuda", allow_software_fallback=False)}
+    raise ValueError(f"decoder={decoder!r} is not supported; use one of {', '.join(DECODERS)}.")
+
+
+def nvdec_available() -> bool:
+    """Whether the installed PyAV/FFmpeg has the CUDA hardware device (NVDEC decoding)."""
+    try:
+        from av.codec.hwaccel import hwdevices_available
+    except ImportError:
+        return False
+    return "cuda" in hwdevices_available()
 
 
 def open_inputs(specs: list[str], fps: float | None = None) -> FrameSource:

@@ -11,6 +11,8 @@ import click
 from .clips import WriteSettings, process_clip
 from .errors import UsageError
 from .inputs import IMAGE_SUFFIXES
+from .outputs import DEFAULT_X264_PRESET, X264_PRESETS
+from .report import write_report
 from .options import build_preprocessor, display_options, model_options, weights_spec
 from .state import say
 
@@ -31,6 +33,13 @@ from .state import say
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Frame rate of the output video [default: the input video's, 30 for images].")
 @click.option("--codec", default=None, help="Video codec [default: libx264 for .mp4/.mkv/.mov, libvpx-vp9 for .webm].")
+@click.option("--preset", type=click.Choice(X264_PRESETS), default=DEFAULT_X264_PRESET, show_default=True,
+              help="libx264 preset for video outputs: slower ones make smaller files at about the same quality (crf 18).")
+@click.option("--decoder", type=click.Choice(["auto", "cpu", "nvdec"]), default="auto", show_default=True,
+              help="Video decoding: FFmpeg's threaded CPU decoder, or the GPU's NVDEC (needs CUDA and a PyAV with "
+                   "FFmpeg's CUDA device); auto picks the faster, cpu (see the README).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="Write a JSON report: per clip frames, seconds, busy seconds per stage, first/last output times.")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--max-batch-pairs", type=click.IntRange(min=1), default=None,
               help="Frame pairs per model call [default: by resolution, bounded memory].")
@@ -52,6 +61,9 @@ def run_command(
     chunk: int,
     fps: float | None,
     codec: str | None,
+    preset: str,
+    decoder: str,
+    report_path: Path | None,
     overwrite: bool,
     manifest: Path | None,
     devices: str | None,
@@ -80,15 +92,19 @@ def run_command(
                          f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
     if devices is not None and ray_address is not None:
         raise UsageError("give --devices (this machine) or --ray (a cluster), not both.")
-    settings = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite)
+    settings = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite,
+                             preset=preset, decoder=decoder)
     model = {"weights": weights_spec(weights), **options}
     plan = batch.plan_jobs(input_specs, manifest, output, flow_npy, flow_flo)
     if plan.collection or devices is not None or ray_address is not None:
-        batch.run_batch_command(plan.jobs, settings, model, devices=devices, ray_address=ray_address)
+        batch.run_batch_command(plan.jobs, settings, model, devices=devices, ray_address=ray_address,
+                                report_path=report_path)
         return
     job = plan.jobs[0]
     flow = build_preprocessor(**model)
     result = process_clip(flow, job, settings)
+    if report_path is not None:
+        write_report(report_path, [result], result.seconds)
     written = ", ".join(str(path) for path in job.outputs)
     height, width = result.size
     say(f"{result.frames} frames ({width}x{height}) in {result.seconds:.1f} s "

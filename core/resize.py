@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -20,5 +21,5 @@ def resize_flow(flow: Tensor, height: int, width: int) -> Tensor:
     if (old_height, old_width) == (height, width):
         return flow
     resized = resize_images(flow, height, width)
-    scale = resized.new_tensor([width / old_width, height / old_height]).view(1, 2, 1, 1)
-    return resized * scale
+    # Python scalars, not a tensor built from a list: that would be a host-to-device copy and a stream sync.
+    return torch.stack((resized[:, 0] * (width / old_width), resized[:, 1] * (height / old_height)), dim=1)

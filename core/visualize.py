@@ -59,7 +59,7 @@ def flow_to_rgb(flow: Tensor, scale: Tensor | float, flow_strength: float = 1.0)
         raise ValueError(f"flow must be [N, 2, H, W], got shape {list(flow.shape)}.")
     flow = flow.float()
     if not isinstance(scale, Tensor):
-        scale = torch.tensor(float(scale), device=flow.device)
+        scale = torch.full((), float(scale), device=flow.device)  # a fill: no host-to-device copy, no sync
     scale = scale.float().reshape(-1, 1, 1) if scale.dim() else scale.float()
     eps = torch.finfo(torch.float32).eps
     u, v = flow[:, 0], flow[:, 1]

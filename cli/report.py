@@ -1,0 +1,65 @@
+"""``run --report FILE``: what a run did, as JSON, for scripts and benchmarks (per clip: frames, seconds, busy
+seconds per stage, when the first and last output frames were written; per process: start time, peak GPU memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .clips import ClipResult
+from .errors import OutputError
+
+
+def process_started_at() -> float:
+    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the CLI was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+def clip_entry(result: ClipResult) -> dict[str, Any]:
+    return {
+        "input": list(result.job.inputs),
+        "outputs": [str(path) for path in result.job.outputs],
+        "ok": result.ok,
+        "error": result.error,
+        "frames": result.frames,
+        "size": list(result.size),
+        "seconds": round(result.seconds, 4),
+        "decoder": result.decoder,
+        "stages": {name: round(seconds, 4) for name, seconds in result.stages.items()},
+        "started_at": result.started_at,
+        "first_output_at": result.first_output_at,
+        "last_output_at": result.last_output_at,
+        "worker": result.worker,
+    }
+
+
+def write_report(path: Path, results: list[ClipResult], seconds: float, **extra: Any) -> None:
+    """Write the JSON report (clip entries, wall seconds, process start, peak GPU memory of this process)."""
+    report: dict[str, Any] = {
+        "process_started_at": process_started_at(),
+        "finished_at": time.time(),
+        "seconds": round(seconds, 4),
+        "clips": [clip_entry(result) for result in results],
+        **extra,
+    }
+    torch = sys.modules.get("torch")  # only if this run imported it; never imported for the report
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        report["gpu_peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as error:
+        raise OutputError(f"cannot write the report {path}: {error.strerror or error}") from error
