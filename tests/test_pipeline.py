@@ -1,0 +1,270 @@
+"""The clip pipeline (``cli.clips.process_clip``: reader thread, compute, writer threads): the same outputs as a
+plain serial loop for every output kind, every stage stopped with nothing left behind on a decode error, a
+writer error or an interrupt, and memory bounded by the queues on a long clip. CPU, 128x128 compute, untrained
+weights, 1-2 flow updates."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av")
+pytest.importorskip("PIL")
+from PIL import Image
+from scope_optical_flow_tensorrt.cli import clips as clips_module
+from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
+from scope_optical_flow_tensorrt.cli.errors import InputError, OutputError
+from scope_optical_flow_tensorrt.cli.inputs import FrameSource, open_inputs
+from scope_optical_flow_tensorrt.cli.outputs import (
+    FloFolderWriter,
+    NpyArrayWriter,
+    NpyFolderWriter,
+    PngFolderWriter,
+    VideoWriter,
+)
+from scope_optical_flow_tensorrt.cli.pipeline import Prefetcher, StageStopped, StopSignal, WriterThread
+from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core.resize import resize_flow
+from test_cli import moving_frames, read_video, write_images, write_video
+
+CHUNK = 3
+# libx264 with its own threads is not bit-reproducible from run to run (seen here at preset medium and veryfast,
+# for the same frames in one process), so frame-exact comparisons of videos use MPEG-4 Part 2.
+DETERMINISTIC_CODEC = "mpeg4"
+
+
+def make_flow(updates: int = 2) -> OpticalFlowTensorRTPreprocessor:
+    return OpticalFlowTensorRTPreprocessor(128, 128, device="cpu", weights=None, num_flow_updates=updates)
+
+
+def pipeline_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("optical-flow-")]
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    path = tmp_path / "in.mp4"
+    write_video(path, moving_frames(8, 72, 88, seed=4), fps=12)
+    return path
+
+
+def serial_reference(source_path: Path, folder: Path) -> dict[str, Path]:
+    """The straightforward loop the pipeline replaces: decode a chunk, compute, convert, write, in turn."""
+    flow = make_flow()
+    source = open_inputs([str(source_path)])
+    outputs = {"video": folder / "ref.mp4", "png": folder / "ref_png", "npy": folder / "ref.npy",
+               "npy_folder": folder / "ref_npy", "flo": folder / "ref_flo"}
+    for name in ("png", "npy_folder", "flo"):
+        outputs[name].mkdir()
+    video = VideoWriter(outputs["video"], source.frame_rate, codec=DETERMINISTIC_CODEC)
+    pngs = PngFolderWriter(outputs["png"])
+    flows = [NpyArrayWriter(outputs["npy"]), NpyFolderWriter(outputs["npy_folder"]), FloFolderWriter(outputs["flo"])]
+    for frames in source.chunks(CHUNK):
+        raw = flow.compute_flow(torch.from_numpy(frames), layout="FHWC")
+        images = to_uint8_frames(flow.flow_to_image(raw, size=frames.shape[1:3]))
+        video.write(images)
+        pngs.write(images)
+        vectors = resize_flow(raw[0], *frames.shape[1:3]).float().numpy()
+        for writer in flows:
+            writer.write(vectors)
+    for writer in [video, pngs, *flows]:
+        writer.close()
+    return outputs
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_pipeline_writes_what_the_serial_loop_writes(video: Path, tmp_path: Path) -> None:
+    reference = serial_reference(video, tmp_path)
+    settings = WriteSettings(chunk=CHUNK, png_threads=3, codec=DETERMINISTIC_CODEC)
+    flow = make_flow()
+    jobs = [ClipJob((str(video),), tmp_path / "out.mp4", tmp_path / "out.npy", tmp_path / "out_flo"),
+            ClipJob((str(video),), tmp_path / "out_png", tmp_path / "out_npy")]
+    results = [process_clip(flow, job, settings, on_frames=lambda n: None) for job in jobs]
+    assert [r.frames for r in results] == [8, 8] and results[0].size == (72, 88)
+    # Raw flow: the same bytes, in the same order.
+    assert (tmp_path / "out.npy").read_bytes() == reference["npy"].read_bytes()
+    assert read_folder(tmp_path / "out_flo") == read_folder(reference["flo"])
+    assert read_folder(tmp_path / "out_npy") == read_folder(reference["npy_folder"])
+    # Images: the same pixels in the same frames (PNGs compressed by a pool: compare the decoded images).
+    png_names = sorted(p.name for p in (tmp_path / "out_png").iterdir())
+    assert png_names == sorted(p.name for p in reference["png"].iterdir()) and len(png_names) == 8
+    for name in png_names:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out_png" / name)),
+                                      np.asarray(Image.open(reference["png"] / name)))
+    written, rate = read_video(tmp_path / "out.mp4")
+    expected, expected_rate = read_video(reference["video"])
+    assert rate == expected_rate == 12
+    np.testing.assert_array_equal(written, expected)
+    # The result reports each stage's busy time and when output frames were written.
+    stages = results[0].stages
+    assert {"load", "decode", "compute", "write_video", "write_npy", "write_flo"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["compute"] > 0
+    assert results[0].decoder == "cpu"
+    assert results[0].started_at <= results[0].first_output_at <= results[0].last_output_at <= time.time()
+    assert pipeline_threads() == []
+
+
+def test_decode_error_mid_clip_stops_every_stage(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "frames", moving_frames(12, 64, 64, seed=5), names="f{}.png")
+    paths[7].write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    out = tmp_path / "out"
+    out.mkdir()
+    job = ClipJob((str(tmp_path / "frames"),), out / "flow.mp4", out / "flow.npy", out / "flo")
+    with pytest.raises(InputError, match="f7.png"):
+        process_clip(make_flow(1), job, WriteSettings(chunk=2), on_frames=lambda n: None)
+    assert list(out.iterdir()) == []  # no output, no temporary leftovers
+    assert pipeline_threads() == []
+
+
+def test_writer_error_stops_every_stage(video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = NpyArrayWriter.write
+
+    def failing_write(self: NpyArrayWriter, flow: np.ndarray) -> None:
+        calls.append(len(flow))
+        if len(calls) == 2:
+            raise OutputError("disk full (test)")
+        original(self, flow)
+
+    monkeypatch.setattr(NpyArrayWriter, "write", failing_write)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = ClipJob((str(video),), out / "flow.mp4", out / "flow.npy", out / "flo")
+    with pytest.raises(OutputError, match="disk full"):
+        process_clip(make_flow(1), job, WriteSettings(chunk=2), on_frames=lambda n: None)
+    assert list(out.iterdir()) == []
+    assert pipeline_threads() == []
+
+
+def test_interrupt_stops_every_stage(video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    job = ClipJob((str(video),), out / "pngs", out / "flow.npy")
+    seen = []
+
+    def interrupt(count: int) -> None:
+        seen.append(count)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        process_clip(make_flow(1), job, WriteSettings(chunk=2), on_frames=interrupt)
+    assert seen == [2]
+    assert list(out.iterdir()) == []
+    assert pipeline_threads() == []
+
+
+class LongSource:
+    """A synthetic clip of many chunks that counts how many chunk buffers are alive at once."""
+
+    def __init__(self, chunks: int, height: int = 64, width: int = 64) -> None:
+        self.path = "synthetic"
+        self.kind = "images"
+        self.frame_rate = Fraction(30)
+        self.num_frames = chunks * 2
+        self.total_chunks = chunks
+        self.height, self.width = height, width
+        self.alive = 0
+        self.peak = 0
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def _released(self) -> None:
+        with self._lock:
+            self.alive -= 1
+
+    def chunks(self, chunk_size: int, allocate, readers: int = 1, decoder: str = "cpu") -> Iterator[np.ndarray]:
+        frames = moving_frames(2, self.height, self.width, seed=6)
+        for _ in range(self.total_chunks):
+            batch = allocate((2, self.height, self.width, 3))
+            batch[:] = frames
+            with self._lock:
+                self.alive += 1
+                self.made += 1
+                self.peak = max(self.peak, self.alive)
+            weakref.finalize(batch, self._released)
+            yield batch
+
+
+def test_queues_bound_memory_on_a_long_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = LongSource(chunks=40)
+    monkeypatch.setattr(clips_module, "open_inputs", lambda specs, fps=None: source)
+    original = NpyArrayWriter.write
+
+    def slow_write(self: NpyArrayWriter, flow: np.ndarray) -> None:  # the slowest stage: the others must wait
+        time.sleep(0.01)
+        original(self, flow)
+
+    monkeypatch.setattr(NpyArrayWriter, "write", slow_write)
+    depth = 2
+    result = process_clip(make_flow(1), ClipJob(("synthetic",), flow_npy=tmp_path / "flow.npy"),
+                          WriteSettings(chunk=2, queue_depth=depth), on_frames=lambda n: None)
+    assert result.frames == 80 and source.made == 40
+    assert np.load(tmp_path / "flow.npy", mmap_mode="r").shape == (80, 2, 64, 64)
+    # Reader queue + the chunk being decoded + the one computing + writer queue + the one being written (+1 slack
+    # for a reference a thread still holds): never the whole clip.
+    assert source.peak <= 2 * depth + 4, source.peak
+
+
+def test_prefetcher_passes_items_in_order_and_raises_where_the_source_failed() -> None:
+    def numbers() -> Iterator[int]:
+        yield from range(5)
+        raise InputError("bad frame 5")
+
+    stop = StopSignal()
+    prefetcher = Prefetcher(numbers(), depth=2, stop=stop).start()
+    seen = []
+    with pytest.raises(InputError, match="bad frame 5"):
+        for item in prefetcher:
+            seen.append(item)
+    prefetcher.join()
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_writer_thread_error_reaches_the_submitter_and_stops_the_reader() -> None:
+    stop = StopSignal()
+    produced = []
+
+    def endless() -> Iterator[int]:
+        count = 0
+        while True:
+            produced.append(count)
+            yield count
+            count += 1
+
+    def write(item: int) -> None:
+        if item == 3:
+            raise OutputError("cannot write item 3")
+
+    reader = Prefetcher(endless(), depth=2, stop=stop).start()
+    writer = WriterThread(write, depth=2, stop=stop, name="test").start()
+    with pytest.raises(OutputError, match="item 3"):
+        for item in reader:
+            writer.submit(item)
+        writer.finish()
+    reader.join()
+    writer.join()
+    assert len(produced) < 20  # the reader stopped soon after the writer failed
+    with pytest.raises(OutputError):
+        stop.raise_if_set()
+    assert not isinstance(stop.error, StageStopped)
+
+
+def test_image_folder_is_read_in_order_by_several_readers(tmp_path: Path) -> None:
+    frames = moving_frames(11, 40, 48, seed=7)
+    write_images(tmp_path / "frames", frames, names="frame_{}.png")
+    source = open_inputs([str(tmp_path / "frames")])
+    assert isinstance(source, FrameSource)
+    chunks = list(source.chunks(4, readers=3))
+    assert [len(chunk) for chunk in chunks] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(chunks), frames)
