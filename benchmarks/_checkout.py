@@ -7,6 +7,7 @@ parent when the folder already has that name); ``PYTHONPATH`` carries it to spaw
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -21,7 +22,10 @@ def use_this_checkout() -> None:
     if ROOT.name == PACKAGE:
         link_dir = ROOT.parent
     else:
-        link_dir = Path(tempfile.gettempdir()) / f"{PACKAGE}-bench-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        # One folder per checkout: two checkouts benchmarked at once must not re-point each other's link.
+        checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+        user = os.getuid() if hasattr(os, "getuid") else 0
+        link_dir = Path(tempfile.gettempdir()) / f"{PACKAGE}-bench-{user}-{checkout}"
         link_dir.mkdir(exist_ok=True)
         link = link_dir / PACKAGE
         if link.is_symlink() and link.resolve() != ROOT:

@@ -55,6 +55,12 @@ def write_report(path: Path, results: list[ClipResult], seconds: float, **extra:
         "clips": [clip_entry(result) for result in results],
         **extra,
     }
+    try:
+        import resource
+
+        report["host_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    except ImportError:  # not on Windows
+        pass
     torch = sys.modules.get("torch")  # only if this run imported it; never imported for the report
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         report["gpu_peak_memory_bytes"] = torch.cuda.max_memory_allocated()

@@ -268,3 +268,24 @@ def test_image_folder_is_read_in_order_by_several_readers(tmp_path: Path) -> Non
     chunks = list(source.chunks(4, readers=3))
     assert [len(chunk) for chunk in chunks] == [4, 4, 3]
     np.testing.assert_array_equal(np.concatenate(chunks), frames)
+
+
+@pytest.mark.gpu
+def test_pipeline_on_cuda_matches_the_serial_loop(video: Path, tmp_path: Path) -> None:
+    """Pinned input chunks, device-side outputs and the copy stream give what a plain loop on the GPU gives."""
+    flow = OpticalFlowTensorRTPreprocessor(128, 128, device="cuda", weights=None, num_flow_updates=2,
+                                           torch_compile=False)
+    reference = OpticalFlowTensorRTPreprocessor(128, 128, device="cuda", weights=None, num_flow_updates=2,
+                                                torch_compile=False)
+    expected_flow, expected_images = [], []
+    for frames in open_inputs([str(video)]).chunks(CHUNK):
+        raw = reference.compute_flow(torch.from_numpy(frames).cuda(), layout="FHWC")
+        expected_images.append(to_uint8_frames(reference.flow_to_image(raw, size=frames.shape[1:3])))
+        expected_flow.append(resize_flow(raw[0], *frames.shape[1:3]).float().cpu().numpy())
+    result = process_clip(flow, ClipJob((str(video),), tmp_path / "pngs", tmp_path / "flow.npy"),
+                          WriteSettings(chunk=CHUNK), on_frames=lambda n: None)
+    assert result.frames == 8 and result.stages["compute_gpu"] > 0
+    np.testing.assert_allclose(np.load(tmp_path / "flow.npy"), np.concatenate(expected_flow), atol=1e-3)
+    written = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "pngs").iterdir())])
+    assert np.abs(written.astype(int) - np.concatenate(expected_images).astype(int)).max() <= 1
+    assert pipeline_threads() == []
