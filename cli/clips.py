@@ -31,7 +31,7 @@ from .outputs import (
     is_video_path,
 )
 from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
-from .state import progress_bar
+from .state import process_started_at, progress_bar
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
 
 logger = logging.getLogger("scope_optical_flow_tensorrt.cli")  # not core.log: that would import torch
@@ -164,10 +164,17 @@ def process_clip(
         last_output_at=max((t.last_done_at for t in written), default=None),  # type: ignore[arg-type]
     )
     logger.info(
-        "%s: %d frames in %.2f s; model load %.2f s, first chunk computed %.2f s after the clip started; busy "
-        "seconds: %s", job.name, result.frames, result.seconds, load_seconds, computed.first_chunk_seconds,
+        "%s: %d frames in %.2f s; busy seconds: %s", job.name, result.frames, result.seconds,
         ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()),
     )
+    if result.first_output_at is not None:
+        logger.info(
+            "start-up: first output frame %.2f s after the process started = %.2f s before this clip (Python, "
+            "imports, preprocessor construction, earlier clips) + %.2f s model load + %.2f s first chunk (kernels "
+            "compiled or loaded from cache, CUDA graphs captured) + %.2f s until written",
+            result.first_output_at - process_started_at(), started_at - process_started_at(), load_seconds,
+            computed.first_chunk_seconds, result.first_output_at - started_at - load_seconds - computed.first_chunk_seconds,
+        )
     return result
 
 
@@ -191,7 +198,7 @@ def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: Writ
                                  settings.preset)
             sinks.append(_Sink(writer, "images", "video"))
         else:
-            threads = settings.png_threads or min(8, os.cpu_count() or 1)
+            threads = settings.png_threads or png_threads()
             sinks.append(_Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
     if job.flow_npy is not None:
         if job.flow_npy.suffix.lower() == ".npy":
@@ -293,6 +300,11 @@ def choose_decoder(requested: str, source: Any, device: Any) -> str:
         raise UsageError(f"--decoder {requested!r} is not supported; use auto, cpu or nvdec.")
     logger.info("decoding %s with the %s decoder", source.path, decoder)
     return decoder
+
+
+def png_threads() -> int:
+    """Threads compressing PNGs by default: half the cores (the other stages need the rest), 1 to 16."""
+    return max(1, min(16, (os.cpu_count() or 1) // 2))
 
 
 def _image_readers() -> int:

@@ -4,7 +4,6 @@ seconds per stage, when the first and last output frames were written; per proce
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,20 +11,7 @@ from typing import Any
 
 from .clips import ClipResult
 from .errors import OutputError
-
-
-def process_started_at() -> float:
-    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the CLI was imported)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
-
-
-_IMPORTED_AT = time.time()
+from .state import process_started_at
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -67,3 +70,17 @@ def progress_bar(total: int | None, **kwargs: Any) -> Any:
 
     disable = True if settings.quiet else None  # None: tqdm turns itself off on a non-terminal
     return tqdm(total=total, disable=disable, dynamic_ncols=True, file=sys.stderr, **kwargs)
+
+
+def process_started_at() -> float:
+    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the CLI was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
