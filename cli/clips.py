@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .colour import yuv_to_rgb
 from .errors import EXIT_FAILURE, CliError, UsageError
-from .inputs import nvdec_available, open_inputs
+from .inputs import FrameChunk, nvdec_available, open_inputs
 from .options import build_preprocessor, load_model
 from .outputs import (
     DEFAULT_X264_PRESET,
@@ -120,7 +121,9 @@ def process_clip(
     with StagedOutputs(settings.overwrite) as staged:
         sinks = _open_sinks(job, staged, source, settings)
         decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
-        chunks = source.chunks(settings.chunk, host_allocator(flow.device), _image_readers(), decoder or "cpu")
+        # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
+        chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), _image_readers(),
+                                       decoder or "cpu", keep_yuv=flow.device.type == "cuda")
         reader = Prefetcher(chunks, settings.queue_depth, stop)
         threads: list[WriterThread] = []
         try:
@@ -220,7 +223,7 @@ class _Computed:
 
 def _compute(
     flow: Any,
-    chunks: Prefetcher,
+    chunks: Prefetcher[FrameChunk],
     settings: WriteSettings,
     sinks: list[_Sink],
     threads: list[WriterThread],
@@ -243,12 +246,15 @@ def _compute(
     size = (0, 0)
     started = time.perf_counter()
     first_chunk_seconds = 0.0
-    for frames in chunks:  # [F, H, W, 3] uint8, pinned on CUDA
-        size = (int(frames.shape[1]), int(frames.shape[2]))
+    for chunk in chunks:  # RGB [F, H, W, 3] or YUV planes, uint8, pinned on CUDA
+        size = (chunk.height, chunk.width)
 
         def work() -> HostChunk:
             with gpu_timer:
-                raw = flow.compute_flow(torch.from_numpy(frames), layout="FHWC")  # [1, F, 2, h, w]
+                frames = torch.from_numpy(chunk.data)
+                if chunk.yuv is not None:
+                    frames = yuv_to_rgb(frames.to(device, non_blocking=True), chunk.yuv, *size)
+                raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
                 outputs: dict[str, Any] = {}
                 if "images" in wanted:
                     outputs["images"] = to_uint8_images(flow.flow_to_image(raw, size=size))
@@ -257,15 +263,15 @@ def _compute(
                     outputs["flow"] = vectors.float().contiguous()
             # The frames stay referenced until the writers have the outputs: their pinned memory must not be
             # reused while the asynchronous copy to the device may still read it.
-            return copier.copy(outputs, keep=frames)
+            return copier.copy(outputs, keep=chunk.data)
 
-        chunk = timer.time(work)
+        host = timer.time(work)
         for thread in threads:
-            thread.submit(chunk)
+            thread.submit(host)
         if frames_done == 0:
             first_chunk_seconds = time.perf_counter() - started
-        frames_done += frames.shape[0]
-        on_frames(frames.shape[0])
+        frames_done += len(chunk)
+        on_frames(len(chunk))
     stages = {"compute": timer.seconds}
     if gpu_timer.enabled:
         stages["compute_gpu"] = gpu_timer.seconds()

@@ -17,12 +17,27 @@ from typing import Any
 
 import numpy as np
 
+from .colour import YuvFormat
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Files taken as videos when a folder or glob is a collection of clips (any file PyAV reads works as INPUT).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
 DEFAULT_IMAGE_FPS = Fraction(30)
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive decoded frames of one size: ``data`` is RGB ``[F, H, W, 3]`` uint8, or, when ``yuv`` is set,
+    4:2:0 YUV planes ``[F, H * 3 / 2, W]`` uint8 as PyAV lays them out (see :mod:`.colour`)."""
+
+    data: np.ndarray
+    height: int
+    width: int
+    yuv: YuvFormat | None = None
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
 
 
 @dataclass
@@ -42,48 +57,78 @@ class FrameSource:
         readers: int = 1,
         decoder: str = "cpu",
     ) -> Iterator[np.ndarray]:
-        """``[F, H, W, 3]`` uint8 chunks of ``chunk_size`` frames (the last may be shorter), in order.
+        """``[F, H, W, 3]`` uint8 RGB chunks of ``chunk_size`` frames (the last may be shorter), in order.
 
         ``allocate(shape)`` makes each chunk's array (pinned host memory for fast copies to the GPU, say);
         frames are decoded straight into it. ``readers`` threads decode image files in parallel; ``decoder``
         (videos) is ``"cpu"`` (FFmpeg's threaded software decoder) or ``"nvdec"`` (the GPU's decoder through
         FFmpeg's CUDA hardware device, frames downloaded to host memory).
         """
+        for chunk in self.decoded_chunks(chunk_size, allocate, readers, decoder, keep_yuv=False):
+            yield chunk.data
+
+    def decoded_chunks(
+        self,
+        chunk_size: int,
+        allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+        readers: int = 1,
+        decoder: str = "cpu",
+        keep_yuv: bool = False,
+    ) -> Iterator[FrameChunk]:
+        """As :meth:`chunks`, as :class:`FrameChunk` s; with ``keep_yuv`` a video that decodes to 4:2:0 YUV of
+        even size stays YUV (planes ``[F, H * 3 / 2, W]``), for conversion to RGB on the compute device."""
         allocate = allocate or _allocate_numpy
-        frames = self._video_frames(decoder) if self.kind == "video" else self._image_frames(readers)
-        shape: tuple[int, ...] | None = None
+        if self.kind == "video":
+            frames = self._video_frames(decoder, keep_yuv)
+        else:
+            frames = ((image, None) for image in self._image_frames(readers))
+        size: tuple[int, int] | None = None
+        yuv: YuvFormat | None = None
         batch: np.ndarray | None = None
         count = 0
-        for index, frame in enumerate(frames):
-            if shape is None:
-                shape = frame.shape
-            elif frame.shape != shape:
+        for index, (frame, frame_yuv) in enumerate(frames):
+            frame_size = (frame.shape[0] * 2 // 3, frame.shape[1]) if frame_yuv else frame.shape[:2]
+            if size is None:
+                size, yuv = frame_size, frame_yuv
+            elif frame_size != size:
                 raise InputError(
-                    f"{self.path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but earlier frames are "
-                    f"{shape[1]}x{shape[0]}; all frames must have one size (resize them first)."
+                    f"{self.path}: frame {index} is {frame_size[1]}x{frame_size[0]} but earlier frames are "
+                    f"{size[1]}x{size[0]}; all frames must have one size (resize them first)."
                 )
             if batch is None:
-                batch = allocate((chunk_size, *shape))
+                batch = allocate((chunk_size, *frame.shape))
             batch[count] = frame
             count += 1
             if count == chunk_size:
-                yield batch
+                yield FrameChunk(batch, size[0], size[1], yuv)
                 batch, count = None, 0
-        if batch is not None and count:
-            yield batch[:count]
-        if shape is None:
+        if batch is not None and count and size is not None:
+            yield FrameChunk(batch[:count], size[0], size[1], yuv)
+        if size is None:
             what = "video" if self.kind == "video" else "image sequence"
             raise InputError(f"{self.path}: the {what} has no frames; give a video or images with at least one frame.")
 
-    def _video_frames(self, decoder: str = "cpu") -> Iterator[np.ndarray]:
+    def _video_frames(self, decoder: str = "cpu", keep_yuv: bool = False) -> Iterator[tuple[np.ndarray, YuvFormat | None]]:
+        """Decoded frames as RGB arrays, or (``keep_yuv``, when the first frame is 4:2:0 YUV of even size) as YUV
+        planes in the first frame's layout, each with its :class:`YuvFormat` (None for RGB)."""
         import av
 
         try:
             with av.open(self.path, **_decoder_options(decoder)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                yuv: YuvFormat | None = None
+                first = True
                 for frame in container.decode(stream):
-                    yield frame.to_ndarray(format="rgb24")
+                    if first:
+                        yuv = YuvFormat.of_frame(frame) if keep_yuv else None
+                        first = False
+                    if yuv is None:
+                        yield frame.to_ndarray(format="rgb24"), None
+                    elif frame.format.name == yuv.layout:
+                        yield frame.to_ndarray(), yuv
+                    else:  # a stream whose pixel format changes midway (rare): FFmpeg converts the odd frame
+                        yield frame.reformat(format=yuv.layout).to_ndarray(), yuv
         except (av.error.FFmpegError, OSError) as error:
             raise InputError(f"cannot decode video {self.path}: {error}") from error
 

@@ -21,8 +21,9 @@ pytest.importorskip("PIL")
 from PIL import Image
 from scope_optical_flow_tensorrt.cli import clips as clips_module
 from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
+from scope_optical_flow_tensorrt.cli.colour import YuvFormat, yuv_to_rgb
 from scope_optical_flow_tensorrt.cli.errors import InputError, OutputError
-from scope_optical_flow_tensorrt.cli.inputs import FrameSource, open_inputs
+from scope_optical_flow_tensorrt.cli.inputs import FrameChunk, FrameSource, open_inputs
 from scope_optical_flow_tensorrt.cli.outputs import (
     FloFolderWriter,
     NpyArrayWriter,
@@ -183,7 +184,8 @@ class LongSource:
         with self._lock:
             self.alive -= 1
 
-    def chunks(self, chunk_size: int, allocate, readers: int = 1, decoder: str = "cpu") -> Iterator[np.ndarray]:
+    def decoded_chunks(self, chunk_size: int, allocate, readers: int = 1, decoder: str = "cpu",
+                       keep_yuv: bool = False) -> Iterator[FrameChunk]:
         frames = moving_frames(2, self.height, self.width, seed=6)
         for _ in range(self.total_chunks):
             batch = allocate((2, self.height, self.width, 3))
@@ -193,7 +195,7 @@ class LongSource:
                 self.made += 1
                 self.peak = max(self.peak, self.alive)
             weakref.finalize(batch, self._released)
-            yield batch
+            yield FrameChunk(batch, self.height, self.width)
 
 
 def test_queues_bound_memory_on_a_long_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,10 +280,13 @@ def test_pipeline_on_cuda_matches_the_serial_loop(video: Path, tmp_path: Path) -
     reference = OpticalFlowTensorRTPreprocessor(128, 128, device="cuda", weights=None, num_flow_updates=2,
                                                 torch_compile=False)
     expected_flow, expected_images = [], []
-    for frames in open_inputs([str(video)]).chunks(CHUNK):
-        raw = reference.compute_flow(torch.from_numpy(frames).cuda(), layout="FHWC")
-        expected_images.append(to_uint8_frames(reference.flow_to_image(raw, size=frames.shape[1:3])))
-        expected_flow.append(resize_flow(raw[0], *frames.shape[1:3]).float().cpu().numpy())
+    for chunk in open_inputs([str(video)]).decoded_chunks(CHUNK, keep_yuv=True):
+        assert chunk.yuv is not None  # H.264 decodes to 4:2:0: converted on the GPU
+        frames = yuv_to_rgb(torch.from_numpy(chunk.data).cuda(), chunk.yuv, chunk.height, chunk.width)
+        raw = reference.compute_flow(frames, layout="FHWC")
+        size = (chunk.height, chunk.width)
+        expected_images.append(to_uint8_frames(reference.flow_to_image(raw, size=size)))
+        expected_flow.append(resize_flow(raw[0], *size).float().cpu().numpy())
     result = process_clip(flow, ClipJob((str(video),), tmp_path / "pngs", tmp_path / "flow.npy"),
                           WriteSettings(chunk=CHUNK), on_frames=lambda n: None)
     assert result.frames == 8 and result.stages["compute_gpu"] > 0
@@ -289,3 +294,38 @@ def test_pipeline_on_cuda_matches_the_serial_loop(video: Path, tmp_path: Path) -
     written = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "pngs").iterdir())])
     assert np.abs(written.astype(int) - np.concatenate(expected_images).astype(int)).max() <= 1
     assert pipeline_threads() == []
+
+
+def test_yuv_chunks_convert_to_the_video_frames(tmp_path: Path) -> None:
+    """4:2:0 planes converted by yuv_to_rgb (the GPU path, run here on the CPU) match the source frames at least as
+    well as FFmpeg's own conversion does."""
+    original = moving_frames(6, 64, 80, seed=8)
+    write_video(tmp_path / "in.mp4", original)
+    source = open_inputs([str(tmp_path / "in.mp4")])
+    swscale = np.concatenate(list(source.chunks(4))).astype(int)
+    chunks = list(source.decoded_chunks(4, keep_yuv=True))
+    assert [len(chunk) for chunk in chunks] == [4, 2]
+    assert chunks[0].yuv == YuvFormat("yuv420p", "bt601", False) and chunks[0].data.shape == (4, 96, 80)
+    converted = np.concatenate([yuv_to_rgb(torch.from_numpy(c.data), c.yuv, c.height, c.width).numpy()
+                                for c in chunks]).astype(int)
+    assert converted.shape == original.shape
+    error_ours = np.abs(converted - original.astype(int)).mean()
+    error_ffmpeg = np.abs(swscale - original.astype(int)).mean()
+    assert error_ours <= error_ffmpeg + 0.5, (error_ours, error_ffmpeg)
+    assert np.abs(converted - swscale).mean() < 8
+
+
+def test_yuv_matrix_and_range_follow_the_tags() -> None:
+    """A mid-grey and a saturated red decode to the right RGB for each matrix and range."""
+    def planes(y: int, u: int, v: int) -> torch.Tensor:  # a 2x2 frame, yuv420p layout
+        return torch.tensor([y, y, y, y, u, v], dtype=torch.uint8).reshape(1, 3, 2)
+
+    grey = yuv_to_rgb(planes(126, 128, 128), YuvFormat("yuv420p", "bt601", False), 2, 2)
+    assert grey.unique().tolist() == [128]  # (126 - 16) / 219 * 255 = 128.1
+    # Pure red in BT.709 limited range: Y 63, Cb 102, Cr 240.
+    red = yuv_to_rgb(planes(63, 102, 240), YuvFormat("yuv420p", "bt709", False), 2, 2)[0, 0, 0].tolist()
+    assert red[0] >= 253 and red[1] <= 2 and red[2] <= 2
+    # The same numbers read as full range are a different colour: the tag matters.
+    assert yuv_to_rgb(planes(63, 102, 240), YuvFormat("yuv420p", "bt709", True), 2, 2)[0, 0, 0].tolist() != red
+    nv12 = torch.tensor([63, 63, 63, 63, 102, 240], dtype=torch.uint8).reshape(1, 3, 2)
+    assert yuv_to_rgb(nv12, YuvFormat("nv12", "bt709", False), 2, 2)[0, 0, 0].tolist() == red
