@@ -185,11 +185,11 @@ def run_cli(clip: Path, folder: Path, kind: str, common: list[str], chunk: int, 
                 "frames_per_s": 0.0, "first_frame_s": None, "stages": {}, "extra_args": extra}
     report = json.loads(report_path.read_text())
     clip_report = report["clips"][0]
+    stages = clip_report["stages"]
     frames = clip_report["frames"]
     first, last = clip_report["first_output_at"], clip_report["last_output_at"]
     # Steady state: frames written after the first output chunk over the time they took.
     steady = (frames - chunk) / (last - first) if last and first and last > first else 0.0
-    stages = clip_report["stages"]
     busiest = max((name for name in stages if name != "load"), key=lambda name: stages[name], default="")
     return {
         "frames": frames,
@@ -198,6 +198,12 @@ def run_cli(clip: Path, folder: Path, kind: str, common: list[str], chunk: int, 
         "wall_s": round(wall, 2),
         "first_frame_s": round(first - launched, 2) if first else None,
         "process_start_to_clip_s": round(clip_report["started_at"] - launched, 2),
+        # Seconds after the process started (the report's own clock) at which start-up milestones were reached.
+        "start_up": {**report.get("timeline", {}),
+                     "clip_started": round(clip_report["started_at"] - report["process_started_at"], 3),
+                     "model_loaded": round(clip_report["started_at"] - report["process_started_at"]
+                                           + stages.get("load", 0.0), 3),
+                     "first_output": round(first - report["process_started_at"], 3) if first else None},
         "clip_seconds": clip_report["seconds"],
         "decoder": clip_report["decoder"],
         "stages": stages,
@@ -289,7 +295,7 @@ def format_row(row: dict[str, Any]) -> str:
     stages = ", ".join(f"{name} {seconds:.2f}" for name, seconds in row["stages"].items())
     return (f"{row['output']} ({row['variant']}): {row['frames_per_s']:.0f} frames/s steady, "
             f"{row['end_to_end_frames_per_s']:.0f} end to end, wall {row['wall_s']:.1f} s, first frame "
-            f"{row['first_frame_s']} s; busy s: {stages}")
+            f"{row['first_frame_s']} s; busy s: {stages}; start-up (s after process start): {row['start_up']}")
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from .demo import demo_command
 from .engines import cache_group, info_command, prebuild_command
 from .errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
 from .run import run_command
-from .state import PROG_NAME, configure_logging, set_quiet, set_verbose, settings
+from .state import PROG_NAME, configure_logging, set_quiet, set_verbose, settings, timeline
 
 EPILOG = (
     "Exit codes: 0 success, 1 failure, 2 bad options, 3 input missing/unreadable/without frames, "
@@ -60,6 +61,7 @@ for _sub in cache_group.commands.values():
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m scope_optical_flow_tensorrt``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    timeline["cli_main"] = time.time()
     settings.verbose = settings.quiet = False
     try:
         result = cli.main(args=args, prog_name=PROG_NAME, standalone_mode=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .clips import ClipResult
 from .errors import OutputError
-from .state import process_started_at
+from .state import process_started_at, timeline
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:
@@ -34,11 +34,15 @@ def clip_entry(result: ClipResult) -> dict[str, Any]:
 
 def write_report(path: Path, results: list[ClipResult], seconds: float, **extra: Any) -> None:
     """Write the JSON report (clip entries, wall seconds, process start, peak GPU memory of this process)."""
+    started = process_started_at()
     report: dict[str, Any] = {
-        "process_started_at": process_started_at(),
+        "process_started_at": started,
         "finished_at": time.time(),
         "seconds": round(seconds, 4),
         "clips": [clip_entry(result) for result in results],
+        # Seconds after the process started: the CLI's entry (Python and its imports before it), the preprocessor
+        # built (torch imported, device chosen).
+        "timeline": {name: round(moment - started, 3) for name, moment in timeline.items()},
         **extra,
     }
     try:

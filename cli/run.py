@@ -3,6 +3,7 @@ or for many clips (a folder of videos, a glob, a manifest) on several devices or
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from .inputs import IMAGE_SUFFIXES
 from .outputs import DEFAULT_X264_PRESET, X264_PRESETS
 from .report import write_report
 from .options import build_preprocessor, display_options, model_options, weights_spec
-from .state import say
+from .state import say, timeline
 
 
 @click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder, glob or many clips.")
@@ -102,6 +103,7 @@ def run_command(
         return
     job = plan.jobs[0]
     flow = build_preprocessor(**model)
+    timeline["preprocessor_built"] = time.time()
     result = process_clip(flow, job, settings)
     if report_path is not None:
         write_report(report_path, [result], result.seconds)

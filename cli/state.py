@@ -20,6 +20,8 @@ class Settings:
 
 
 settings = Settings()
+# Moments of this process's start-up, time.time() by name ("cli_main", "preprocessor_built"), for --report/--verbose.
+timeline: dict[str, float] = {}
 
 
 def set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
