@@ -43,7 +43,7 @@ from . import raft as raft_module
 from .log import logger
 from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
 from .paths import plugin_models_dir
-from .preprocessor import check_compute_size, default_max_pairs
+from .compute_size import check_compute_size, default_max_pairs
 from .raft import RaftSequenceFlow
 from .trt_build import TENSORRT_INSTALL_HINT, BuildTarget, build_engine_bytes, build_target, import_tensorrt
 from .weights import WeightsInfo, WeightsSpec, load_raft_small

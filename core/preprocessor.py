@@ -11,26 +11,15 @@ from einops import rearrange
 from torch import Tensor
 
 from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
+from .compute_size import check_compute_size, default_max_pairs
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
 from .log import log_once, logger
 from .paths import plugin_models_dir
-from .raft import DOWNSAMPLE, MIN_SIZE
 from .resize import resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
+from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec
-
-# Pairs per model call are bounded so the all-pairs correlation pyramid stays within this many bytes.
-CORRELATION_BUDGET_BYTES = 2 << 30
-MAX_PAIRS_CAP = 32
-
-
-def default_max_pairs(height: int, width: int) -> int:
-    """Pairs per model call so the fp32 correlation pyramid (4 levels, ~4/3 of level 0) fits the budget."""
-    cells = (height // DOWNSAMPLE) * (width // DOWNSAMPLE)
-    pyramid_bytes_per_pair = cells * cells * 4 * 4 / 3
-    return int(max(1, min(MAX_PAIRS_CAP, CORRELATION_BUDGET_BYTES // pyramid_bytes_per_pair)))
-
 
 class OpticalFlowTensorRTPreprocessor:
     """Video frames in, RGB optical-flow maps out (RAFT Small), keeping temporal state across calls.
@@ -257,19 +246,6 @@ def _unpack_context(frames: Any) -> tuple[Tensor, tuple[int, int] | None]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"context.{name} must be a positive integer, got {value!r}.")
     return video, (target_height, target_width)
-
-
-def check_compute_size(height: object, width: object) -> None:
-    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128)."""
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")
-        if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
-            suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
-            raise ValueError(
-                f"compute {name}={value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
-                f"(RAFT's correlation pyramid); try {suggestion}."
-            )
 
 
 def _check_flow_strength(flow_strength: object) -> None:
