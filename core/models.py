@@ -65,8 +65,8 @@ class ModelSpec:
     # original keys with no torchvision counterpart: the residual blocks register their downsampling norm twice
     # (``normN`` and ``downsample.1``); torchvision keeps only ``downsample.1``
     original_duplicates: str
-    # Working memory per frame pair beyond RAFT Small's, in bytes per compute pixel (fp32): the bigger encoders
-    # and update block. Measured with benchmarks/model_memory.py; see core.compute_size.default_max_pairs.
+    # Working memory per frame pair beyond RAFT Small's, in bytes per compute pixel (fp32): the bigger encoders,
+    # update block and mask. Measured with benchmarks/model_memory.py; see core.compute_size.default_max_pairs.
     extra_bytes_per_pixel: int
 
     @property
@@ -107,7 +107,9 @@ RAFT_LARGE = ModelSpec(
         (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
     ),
     original_duplicates=r"\.layer\d\.\d\.norm3\.",
-    extra_bytes_per_pixel=0,  # set below from the measurement
+    # benchmarks/model_memory.py --size 256 (CPU, fp32): 410 bytes per pixel per pair beyond the pyramid, RAFT
+    # Small 302; 512x512 then gets 18 pairs per call instead of Small's 24.
+    extra_bytes_per_pixel=107,
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (RAFT_SMALL, RAFT_LARGE)}

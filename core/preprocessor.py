@@ -22,11 +22,13 @@ from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec
 
 class OpticalFlowTensorRTPreprocessor:
-    """Video frames in, RGB optical-flow maps out (RAFT Small), keeping temporal state across calls.
+    """Video frames in, RGB optical-flow maps out (RAFT Small or Large), keeping temporal state across calls.
 
     Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call.
 
     Args:
+        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
+            torchvision's RAFT models.
         height, width: compute resolution, multiples of 8, at least 128. Frames are resized to it and the
             output is resized back (to the input size, or to Scope's ``target_height`` x ``target_width``).
         device: ``"cuda"`` (falls back to the CPU with one warning if CUDA is missing, unless
@@ -39,10 +41,11 @@ class OpticalFlowTensorRTPreprocessor:
             by ``decay`` per frame: no colour flicker in video).
         backend: ``"auto"`` (TensorRT when available on CUDA, else PyTorch), ``"torch"``, ``"tensorrt"`` or
             ``"onnxruntime"`` (the exported ONNX graph; for checks and CPU-only machines).
-        weights: ``"DEFAULT"``, a ``Raft_Small_Weights`` name, a local ``.pth`` path, or ``None`` (untrained,
-            seeded). ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` overrides ``"DEFAULT"``.
+        weights: ``"DEFAULT"``, a name of the model's weights enum (``Raft_Small_Weights``,
+            ``Raft_Large_Weights``), a local ``.pth`` path, or ``None`` (untrained, seeded). A file in
+            ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` holding the model's weights overrides ``"DEFAULT"`` (``core.weights``).
         layout: default input layout (``"BCFHW"``, ``"CFHW"``, ``"FHWC"``, ``"FCHW"``); ``None`` infers it.
-        max_batch_pairs: frame pairs per model call; ``None`` picks by resolution (memory bound).
+        max_batch_pairs: frame pairs per model call; ``None`` picks by resolution and model (memory bound).
         models_dir: where ONNX graphs and engines are cached; default ``<models root>/optical-flow-tensorrt``.
         cuda_graphs: on CUDA, replay the PyTorch model from CUDA graphs (one capture per window shape);
             turn off to debug or to save the graphs' memory.
@@ -63,6 +66,7 @@ class OpticalFlowTensorRTPreprocessor:
         fp16: bool = True,
         flow_strength: float = 1.0,
         *,
+        model: str = DEFAULT_MODEL,
         num_flow_updates: int = 12,
         normalization: str = "per_frame",
         max_flow: float = 20.0,
@@ -76,6 +80,7 @@ class OpticalFlowTensorRTPreprocessor:
         cuda_graphs: bool = True,
         torch_compile: bool = True,
     ) -> None:
+        self.model = model_spec(model).name
         check_compute_size(height, width)
         _check_flow_strength(flow_strength)
         if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
@@ -97,7 +102,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.device = resolve_device(device, strict=strict_device)
         self.requested_backend = backend
         self.backend_name = choose_backend(backend, self.device)
-        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width)
+        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width, self.model)
         self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
         self._backend: FlowBackend | None = None
         self._previous_frames: Tensor | None = None  # [B, 3, h, w] last frame of the stream, compute size
@@ -135,6 +140,7 @@ class OpticalFlowTensorRTPreprocessor:
                 height=self.height,
                 width=self.width,
                 device=self.device,
+                model=self.model,
                 fp16=self.fp16,
                 num_flow_updates=self.num_flow_updates,
                 max_pairs=self.max_batch_pairs,
@@ -156,8 +162,8 @@ class OpticalFlowTensorRTPreprocessor:
                 self.backend_name = "torch"
                 self._backend = create_backend(self.backend_name, config, self.weights_spec)
             logger.info(
-                "optical flow ready: backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
-                self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
+                "optical flow ready: model=%s backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
+                self.model, self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
             )
         return self._backend
 
