@@ -199,7 +199,8 @@ def main() -> None:
                 if args.variants is None or "naive" in args.variants:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                    times, _ = timed(lambda: naive(clip[0, :, :1].permute(1, 0, 2, 3), clip[:, :, 1:]), 1, max(3, args.repeats // 3))
+                    times, _ = timed(lambda: naive(clip[0, :, :1].permute(1, 0, 2, 3), clip[:, :, 1:]), 1,
+                                     max(3, args.repeats // 3))
                     naive_ms = statistics.median(times)
                     results.append(Result("naive per-pair loop, fp32 eager (torchvision)", size, chunk, naive_ms,
                                           (min(times), max(times)), chunk / naive_ms * 1000, 1.0,
@@ -217,13 +218,15 @@ def main() -> None:
                     variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))
                 elif "onnxruntime" in BACKENDS and size == min(args.sizes) and chunk == min(args.chunks):
                     # Without its CUDA provider onnxruntime runs on the CPU: timed once, at the smallest setting.
-                    variants.append(("ours onnxruntime (CPU EP, no CUDA EP here)", ours(backend="onnxruntime", fp16=False)))
+                    variants.append(("ours onnxruntime (CPU EP, no CUDA EP here)",
+                                     ours(backend="onnxruntime", fp16=False)))
                 reference = None
                 for name, make in variants:
                     if args.variants is not None and not any(v in name for v in args.variants):
                         continue
                     try:
-                        result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup, args.repeats)
+                        result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup,
+                                                          args.repeats)
                     except Exception as error:  # report and go on: one backend failing must not hide the others
                         print(f"[{model} {size} x{chunk}] {name}: FAILED {type(error).__name__}: {error}", flush=True)
                         continue
@@ -233,8 +236,8 @@ def main() -> None:
                     if naive_ms is not None:
                         result.speedup_vs_naive = naive_ms / result.ms_per_chunk
                     results.append(result)
-                    print(f"[{model} {size} x{chunk}] {name}: {result.ms_per_chunk:.2f} ms, {result.frames_per_s:.0f} fps, "
-                          f"{result.peak_memory_gb:.2f} GB", flush=True)
+                    print(f"[{model} {size} x{chunk}] {name}: {result.ms_per_chunk:.2f} ms, "
+                          f"{result.frames_per_s:.0f} fps, {result.peak_memory_gb:.2f} GB", flush=True)
 
     environment = {
         "device": torch.cuda.get_device_name(0),

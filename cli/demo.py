@@ -287,8 +287,8 @@ def _report(summary: dict[str, Any], pretrained: bool, output: Path, device: Any
     say(f"Synthetic clip: {summary['frames']} frames at {summary['compute_size'][1]}x{summary['compute_size'][0]}; "
         f"the background pans {true['pan_u']:+.0f} px right and {true['pan_v']:+.0f} px down per frame, "
         f"a disk turns {true['spin_degrees']:.0f} degrees per frame {sense(true['spin_degrees'])}.")
-    say(f"Flow: {summary['model']}, {summary['weights']}, {summary['backend']} backend on {device}, {summary['flow_updates']} updates, "
-        f"{summary['seconds']:.2f} s.")
+    say(f"Flow: {summary['model']}, {summary['weights']}, {summary['backend']} backend on {device}, "
+        f"{summary['flow_updates']} updates, {summary['seconds']:.2f} s.")
     say(f"  {'':22}{'true':>24}{'measured':>24}")
     say(f"  {'pan (u, v) px/frame':22}{_pair(true['pan_u'], true['pan_v']):>24}"
         f"{_pair(measured['pan_u'], measured['pan_v']):>24}")

@@ -191,13 +191,14 @@ def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, Weights
     state_dict = convert_state_dict(original, spec)
     mismatch = _key_mismatch(spec, state_dict)
     if mismatch is not None:
-        other = next((o for o in MODELS.values() if o is not spec and _key_mismatch(o, convert_state_dict(original, o)) is None), None)
-        if other is not None:
-            raise ValueError(
-                f"{path} holds {other.title} weights, but the model is {spec.title}: pass model={other.name!r} "
-                f"to use it, or a {spec.title} checkpoint."
-            )
-        raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.")
+        try:
+            other = checkpoint_model(original, path)
+        except ValueError:  # no model's weights: say what differs from the requested model
+            raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
+        raise ValueError(
+            f"{path} holds {other.title} weights, but the model is {spec.title}: pass model={other.name!r} "
+            f"to use it, or a {spec.title} checkpoint."
+        )
     model = _seeded_model(spec)
     for key, value in model.state_dict().items():  # BatchNorm counters: absent from some original checkpoints
         if key.endswith("num_batches_tracked"):
@@ -221,7 +222,8 @@ def _key_mismatch(spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> str |
     unexpected = sorted(given - expected)
     if not missing and not unexpected:
         return None
-    return f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+    return (f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected keys "
+            f"(e.g. {unexpected[:3]})")
 
 
 _EXPECTED_KEYS: dict[str, frozenset[str]] = {}

@@ -60,8 +60,8 @@ class OpticalFlowRAFT:
     """Video frames in, optical-flow maps (IMAGE) and raw motion (FLOW) out."""
 
     DESCRIPTION = (
-        "Optical flow between consecutive frames with RAFT Small or Large (TensorRT or PyTorch), for video ControlNet / "
-        "VACE conditioning. Input: a video's frames in order. Output: RGB flow maps (hue = direction, "
+        "Optical flow between consecutive frames with RAFT Small or Large (TensorRT or PyTorch), for video "
+        "ControlNet / VACE conditioning. Input: a video's frames in order. Output: RGB flow maps (hue = direction, "
         "saturation = speed, white = still) at the input size, and the raw flow in pixels. Each run is a new "
         "clip; the model stays loaded while the model settings are unchanged."
     )

@@ -504,7 +504,8 @@ def test_model_choice_through_run_bench_demo_and_info(tmp_path: Path, run_main, 
     torch.save(raft_large(weights=None).state_dict(), large_file)
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(large_file))
     code, out, _ = run_main("info", "--model", "raft_large")
-    assert code == 0 and "model       raft_large" in out and f"RAFT Large weights from $SCOPE_OPTICAL_FLOW_WEIGHTS: {large_file}" in out
+    assert code == 0 and "model       raft_large" in out
+    assert f"RAFT Large weights from $SCOPE_OPTICAL_FLOW_WEIGHTS: {large_file}" in out
     code, out, _ = run_main("info", "--json")  # RAFT Small: the variable lists no RAFT Small file
     assert json.loads(out)["model"] == "raft_small" and json.loads(out)["weights"]["source"] == "torchvision"
 

@@ -51,13 +51,17 @@ def large_to_original_names(state_dict: dict[str, torch.Tensor]) -> dict[str, to
         (r"^(feature|context)_encoder\.convnormrelu\.0\.", lambda m: f"{prefix(m[1])}.conv1."),
         (r"^(feature|context)_encoder\.convnormrelu\.1\.", lambda m: f"{prefix(m[1])}.norm1."),
         (r"^(feature|context)_encoder\.conv\.", lambda m: f"{prefix(m[1])}.conv2."),
-        (r"^(feature|context)_encoder\.(layer\d\.\d)\.convnormrelu(\d)\.0\.", lambda m: f"{prefix(m[1])}.{m[2]}.conv{m[3]}."),
-        (r"^(feature|context)_encoder\.(layer\d\.\d)\.convnormrelu(\d)\.1\.", lambda m: f"{prefix(m[1])}.{m[2]}.norm{m[3]}."),
-        (r"^(feature|context)_encoder\.(layer\d\.\d)\.downsample\.(\d)\.", lambda m: f"{prefix(m[1])}.{m[2]}.downsample.{m[3]}."),
+        (r"^(feature|context)_encoder\.(layer\d\.\d)\.convnormrelu(\d)\.0\.",
+         lambda m: f"{prefix(m[1])}.{m[2]}.conv{m[3]}."),
+        (r"^(feature|context)_encoder\.(layer\d\.\d)\.convnormrelu(\d)\.1\.",
+         lambda m: f"{prefix(m[1])}.{m[2]}.norm{m[3]}."),
+        (r"^(feature|context)_encoder\.(layer\d\.\d)\.downsample\.(\d)\.",
+         lambda m: f"{prefix(m[1])}.{m[2]}.downsample.{m[3]}."),
         (r"^update_block\.motion_encoder\.convcorr(\d)\.0\.", lambda m: f"update_block.encoder.convc{m[1]}."),
         (r"^update_block\.motion_encoder\.convflow(\d)\.0\.", lambda m: f"update_block.encoder.convf{m[1]}."),
         (r"^update_block\.motion_encoder\.conv\.0\.", lambda m: "update_block.encoder.conv."),
-        (r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.", lambda m: f"update_block.gru.conv{m[2]}{m[1]}."),
+        (r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.",
+         lambda m: f"update_block.gru.conv{m[2]}{m[1]}."),
         (r"^update_block\.flow_head\.", lambda m: "update_block.flow_head."),
         (r"^mask_predictor\.convrelu\.0\.", lambda m: "update_block.mask.0."),
         (r"^mask_predictor\.conv\.", lambda m: "update_block.mask.2."),
@@ -201,7 +205,7 @@ def test_checkpoint_of_the_other_model_is_one_clear_line(tmp_path: Path, naming:
     assert "\n" not in message and "missing keys" not in message
     assert re.search(r"raft-things\.pth holds RAFT Large weights, but the model is RAFT Small: pass "
                      r"model='raft_large'", message)
-    with pytest.raises(ValueError, match=r"holds RAFT Small weights, but the model is RAFT Large: pass model='raft_small'"):
+    with pytest.raises(ValueError, match=r"holds RAFT Small weights, but the model is RAFT Large: pass model='raft_sm"):
         load_raft("raft_large", str(tmp_path / "raft-small.pth"))
 
 

@@ -89,8 +89,8 @@ class TorchFlowBackend:
     def _compile(self) -> None:
         log_once(
             "torch-compile",
-            f"compiling {model_spec(self.config.model).title} with torch.compile for this GPU: the first call for each new input shape takes "
-            "a while (cached on disk for later runs); pass torch_compile=False to skip.",
+            f"compiling {model_spec(self.config.model).title} with torch.compile for this GPU: the first call for "
+            "each new input shape takes a while (cached on disk for later runs); pass torch_compile=False to skip.",
             20,
         )
         _raise_recompile_limit()
