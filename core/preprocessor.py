@@ -15,10 +15,10 @@ from .compute_size import check_compute_size, default_max_pairs
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
 from .log import log_once, logger
+from .models import DEFAULT_MODEL, model_spec
 from .paths import plugin_models_dir
 from .resize import resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
-from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec
 
 class OpticalFlowTensorRTPreprocessor:
@@ -27,14 +27,14 @@ class OpticalFlowTensorRTPreprocessor:
     Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call.
 
     Args:
-        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
-            torchvision's RAFT models.
         height, width: compute resolution, multiples of 8, at least 128. Frames are resized to it and the
             output is resized back (to the input size, or to Scope's ``target_height`` x ``target_width``).
         device: ``"cuda"`` (falls back to the CPU with one warning if CUDA is missing, unless
             ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
         fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
         flow_strength: 0 to 2; multiplies the displayed saturation (see ``core.visualize``).
+        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
+            torchvision's RAFT models.
         num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
         normalization: ``"per_frame"`` (each frame scaled by its own largest motion, torchvision's look),
             ``"fixed"`` (``max_flow`` pixels is full saturation) or ``"running"`` (running maximum that decays
