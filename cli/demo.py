@@ -28,7 +28,7 @@ DEMO_MARKER = "scope-optical-flow demo"
 AUTO = "auto"
 WEIGHTS_HELP = (
     "auto (torchvision's DEFAULT weights, or untrained with a notice when they cannot be loaded offline), "
-    "DEFAULT, C_T_V1, C_T_V2, a .pth path, or 'untrained'."
+    "DEFAULT, a torchvision weights name of the --model (C_T_V2, ...), a .pth path, or 'untrained'."
 )
 
 
