@@ -457,6 +457,7 @@ def pipeline_module(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     """``scope_adapter.pipeline`` imported against the stand-in Scope, with or without ``ui_field_config``."""
     if SCOPE_INSTALLED:
         pytest.skip("Daydream Scope is installed: test_pipeline_hook_with_scope covers the real one")
+    pytest.importorskip("pydantic")  # Scope's config classes are pydantic models
     for name, module in stand_in_scope(with_ui=request.param).items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.delitem(sys.modules, "scope_optical_flow_tensorrt.scope_adapter.pipeline", raising=False)
