@@ -3,9 +3,11 @@
 Runs in one process on one GPU and prints, for each resolution and chunk length: ms per chunk, frames/s,
 speed-up over the naive loop, peak GPU memory, first-call time (load + warm-up/capture/compile) and the
 accuracy cost against an fp32 eager reference on the same weights (flow and visualization differences).
-Writes JSON and a Markdown table (``--out``). Usage on a GPU machine::
+Writes JSON and a Markdown table (``--out``). ``--models`` picks the RAFT models (default RAFT Small); each
+model gets its own naive loop and fp32 reference. Usage on a GPU machine::
 
     python benchmarks/bench_flow.py --out benchmarks/results
+    python benchmarks/bench_flow.py --sizes 512 --chunks 4 16 --models raft_small raft_large --variants naive torch
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ use_this_checkout()  # run from a checkout without installing
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
 from scope_optical_flow_tensorrt.core.backends import BACKENDS  # noqa: E402
+from scope_optical_flow_tensorrt.core.models import MODEL_NAMES, model_spec  # noqa: E402
 
 UPDATES = 12
 
@@ -49,6 +52,7 @@ class Result:
     vis_mean_diff_255: float | None = None
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    model: str = "raft_small"
 
 
 def onnxruntime_on_cuda() -> bool:
@@ -88,17 +92,18 @@ def timed(fn: Callable[[], torch.Tensor], warmup: int, repeats: int) -> tuple[li
     return times, out
 
 
-def naive_loop(weights: object, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The earlier plugin's structure: torchvision raft_small fp32, one call per pair, flow_to_image per frame."""
-    from torchvision.models.optical_flow import raft_small
+def naive_loop(
+    model_name: str, weights: object, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The earlier plugin's structure: torchvision's model fp32, one call per pair, flow_to_image per frame."""
     from torchvision.utils import flow_to_image
 
-    model = raft_small(weights=None).to(device).eval()
+    model = model_spec(model_name).build(weights=None).to(device).eval()
     if weights is not None:
         state = torch.load(weights, map_location=device, weights_only=True)
         from scope_optical_flow_tensorrt.core.weights import convert_state_dict
 
-        model.load_state_dict(convert_state_dict(state))
+        model.load_state_dict(convert_state_dict(state, model_name), strict=False)
 
     @torch.inference_mode()
     def run(previous: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[4, 12, 16])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--weights", default=None, help="local RAFT Small .pth (default: ../shared/weights or random)")
+    parser.add_argument("--weights", nargs="+", default=None,
+                        help="local RAFT .pth files, each used for the model it holds (default: ../shared/weights, "
+                             "else seeded random)")
+    parser.add_argument("--models", nargs="+", default=["raft_small"], choices=MODEL_NAMES,
+                        help="RAFT models to time, each with its own naive loop and fp32 reference")
     parser.add_argument("--variants", nargs="+", default=None, help="subset of variant names to run")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow first call)")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json and results.md")
@@ -165,63 +174,70 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_flow.py needs a CUDA GPU.")
     device = torch.device("cuda")
-    weights = args.weights
-    if weights is None:
-        shared = Path(__file__).resolve().parents[2] / "shared" / "weights"
-        found = sorted(shared.glob("*small*.pth")) if shared.is_dir() else []
-        weights = str(found[0]) if found else None
-    weights_note = f"pretrained ({weights})" if weights else "seeded random (no pretrained file; speed does not depend on weight values)"
-    spec = weights if weights else None
+    weights_by_model = find_weights(args.weights)
+    weights_note = ", ".join(
+        f"{model}: pretrained ({weights_by_model[model]})" if model in weights_by_model else
+        f"{model}: seeded random (no pretrained file; speed does not depend on weight values)"
+        for model in args.models
+    )
 
     def ours(**options: object) -> Callable[[], OpticalFlowTensorRTPreprocessor]:
         def make() -> OpticalFlowTensorRTPreprocessor:
             return OpticalFlowTensorRTPreprocessor(size, size, device="cuda", weights=spec, num_flow_updates=UPDATES,
-                                                   **options)  # type: ignore[arg-type]
+                                                   model=model, **options)  # type: ignore[arg-type]
         return make
 
     results: list[Result] = []
-    naive = naive_loop(weights, device)
-    for size in args.sizes:
-        for chunk in args.chunks:
-            clip = moving_texture(chunk + 1, size, device)
-            # (a) naive baseline
-            if args.variants is None or "naive" in args.variants:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                times, _ = timed(lambda: naive(clip[0, :, :1].permute(1, 0, 2, 3), clip[:, :, 1:]), 1, max(3, args.repeats // 3))
-                naive_ms = statistics.median(times)
-                results.append(Result("naive per-pair loop, fp32 eager (torchvision)", size, chunk, naive_ms,
-                                      (min(times), max(times)), chunk / naive_ms * 1000, 1.0,
-                                      torch.cuda.max_memory_allocated() / 1e9, 0.0))
-            else:
-                naive_ms = None
-            variants: list[tuple[str, Callable[[], OpticalFlowTensorRTPreprocessor]]] = [
-                ("ours torch fp32 eager (reference)",
-                 ours(backend="torch", fp16=False, cuda_graphs=False, torch_compile=False)),
-                ("ours torch fp16 eager", ours(backend="torch", fp16=True, cuda_graphs=False, torch_compile=False)),
-                ("ours torch fp16 + CUDA graphs", ours(backend="torch", fp16=True, torch_compile=False)),
-                ("ours torch fp16 + compile + CUDA graphs (default)", ours(backend="torch")),
-            ]
-            if onnxruntime_on_cuda():
-                variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))
-            elif "onnxruntime" in BACKENDS and size == min(args.sizes) and chunk == min(args.chunks):
-                # Without its CUDA provider onnxruntime runs on the CPU: timed once, at the smallest setting.
-                variants.append(("ours onnxruntime (CPU EP, no CUDA EP here)", ours(backend="onnxruntime", fp16=False)))
-            reference = None
-            for name, make in variants:
-                if args.variants is not None and not any(v in name for v in args.variants):
-                    continue
-                try:
-                    result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup, args.repeats)
-                except Exception as error:  # report and go on: one backend failing must not hide the others
-                    print(f"[{size} x{chunk}] {name}: FAILED {type(error).__name__}: {error}", flush=True)
-                    continue
-                if reference is None:
-                    reference = outputs
-                if naive_ms is not None:
-                    result.speedup_vs_naive = naive_ms / result.ms_per_chunk
-                results.append(result)
-                print(f"[{size} x{chunk}] {name}: {result.ms_per_chunk:.2f} ms, {result.frames_per_s:.0f} fps", flush=True)
+    for model in args.models:
+        weights = weights_by_model.get(model)
+        spec = str(weights) if weights else None
+        naive = naive_loop(model, weights, device)
+        for size in args.sizes:
+            for chunk in args.chunks:
+                clip = moving_texture(chunk + 1, size, device)
+                # (a) naive baseline
+                if args.variants is None or "naive" in args.variants:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    times, _ = timed(lambda: naive(clip[0, :, :1].permute(1, 0, 2, 3), clip[:, :, 1:]), 1,
+                                     max(3, args.repeats // 3))
+                    naive_ms = statistics.median(times)
+                    results.append(Result("naive per-pair loop, fp32 eager (torchvision)", size, chunk, naive_ms,
+                                          (min(times), max(times)), chunk / naive_ms * 1000, 1.0,
+                                          torch.cuda.max_memory_allocated() / 1e9, 0.0, model=model))
+                else:
+                    naive_ms = None
+                variants: list[tuple[str, Callable[[], OpticalFlowTensorRTPreprocessor]]] = [
+                    ("ours torch fp32 eager (reference)",
+                     ours(backend="torch", fp16=False, cuda_graphs=False, torch_compile=False)),
+                    ("ours torch fp16 eager", ours(backend="torch", fp16=True, cuda_graphs=False, torch_compile=False)),
+                    ("ours torch fp16 + CUDA graphs", ours(backend="torch", fp16=True, torch_compile=False)),
+                    ("ours torch fp16 + compile + CUDA graphs (default)", ours(backend="torch")),
+                ]
+                if onnxruntime_on_cuda():
+                    variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))
+                elif "onnxruntime" in BACKENDS and size == min(args.sizes) and chunk == min(args.chunks):
+                    # Without its CUDA provider onnxruntime runs on the CPU: timed once, at the smallest setting.
+                    variants.append(("ours onnxruntime (CPU EP, no CUDA EP here)",
+                                     ours(backend="onnxruntime", fp16=False)))
+                reference = None
+                for name, make in variants:
+                    if args.variants is not None and not any(v in name for v in args.variants):
+                        continue
+                    try:
+                        result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup,
+                                                          args.repeats)
+                    except Exception as error:  # report and go on: one backend failing must not hide the others
+                        print(f"[{model} {size} x{chunk}] {name}: FAILED {type(error).__name__}: {error}", flush=True)
+                        continue
+                    result.model = model
+                    if reference is None:
+                        reference = outputs
+                    if naive_ms is not None:
+                        result.speedup_vs_naive = naive_ms / result.ms_per_chunk
+                    results.append(result)
+                    print(f"[{model} {size} x{chunk}] {name}: {result.ms_per_chunk:.2f} ms, "
+                          f"{result.frames_per_s:.0f} fps, {result.peak_memory_gb:.2f} GB", flush=True)
 
     environment = {
         "device": torch.cuda.get_device_name(0),
@@ -242,15 +258,34 @@ def main() -> None:
         (args.out / "results.md").write_text(table)
 
 
+def find_weights(paths: list[str] | None) -> dict[str, Path]:
+    """Model name -> a pretrained file holding its weights, from ``paths`` or ../shared/weights."""
+    from scope_optical_flow_tensorrt.core.weights import checkpoint_model
+
+    if paths is None:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "weights"
+        candidates = sorted(shared.glob("*.pth")) if shared.is_dir() else []
+    else:
+        candidates = [Path(path) for path in paths]
+    found: dict[str, Path] = {}
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            found.setdefault(checkpoint_model(state.get("state_dict", state), path).name, path)
+        except Exception as error:  # a foreign file in the folder is skipped, an explicit one is reported
+            print(f"weights {path}: skipped ({type(error).__name__}: {error})", flush=True)
+    return found
+
+
 def render_markdown(results: list[Result], environment: dict[str, object]) -> str:
     lines = [f"{key}: {value}  " for key, value in environment.items()]
-    lines += ["", "| size | chunk | variant | ms/chunk | frames/s | x naive | peak GB | first call s | flow max/mean px | vis max/mean (/255) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| model | size | chunk | variant | ms/chunk | frames/s | x naive | peak GB | first call s | flow max/mean px | vis max/mean (/255) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         speedup = f"{r.speedup_vs_naive:.1f}" if r.speedup_vs_naive else "-"
         flow = f"{r.flow_max_diff_px:.3f} / {r.flow_mean_diff_px:.4f}" if r.flow_max_diff_px is not None else "-"
         vis = f"{r.vis_max_diff_255:.1f} / {r.vis_mean_diff_255:.2f}" if r.vis_max_diff_255 is not None else "-"
-        lines.append(f"| {r.size} | {r.chunk} | {r.variant} | {r.ms_per_chunk:.2f} | {r.frames_per_s:.0f} | {speedup} | "
+        lines.append(f"| {r.model} | {r.size} | {r.chunk} | {r.variant} | {r.ms_per_chunk:.2f} | {r.frames_per_s:.0f} | {speedup} | "
                      f"{r.peak_memory_gb:.2f} | {r.first_call_s:.1f} | {flow} | {vis} |")
     return "\n".join(lines) + "\n"
 

@@ -42,7 +42,7 @@ class OrderedGroup(click.Group):
 @click.group(name=PROG_NAME, cls=OrderedGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scope-optical-flow-tensorrt", prog_name=PROG_NAME)
 def cli() -> None:
-    """Optical-flow maps (RAFT Small; TensorRT or PyTorch) for videos and image sequences.
+    """Optical-flow maps (RAFT Small or Large; TensorRT or PyTorch) for videos and image sequences.
 
     Start with `scope-optical-flow demo`: it needs no input.
     """

@@ -49,6 +49,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
     mean = statistics.fmean(times)
     result = {
         "device": torch.cuda.get_device_name(device) if is_cuda else "cpu",
+        "model": flow.model,
         "backend": flow.backend_name,
         "size": f"{height}x{width}",
         "chunk": chunk,
@@ -69,6 +70,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
         return
     rows = [
         ("device", f"{result['device']} ({result['backend']} backend{', fp16' if result['fp16'] else ''})"),
+        ("model", result["model"]),
         ("size / chunk / updates", f"{result['size']} / {chunk} frames / {result['flow_updates']}"),
         ("ms per chunk", (f"mean {result['ms_per_chunk_mean']}, median {result['ms_per_chunk_median']}, "
                           f"min {result['ms_per_chunk_min']}, max {result['ms_per_chunk_max']} ({runs} runs)")),

@@ -28,7 +28,7 @@ DEMO_MARKER = "scope-optical-flow demo"
 AUTO = "auto"
 WEIGHTS_HELP = (
     "auto (torchvision's DEFAULT weights, or untrained with a notice when they cannot be loaded offline), "
-    "DEFAULT, C_T_V1, C_T_V2, a .pth path, or 'untrained'."
+    "DEFAULT, a torchvision weights name of the --model (C_T_V2, ...), a .pth path, or 'untrained'."
 )
 
 
@@ -207,6 +207,7 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
         save_legend(folder / "legend.png")
         summary = {
             "what": DEMO_MARKER,
+            "model": flow.model,
             "weights": info.description,
             "pretrained": info.pretrained,
             "device": str(flow.device),
@@ -226,21 +227,26 @@ def _load_with_fallback(weights: str, options: dict[str, Any]) -> Any:
     """``--weights auto``: DEFAULT weights if they load, else untrained with a notice nobody can miss."""
     spec = weights_spec(weights)
     if weights.strip().lower() == AUTO:
-        spec = "DEFAULT" if _default_weights_load() else None
+        spec = "DEFAULT" if _default_weights_load(options.get("raft_model", "raft_small")) else None
     flow = build_preprocessor(weights=spec, **options)
     load_model(flow)
     return flow
 
 
-def _default_weights_load() -> bool:
+def _default_weights_load(model: str) -> bool:
     """Whether ``weights="DEFAULT"`` loads here (a small file; torchvision caches it). Only a failure to get the
     weights (offline, no cached file) falls back; a missing ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` file stays an error."""
-    from ..core.weights import load_raft_small
+    from ..core.models import model_spec
+    from ..core.weights import load_raft
 
     try:
-        load_raft_small("DEFAULT", progress=False)
+        title = model_spec(model).title
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from error
+    try:
+        load_raft(model, "DEFAULT", progress=False)
     except RuntimeError as error:
-        notice(f"NOTICE: pretrained RAFT Small weights are not available ({_first_sentence(error)}).")
+        notice(f"NOTICE: pretrained {title} weights are not available ({_first_sentence(error)}).")
         notice("NOTICE: running the demo with UNTRAINED weights: it runs end to end, but the flow is NOT real "
                "motion. See 'scope-optical-flow info' for where to put the weights file.")
         return False
@@ -281,8 +287,8 @@ def _report(summary: dict[str, Any], pretrained: bool, output: Path, device: Any
     say(f"Synthetic clip: {summary['frames']} frames at {summary['compute_size'][1]}x{summary['compute_size'][0]}; "
         f"the background pans {true['pan_u']:+.0f} px right and {true['pan_v']:+.0f} px down per frame, "
         f"a disk turns {true['spin_degrees']:.0f} degrees per frame {sense(true['spin_degrees'])}.")
-    say(f"Flow: {summary['weights']}, {summary['backend']} backend on {device}, {summary['flow_updates']} updates, "
-        f"{summary['seconds']:.2f} s.")
+    say(f"Flow: {summary['model']}, {summary['weights']}, {summary['backend']} backend on {device}, "
+        f"{summary['flow_updates']} updates, {summary['seconds']:.2f} s.")
     say(f"  {'':22}{'true':>24}{'measured':>24}")
     say(f"  {'pan (u, v) px/frame':22}{_pair(true['pan_u'], true['pan_v']):>24}"
         f"{_pair(measured['pan_u'], measured['pan_v']):>24}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from .errors import CliError
-from .options import SizeType, weights_spec
+from .errors import CliError, UsageError
+from .options import SizeType, model_option, weights_spec
 from .state import say
 
 PACKAGES = ("torch", "torchvision", "tensorrt", "onnx", "onnxruntime", "polygraphy", "av")
@@ -34,6 +34,7 @@ def engine_manager() -> ModuleType:
 
 
 @click.command("prebuild", short_help="Export ONNX and build TensorRT engines ahead of time.")
+@model_option()
 @click.option("--size", "sizes", type=SizeType(), multiple=True, required=True,
               help="Compute resolution HEIGHTxWIDTH to build for; repeat for several.")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
@@ -42,12 +43,13 @@ def engine_manager() -> ModuleType:
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None,
               help="Largest frame-pair batch the engine accepts [default: by resolution].")
 @click.option("--weights", default="DEFAULT", show_default=True,
-              help="DEFAULT, C_T_V1, C_T_V2, a .pth path, or 'untrained'.")
+              help="DEFAULT, a torchvision weights name of the --model (C_T_V2, ...), a .pth path, or 'untrained'.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Cache folder [default: <models root>/optical-flow-tensorrt].")
 @click.option("--device", default="cuda", show_default=True, help="GPU to build for (engines are per GPU model).")
 @click.option("--onnx-only", is_flag=True, help="Only export the ONNX graph (works without TensorRT or a GPU).")
 def prebuild_command(
+    raft_model: str,
     sizes: tuple[tuple[int, int], ...],
     fp16: bool,
     num_flow_updates: int,
@@ -59,9 +61,16 @@ def prebuild_command(
 ) -> None:
     """Export ONNX graphs and build TensorRT engines ahead of time, so the first run starts at once."""
     manager = engine_manager()
+    from ..core.models import model_spec
+
+    try:
+        model_spec(raft_model)
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from error
     for height, width in sizes:
         arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
-                     "weights": weights_spec(weights), "models_dir": models_dir, "device": device}
+                     "weights": weights_spec(weights), "models_dir": models_dir, "device": device,
+                     "model": raft_model}
         if onnx_only:
             path = manager.export_onnx_cached(height, width, **arguments)
         else:
@@ -76,9 +85,11 @@ def prebuild_command(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Cache folder to list [default: <models root>/optical-flow-tensorrt].")
-def info_command(as_json: bool, models_dir: Path | None) -> None:
-    """GPUs, library versions, backends, weights status, models folder and cached engines."""
-    report = collect_info(models_dir)
+@model_option()
+def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> None:
+    """GPUs, library versions, backends, the --model and the weights it would load, models folder and cached
+    engines."""
+    report = collect_info(models_dir, raft_model)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -90,6 +101,7 @@ def info_command(as_json: bool, models_dir: Path | None) -> None:
                                           for g in gpus) if gpus else f"none ({report['cuda_note']})"))
     click.echo(f"backends    {', '.join(report['backends'])} (tensorrt installed: {report['tensorrt_available']})")
     weights = report["weights"]
+    click.echo(f"model       {report['model']}")
     click.echo(f"weights     {weights['status']}")
     click.echo(f"models dir  {report['models_dir']}")
     engines = report["engines"]
@@ -107,7 +119,7 @@ def info_command(as_json: bool, models_dir: Path | None) -> None:
                        f"{entry.get('path')}  {key_text}")
 
 
-def collect_info(models_dir: Path | None = None) -> dict[str, Any]:
+def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> dict[str, Any]:
     import torch
 
     from ..core.backends import BACKENDS, tensorrt_available
@@ -136,28 +148,37 @@ def collect_info(models_dir: Path | None = None) -> dict[str, Any]:
         "cuda_note": cuda_note,
         "backends": list(BACKENDS),
         "tensorrt_available": tensorrt_available(),
-        "weights": weights_status(),
+        "model": model,
+        "weights": weights_status(model),
         "models_dir": str(plugin_models_dir(models_dir)),
         "engines": engines,
     }
 
 
-def weights_status() -> dict[str, Any]:
-    """Which weights file ``weights="DEFAULT"`` would use, and whether it is on this machine."""
+def weights_status(model: str = "raft_small") -> dict[str, Any]:
+    """Which weights file ``weights="DEFAULT"`` would use for ``model``, and whether it is on this machine."""
     import os
 
     import torch
-    from torchvision.models.optical_flow import Raft_Small_Weights
 
-    from ..core.weights import WEIGHTS_ENV
+    from ..core.models import model_spec
+    from ..core.weights import WEIGHTS_ENV, default_weights_file
 
-    default = Raft_Small_Weights.DEFAULT
+    try:
+        spec = model_spec(model)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    default = spec.weights_enum.DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
-    env_path = os.environ.get(WEIGHTS_ENV)
-    if env_path:
-        exists = Path(env_path).expanduser().is_file()
-        status = f"${WEIGHTS_ENV}={env_path} ({'found' if exists else 'MISSING'})"
-        return {"source": "env", "path": env_path, "present": exists, "status": status}
+    env_value = os.environ.get(WEIGHTS_ENV)
+    if env_value:
+        try:
+            env_path = default_weights_file(spec)
+        except (FileNotFoundError, ValueError) as error:  # what loading would say, shown instead of raised
+            return {"source": "env", "path": env_value, "present": False, "status": f"${WEIGHTS_ENV}: {error}"}
+        if env_path is not None:
+            status = f"{spec.title} weights from ${WEIGHTS_ENV}: {env_path}"
+            return {"source": "env", "path": str(env_path), "present": True, "status": status}
     present = cached.is_file()
     status = (f"{default} cached at {cached}" if present else
               f"{default} not cached; first use downloads {default.url} to {cached} (offline: put the file there "

@@ -49,6 +49,30 @@ class BackendType(click.ParamType):
         return str(value)
 
 
+class ModelType(click.ParamType):
+    """A RAFT model name; like :class:`BackendType`, the choices (``core.models.MODEL_NAMES``) are looked up only
+    for ``--help`` and the core checks the value."""
+
+    name = "model"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # click <8.2 passes no ctx
+        from ..core.models import MODEL_NAMES
+
+        return "[" + "|".join(MODEL_NAMES) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
+
+
+MODEL_HELP = "RAFT model: raft_small (fast) or raft_large (more accurate, several times slower)."
+
+
+def model_option() -> Callable:
+    """``--model``, stored as ``raft_model`` (``model`` names the option dict in several commands)."""
+    return click.option("--model", "raft_model", type=ModelType(), default="raft_small", show_default=True,
+                        help=MODEL_HELP)
+
+
 def _backends() -> tuple[str, ...]:
     from ..core.backends import BACKENDS
 
@@ -61,14 +85,17 @@ def weights_spec(text: str) -> str | None:
 
 
 WEIGHTS_HELP = (
-    "RAFT Small weights: DEFAULT (torchvision's download/cache, or $SCOPE_OPTICAL_FLOW_WEIGHTS), C_T_V1, C_T_V2, "
-    "a path to a .pth file, or 'untrained' (random, for smoke tests)."
+    "Weights of the --model: DEFAULT (torchvision's download/cache, or a file of that model in "
+    "$SCOPE_OPTICAL_FLOW_WEIGHTS), a torchvision weights name (raft_small: C_T_V1, C_T_V2; raft_large: C_T_V1, "
+    "C_T_V2, C_T_SKHT_V1, C_T_SKHT_V2, C_T_SKHT_K_V1, C_T_SKHT_K_V2), a path to a .pth file, or 'untrained' "
+    "(random, for smoke tests)."
 )
 
 
 def model_options(default_size: str, default_weights: str = "DEFAULT", weights_help: str = WEIGHTS_HELP) -> Callable:
     """Decorator adding the options every flow-computing command shares."""
     options = [
+        model_option(),
         click.option("--size", "size", type=SizeType(), default=default_size, show_default=True,
                      help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128)."),
         click.option("--fp16/--fp32", "fp16", default=True, show_default=True,
@@ -131,6 +158,7 @@ def build_preprocessor(
         return OpticalFlowTensorRTPreprocessor(
             height,
             width,
+            model=model.get("raft_model", "raft_small"),
             device=model["device"],
             fp16=model["fp16"],
             flow_strength=flow_strength,

@@ -25,11 +25,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .log import logger
+from .models import MODEL_NAMES
 
 SIDECAR_SUFFIX = ".json"
 LOCK_NAME = ".raft_small.lock"
 TEMP_MARKER = ".tmp-"
-ARTIFACT_PREFIX = "raft_small_"
+ARTIFACT_PREFIXES = tuple(f"{name}_" for name in MODEL_NAMES)  # raft_small_..., raft_large_...
 ARTIFACT_SUFFIXES = (".onnx", ".trt")
 # A first TensorRT build takes minutes; a process waiting for another one's build waits this long at most.
 LOCK_TIMEOUT_S = 3600.0
@@ -199,12 +200,12 @@ def invalidate(path: Path, reason: str) -> None:
 
 
 def cached_files(directory: Path) -> list[Path]:
-    """Artifacts in ``directory`` (``raft_small_*.onnx`` / ``.trt``), sorted by name."""
+    """Artifacts in ``directory`` (``raft_small_*`` / ``raft_large_*`` ``.onnx`` / ``.trt``), sorted by name."""
     if not directory.is_dir():
         return []
     return sorted(
         child for child in directory.iterdir()
-        if child.is_file() and child.name.startswith(ARTIFACT_PREFIX) and child.suffix in ARTIFACT_SUFFIXES
+        if child.is_file() and child.name.startswith(ARTIFACT_PREFIXES) and child.suffix in ARTIFACT_SUFFIXES
     )
 
 
@@ -216,7 +217,7 @@ def clear_directory(directory: Path) -> int:
     with locked(directory):
         for child in sorted(directory.iterdir()):
             name = child.name
-            ours = name.startswith(ARTIFACT_PREFIX) and (
+            ours = name.startswith(ARTIFACT_PREFIXES) and (
                 child.suffix in ARTIFACT_SUFFIXES
                 or name.endswith(tuple(suffix + SIDECAR_SUFFIX for suffix in ARTIFACT_SUFFIXES))
                 or TEMP_MARKER in name

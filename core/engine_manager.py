@@ -1,10 +1,10 @@
-"""The ONNX/TensorRT engine cache of RAFT Small: names, keys, export, build, load, listing and clearing.
+"""The ONNX/TensorRT engine cache of RAFT Small and Large: names, keys, export, build, load, listing and clearing.
 
-Files live in ``core.paths.plugin_models_dir(models_dir)``:
+Files live in ``core.paths.plugin_models_dir(models_dir)``, named after the model (``raft_small``, ``raft_large``):
 
-- ``raft_small_{H}x{W}-{hash}.onnx``: the fp32 graph (dynamic frame axis), ``hash`` over the settings that
+- ``{model}_{H}x{W}-{hash}.onnx``: the fp32 graph (dynamic frame axis), ``hash`` over the settings that
   change it (size, flow updates, weights identity, opset);
-- ``raft_small_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), ``hash`` over
+- ``{model}_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), ``hash`` over
   precision, flow updates, weights identity and the frame profile;
 - ``<file>.json`` next to each: the full key, size, sha256 and build information.
 
@@ -38,15 +38,17 @@ from .engine_cache import (
     read_sidecar,
     sanitize_gpu_name,
 )
+from . import models as models_module
 from . import onnx_export as onnx_export_module
 from . import raft as raft_module
 from .log import logger
 from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
 from .paths import plugin_models_dir
-from .preprocessor import check_compute_size, default_max_pairs
+from .compute_size import check_compute_size, default_max_pairs
 from .raft import RaftSequenceFlow
 from .trt_build import TENSORRT_INSTALL_HINT, BuildTarget, build_engine_bytes, build_target, import_tensorrt
-from .weights import WeightsInfo, WeightsSpec, load_raft_small
+from .models import DEFAULT_MODEL, model_spec
+from .weights import WeightsInfo, WeightsSpec, load_raft
 
 CACHE_FORMAT = 1
 PACKAGE_NAME = "scope-optical-flow-tensorrt"
@@ -58,13 +60,14 @@ EngineBuilder = Callable[[Path, Path, "EngineSpec", BuildTarget], None]
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What an engine is for: compute size, precision, flow updates, frames per call."""
+    """What an engine is for: compute size, precision, flow updates, frames per call, model."""
 
     height: int
     width: int
     fp16: bool = True
     num_flow_updates: int = 12
     max_pairs: int = 1
+    model: str = DEFAULT_MODEL
 
     @property
     def max_frames(self) -> int:
@@ -74,7 +77,7 @@ class EngineSpec:
 def model_code_digest() -> str:
     """Hash of the code that defines the exported graph, so an edited model re-exports even at one version."""
     digest = hashlib.sha256()
-    for module in (raft_module, onnx_export_module):
+    for module in (raft_module, onnx_export_module, models_module):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -89,10 +92,13 @@ def package_version() -> str:
 # -- keys and names -----------------------------------------------------------------------------------
 
 
-def onnx_key(height: int, width: int, num_flow_updates: int, weights_identity: str) -> dict[str, Any]:
+def onnx_key(
+    height: int, width: int, num_flow_updates: int, weights_identity: str, model: str = DEFAULT_MODEL
+) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "kind": "onnx",
+        "model": model,
         "height": height,
         "width": width,
         "num_flow_updates": num_flow_updates,
@@ -109,6 +115,7 @@ def engine_key(spec: EngineSpec, weights_identity: str, target: BuildTarget, onn
     return {
         "format": CACHE_FORMAT,
         "kind": "tensorrt",
+        "model": spec.model,
         "height": spec.height,
         "width": spec.width,
         "num_flow_updates": spec.num_flow_updates,
@@ -130,33 +137,39 @@ _ENGINE_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "precis
 
 def onnx_path(directory: Path, key: dict[str, Any]) -> Path:
     digest = key_hash({name: key[name] for name in _ONNX_NAME_FIELDS})
-    return directory / f"raft_small_{key['height']}x{key['width']}-{digest}.onnx"
+    return directory / f"{key['model']}_{key['height']}x{key['width']}-{digest}.onnx"
 
 
 def engine_path(directory: Path, key: dict[str, Any]) -> Path:
     digest = key_hash({name: key[name] for name in _ENGINE_NAME_FIELDS})
     gpu = sanitize_gpu_name(key["gpu_name"])
-    return directory / f"raft_small_{key['height']}x{key['width']}_{gpu}-{digest}.trt"
+    return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}.trt"
 
 
 # -- ONNX -----------------------------------------------------------------------------------------------
 
 
 def ensure_onnx(
-    directory: Path, height: int, width: int, num_flow_updates: int, weights: WeightsSpec
+    directory: Path,
+    height: int,
+    width: int,
+    num_flow_updates: int,
+    weights: WeightsSpec,
+    model: str = DEFAULT_MODEL,
 ) -> tuple[Path, WeightsInfo]:
-    """The cached ONNX graph for these settings, exported first if missing or stale."""
+    """The cached ONNX graph of ``model`` for these settings, exported first if missing or stale."""
     check_compute_size(height, width)
-    raft, info = load_raft_small(weights)
-    key = onnx_key(height, width, num_flow_updates, info.identity)
+    spec = model_spec(model)
+    raft, info = load_raft(spec, weights)
+    key = onnx_key(height, width, num_flow_updates, info.identity, spec.name)
     path = onnx_path(directory, key)
     exporter = resolve_exporter()
 
     def export(temp: Path) -> None:
-        logger.info("exporting RAFT Small to ONNX (%dx%d, %d flow updates, %s exporter)", height, width,
+        logger.info("exporting %s to ONNX (%dx%d, %d flow updates, %s exporter)", spec.title, height, width,
                     num_flow_updates, exporter)
-        model = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=torch.float32)
-        export_raft_onnx(model, temp, height, width, exporter=exporter)
+        sequence = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=torch.float32)
+        export_raft_onnx(sequence, temp, height, width, exporter=exporter)
 
     extra = {"exporter": exporter, "torch_version": torch.__version__, "weights_description": info.description}
     ensure_artifact(path, key, export, info=extra, label="ONNX graph")
@@ -173,6 +186,7 @@ def export_onnx_cached(
     models_dir: str | os.PathLike[str] | None = None,
     fp16: bool | None = None,
     device: str | torch.device | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> Path:
     """Path of the cached ONNX graph for ``height`` x ``width`` (exported now if needed; no TensorRT needed).
 
@@ -182,7 +196,7 @@ def export_onnx_cached(
     _check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
         _check_positive("max_pairs", max_pairs)
-    return ensure_onnx(plugin_models_dir(models_dir), height, width, num_flow_updates, weights)[0]
+    return ensure_onnx(plugin_models_dir(models_dir), height, width, num_flow_updates, weights, model)[0]
 
 
 # -- engines --------------------------------------------------------------------------------------------
@@ -211,7 +225,7 @@ def ensure_engine(
     """
     build = builder or write_engine_with_tensorrt
     with locked(directory):
-        onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights)
+        onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights, spec.model)
         sidecar = read_sidecar(onnx) or {}
         key = engine_key(spec, info.identity, target, str(sidecar.get("sha256", "")))
         path = engine_path(directory, key)
@@ -256,6 +270,7 @@ def prebuild_engine(
     weights: WeightsSpec = "DEFAULT",
     models_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cuda",
+    model: str = DEFAULT_MODEL,
 ) -> Path:
     """Export ONNX if needed and build the TensorRT engine for these settings ahead of time; returns its path.
 
@@ -266,7 +281,9 @@ def prebuild_engine(
     _check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
         _check_positive("max_pairs", max_pairs)
-    spec = EngineSpec(height, width, bool(fp16), num_flow_updates, max_pairs or default_max_pairs(height, width))
+    name = model_spec(model).name
+    spec = EngineSpec(height, width, bool(fp16), num_flow_updates, max_pairs or default_max_pairs(height, width, name),
+                      model=name)
     import_tensorrt()  # first, so a machine without TensorRT gets the install hint
     resolved = _cuda_device(device)
     target = build_target(resolved)

@@ -1,12 +1,17 @@
-"""RAFT Small's update block regrouped for tensor cores, with the same arithmetic as torchvision's.
+"""RAFT's update block regrouped for tensor cores, with the same arithmetic as torchvision's (RAFT Small and Large).
 
 Two changes, neither of which alters the result beyond float rounding:
 
-- every convolution input has a multiple of 8 channels: the correlation features (196) and the flow (2) are
-  zero-padded to 200 and 8 channels, and the matching weight columns are zero, so the GRU's input
-  (hidden 96 + context 64 + motion 80 + flow 8) is 248 channels instead of 242; cuDNN then needs no
-  padding copies around each convolution;
-- the GRU's update and reset gates (``convz``, ``convr``), which read the same input, run as one convolution.
+- every convolution input has a multiple of 8 channels: the correlation features (Small 196, Large 324) are
+  zero-padded to 200 / 328 channels and the flow (2) to 8 for the flow convolution, with zero weight columns
+  for the padding. In the GRU's input (context, motion features, flow) the flow is padded only as far as the
+  motion features need: RAFT Small's 80 motion channels + 8 flow channels (hidden 96 + context 64 + 88 = 248
+  instead of 242); RAFT Large's 126 + 2 flow channels are already 128 (hidden 128 + context 128 + 128 = 384).
+  cuDNN then needs no padding copies around each convolution;
+- each GRU's update and reset gates (``convz``, ``convr``), which read the same input, run as one convolution
+  (RAFT Large has two GRUs, 1x5 then 5x1; RAFT Small one, 3x3).
+
+RAFT Large's second correlation convolution (``convcorr2``, 3x3, 256 -> 192) is used as it is.
 """
 
 from __future__ import annotations
@@ -45,41 +50,48 @@ class FastUpdateBlock(nn.Module):
     """``forward(hidden, context, corr_padded, flow_padded) -> (hidden, delta_flow)``.
 
     ``corr_padded`` has :attr:`corr_channels` channels (correlation features, then zeros) and ``flow_padded``
-    has :attr:`flow_channels` (the 2 flow channels, then zeros). Built from torchvision's RAFT Small
-    ``UpdateBlock`` (1x1 correlation conv, one GRU with 3x3 kernels); other update blocks are rejected.
+    has :attr:`flow_channels` (the 2 flow channels, then zeros). Built from torchvision's RAFT Small or RAFT
+    Large ``UpdateBlock``.
     """
 
     def __init__(self, block: UpdateBlock) -> None:
         super().__init__()
         motion = block.motion_encoder
         recurrent = block.recurrent_block
-        if not isinstance(motion.convcorr2, nn.Identity) or not callable(recurrent.convgru2) or isinstance(
-            recurrent.convgru2, nn.Module
-        ):
-            raise ValueError("FastUpdateBlock supports RAFT Small's update block only (one corr conv, one GRU).")
-        gru = recurrent.convgru1
         self.hidden_size = recurrent.hidden_size
         self.corr_channels = padded_channels(motion.convcorr1[0].in_channels)
         self.flow_channels = padded_channels(2)
         self.convcorr1 = _pad_inputs(motion.convcorr1[0], self.corr_channels)
+        self.convcorr2 = None if isinstance(motion.convcorr2, nn.Identity) else motion.convcorr2[0]
         self.convflow1 = _pad_inputs(motion.convflow1[0], self.flow_channels)
         self.convflow2 = motion.convflow2[0]
         self.conv = motion.conv[0]
-        gru_inputs = gru.convz.in_channels + self.flow_channels - 2
-        convz, convr = _pad_inputs(gru.convz, gru_inputs), _pad_inputs(gru.convr, gru_inputs)
-        self.convzr = _conv_like(gru.convz, gru_inputs, torch.cat([convz.weight, convr.weight]),
-                                 torch.cat([convz.bias, convr.bias]))
-        self.convq = _pad_inputs(gru.convq, gru_inputs)
+        motion_channels = self.conv.out_channels  # the motion encoder's output is these, then the flow (2)
+        self.gru_flow_channels = padded_channels(motion_channels + 2) - motion_channels
+        # RAFT Small's second GRU is a pass-through function, RAFT Large's a ConvGRU module
+        grus = [gru for gru in (recurrent.convgru1, recurrent.convgru2) if isinstance(gru, nn.Module)]
+        gru_inputs = grus[0].convz.in_channels + self.gru_flow_channels - 2
+        self.convzr = nn.ModuleList()
+        self.convq = nn.ModuleList()
+        for gru in grus:
+            convz, convr = _pad_inputs(gru.convz, gru_inputs), _pad_inputs(gru.convr, gru_inputs)
+            self.convzr.append(_conv_like(gru.convz, gru_inputs, torch.cat([convz.weight, convr.weight]),
+                                          torch.cat([convz.bias, convr.bias])))
+            self.convq.append(_pad_inputs(gru.convq, gru_inputs))
         self.head1 = block.flow_head.conv1
         self.head2 = block.flow_head.conv2
 
     def forward(self, hidden: Tensor, context: Tensor, corr: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         corr = F.relu(self.convcorr1(corr))
+        if self.convcorr2 is not None:
+            corr = F.relu(self.convcorr2(corr))
         flow_features = F.relu(self.convflow2(F.relu(self.convflow1(flow))))
         motion = F.relu(self.conv(torch.cat([corr, flow_features], dim=1)))
-        inputs = torch.cat([context, motion, flow], dim=1)  # torchvision: [context, motion, flow(2)]
-        gates = torch.sigmoid(self.convzr(torch.cat([hidden, inputs], dim=1)))
-        update, reset = gates.split(self.hidden_size, dim=1)
-        candidate = torch.tanh(self.convq(torch.cat([reset * hidden, inputs], dim=1)))
-        hidden = (1 - update) * hidden + update * candidate
+        gru_flow = flow if self.gru_flow_channels == self.flow_channels else flow[:, : self.gru_flow_channels]
+        inputs = torch.cat([context, motion, gru_flow], dim=1)  # torchvision: [context, motion, flow(2)]
+        for convzr, convq in zip(self.convzr, self.convq):
+            gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)))
+            update, reset = gates.split(self.hidden_size, dim=1)
+            candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)))
+            hidden = (1 - update) * hidden + update * candidate
         return hidden, self.head2(F.relu(self.head1(hidden)))

@@ -11,29 +11,18 @@ from einops import rearrange
 from torch import Tensor
 
 from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
+from .compute_size import check_compute_size, default_max_pairs
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
 from .log import log_once, logger
+from .models import DEFAULT_MODEL, model_spec
 from .paths import plugin_models_dir
-from .raft import DOWNSAMPLE, MIN_SIZE
 from .resize import resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
 from .weights import WeightsInfo, WeightsSpec
 
-# Pairs per model call are bounded so the all-pairs correlation pyramid stays within this many bytes.
-CORRELATION_BUDGET_BYTES = 2 << 30
-MAX_PAIRS_CAP = 32
-
-
-def default_max_pairs(height: int, width: int) -> int:
-    """Pairs per model call so the fp32 correlation pyramid (4 levels, ~4/3 of level 0) fits the budget."""
-    cells = (height // DOWNSAMPLE) * (width // DOWNSAMPLE)
-    pyramid_bytes_per_pair = cells * cells * 4 * 4 / 3
-    return int(max(1, min(MAX_PAIRS_CAP, CORRELATION_BUDGET_BYTES // pyramid_bytes_per_pair)))
-
-
 class OpticalFlowTensorRTPreprocessor:
-    """Video frames in, RGB optical-flow maps out (RAFT Small), keeping temporal state across calls.
+    """Video frames in, RGB optical-flow maps out (RAFT Small or Large), keeping temporal state across calls.
 
     Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call.
 
@@ -44,16 +33,19 @@ class OpticalFlowTensorRTPreprocessor:
             ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
         fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
         flow_strength: 0 to 2; multiplies the displayed saturation (see ``core.visualize``).
+        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
+            torchvision's RAFT models.
         num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
         normalization: ``"per_frame"`` (each frame scaled by its own largest motion, torchvision's look),
             ``"fixed"`` (``max_flow`` pixels is full saturation) or ``"running"`` (running maximum that decays
             by ``decay`` per frame: no colour flicker in video).
         backend: ``"auto"`` (TensorRT when available on CUDA, else PyTorch), ``"torch"``, ``"tensorrt"`` or
             ``"onnxruntime"`` (the exported ONNX graph; for checks and CPU-only machines).
-        weights: ``"DEFAULT"``, a ``Raft_Small_Weights`` name, a local ``.pth`` path, or ``None`` (untrained,
-            seeded). ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` overrides ``"DEFAULT"``.
+        weights: ``"DEFAULT"``, a name of the model's weights enum (``Raft_Small_Weights``,
+            ``Raft_Large_Weights``), a local ``.pth`` path, or ``None`` (untrained, seeded). A file in
+            ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` holding the model's weights overrides ``"DEFAULT"`` (``core.weights``).
         layout: default input layout (``"BCFHW"``, ``"CFHW"``, ``"FHWC"``, ``"FCHW"``); ``None`` infers it.
-        max_batch_pairs: frame pairs per model call; ``None`` picks by resolution (memory bound).
+        max_batch_pairs: frame pairs per model call; ``None`` picks by resolution and model (memory bound).
         models_dir: where ONNX graphs and engines are cached; default ``<models root>/optical-flow-tensorrt``.
         cuda_graphs: on CUDA, replay the PyTorch model from CUDA graphs (one capture per window shape);
             turn off to debug or to save the graphs' memory.
@@ -74,6 +66,7 @@ class OpticalFlowTensorRTPreprocessor:
         fp16: bool = True,
         flow_strength: float = 1.0,
         *,
+        model: str = DEFAULT_MODEL,
         num_flow_updates: int = 12,
         normalization: str = "per_frame",
         max_flow: float = 20.0,
@@ -87,6 +80,7 @@ class OpticalFlowTensorRTPreprocessor:
         cuda_graphs: bool = True,
         torch_compile: bool = True,
     ) -> None:
+        self.model = model_spec(model).name
         check_compute_size(height, width)
         _check_flow_strength(flow_strength)
         if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
@@ -108,7 +102,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.device = resolve_device(device, strict=strict_device)
         self.requested_backend = backend
         self.backend_name = choose_backend(backend, self.device)
-        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width)
+        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width, self.model)
         self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
         self._backend: FlowBackend | None = None
         self._previous_frames: Tensor | None = None  # [B, 3, h, w] last frame of the stream, compute size
@@ -146,6 +140,7 @@ class OpticalFlowTensorRTPreprocessor:
                 height=self.height,
                 width=self.width,
                 device=self.device,
+                model=self.model,
                 fp16=self.fp16,
                 num_flow_updates=self.num_flow_updates,
                 max_pairs=self.max_batch_pairs,
@@ -167,8 +162,8 @@ class OpticalFlowTensorRTPreprocessor:
                 self.backend_name = "torch"
                 self._backend = create_backend(self.backend_name, config, self.weights_spec)
             logger.info(
-                "optical flow ready: backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
-                self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
+                "optical flow ready: model=%s backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
+                self.model, self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
             )
         return self._backend
 
@@ -257,19 +252,6 @@ def _unpack_context(frames: Any) -> tuple[Tensor, tuple[int, int] | None]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"context.{name} must be a positive integer, got {value!r}.")
     return video, (target_height, target_width)
-
-
-def check_compute_size(height: object, width: object) -> None:
-    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128)."""
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")
-        if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
-            suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
-            raise ValueError(
-                f"compute {name}={value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
-                f"(RAFT's correlation pyramid); try {suggestion}."
-            )
 
 
 def _check_flow_strength(flow_strength: object) -> None:

@@ -1,13 +1,16 @@
-"""RAFT Small as a sequence model: flow between every pair of consecutive frames in one batched pass.
+"""RAFT (Small or Large) as a sequence model: flow between every pair of consecutive frames in one batched pass.
 
-Built from torchvision's ``raft_small`` parts (feature encoder, context encoder, update block; the
-correlation block's numbers), with the same arithmetic as ``torchvision.models.optical_flow.RAFT.forward``
+Built from torchvision's ``raft_small`` or ``raft_large`` parts (feature encoder, context encoder, update block,
+RAFT Large's mask predictor; the correlation block's levels and radius), with the same arithmetic as
+``torchvision.models.optical_flow.RAFT.forward``
 for the last flow update, and these differences, all for speed, export and graph capture:
 
 - each frame's features are computed once, not twice (frame t is image2 of pair t-1 and image1 of pair t);
 - nothing is created on the CPU in the forward pass (coordinate grid and lookup offsets are device buffers),
   so the module can be captured in a CUDA graph and exported to ONNX without host copies;
-- only the final flow is upsampled and returned (torchvision returns every update's);
+- only the final flow is upsampled and returned (torchvision returns every update's), so RAFT Large's upsampling
+  mask is predicted once, not after every update; its convex upsampling gathers the 3x3 neighbourhood with
+  padding and slices (torchvision uses ``F.unfold``, which has no ONNX operator TensorRT reads);
 - precision is explicit instead of autocast: encoders and update block run in ``compute_dtype``, the
   correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32.
 """
@@ -42,12 +45,12 @@ class RaftSequenceFlow(nn.Module):
         fast_update_block: bool = False,
     ) -> None:
         super().__init__()
-        if raft.mask_predictor is not None:
-            raise ValueError("RaftSequenceFlow supports RAFT Small only (no convex-upsampling mask predictor).")
         self.feature_encoder = raft.feature_encoder
         self.context_encoder = raft.context_encoder
         # torchvision's block (exported to ONNX as is) or the same arithmetic regrouped for tensor cores
         self.update_block: nn.Module = FastUpdateBlock(raft.update_block) if fast_update_block else raft.update_block
+        # RAFT Large predicts a convex-upsampling mask from the hidden state; RAFT Small upsamples bilinearly.
+        self.mask_predictor: nn.Module | None = raft.mask_predictor
         self.fast_update_block = fast_update_block
         self.num_levels: int = raft.corr_block.num_levels
         self.radius: int = raft.corr_block.radius
@@ -64,7 +67,10 @@ class RaftSequenceFlow(nn.Module):
         self.register_buffer("lookup_offsets", delta, persistent=False)
         self.register_buffer("unit_x", torch.tensor([1.0, 0.0]), persistent=False)
         self.register_buffer("unit_y", torch.tensor([0.0, 1.0]), persistent=False)
-        for part in (self.feature_encoder, self.context_encoder, self.update_block):  # buffers above stay fp32
+        parts = [self.feature_encoder, self.context_encoder, self.update_block]
+        if self.mask_predictor is not None:
+            parts.append(self.mask_predictor)
+        for part in parts:  # buffers above stay fp32
             part.to(compute_dtype)
             if channels_last:
                 part.to(memory_format=torch.channels_last)
@@ -77,7 +83,21 @@ class RaftSequenceFlow(nn.Module):
         for _ in range(self.num_flow_updates):
             hidden, coords1 = self.update_step(pyramid, context, hidden, coords0, coords1)
         flow_low = coords1 - coords0
+        if self.mask_predictor is not None:
+            return self.convex_upsample(flow_low, self.mask_predictor(hidden).float())
         return DOWNSAMPLE * F.interpolate(flow_low, size=(height, width), mode="bilinear", align_corners=True)
+
+    @staticmethod
+    def convex_upsample(flow_low: Tensor, mask: Tensor) -> Tensor:
+        """torchvision's ``upsample_flow`` with a mask: each full-resolution pixel is a convex combination
+        (softmax weights from ``mask [N, 9*8*8, h, w]``) of the 3x3 low-resolution neighbours, times 8."""
+        pairs, channels, h, w = flow_low.shape
+        weights = torch.softmax(mask.view(pairs, 1, 9, DOWNSAMPLE, DOWNSAMPLE, h, w), dim=2)
+        padded = F.pad(DOWNSAMPLE * flow_low, (1, 1, 1, 1))
+        # the 9 neighbours in F.unfold's order (kernel row, then column), zero outside the image
+        neighbours = torch.stack([padded[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)], dim=2)
+        upsampled = torch.sum(weights * neighbours.view(pairs, channels, 9, 1, 1, h, w), dim=2)
+        return upsampled.permute(0, 1, 4, 2, 5, 3).reshape(pairs, channels, DOWNSAMPLE * h, DOWNSAMPLE * w)
 
     def encode(self, frames: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
         """Features of every frame once, context of every first frame, and the correlation pyramid per pair."""

@@ -107,7 +107,7 @@ def build_engine_bytes(
         progress_monitor=_progress_monitor(trt),
     )
     logger.warning(
-        "building a TensorRT engine for RAFT Small at %dx%d (%s, up to %d frames per call). A first build takes "
+        "building a TensorRT engine for RAFT at %dx%d (%s, up to %d frames per call). A first build takes "
         "several minutes; it is cached afterwards.", height, width, "fp16" if fp16 else "fp32", opt_frames,
     )
     started = time.monotonic()

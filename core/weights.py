@@ -1,13 +1,17 @@
-"""RAFT Small weights: torchvision's weights API, local files (torchvision or original RAFT key names), or
+"""RAFT weights, per model: torchvision's weights API, local files (torchvision or original RAFT key names), or
 seeded random init.
 
 ``weights`` may be:
 
-- ``"DEFAULT"`` (the default): ``Raft_Small_Weights.DEFAULT`` through torchvision's normal download and cache,
-  unless the environment variable ``SCOPE_OPTICAL_FLOW_WEIGHTS`` names a local file, which then wins;
-- a ``Raft_Small_Weights`` member or its name (``"C_T_V1"``, ``"C_T_V2"``, ``"Raft_Small_Weights.C_T_V2"``);
-- a path to a ``.pth`` state dict, with torchvision key names or the original princeton-vl/RAFT names
-  (``module.fnet.conv1.weight`` ...); loaded with ``weights_only=True``;
+- ``"DEFAULT"`` (the default): the model's torchvision ``DEFAULT`` weights (``Raft_Small_Weights.C_T_V2``,
+  ``Raft_Large_Weights.C_T_SKHT_V2``) through torchvision's normal download and cache, unless the environment
+  variable ``SCOPE_OPTICAL_FLOW_WEIGHTS`` lists a local file holding that model's weights, which then wins
+  (see :func:`default_weights_file`);
+- a member or name of that model's weights enum (``"C_T_V2"``, ``"Raft_Small_Weights.C_T_V2"``,
+  ``"C_T_SKHT_V2"`` for RAFT Large, ...);
+- a path to a ``.pth`` state dict of that model, with torchvision key names or the original princeton-vl/RAFT
+  names (``raft-small.pth``; ``raft-things.pth``, ``raft-sintel.pth`` for RAFT Large); loaded with
+  ``weights_only=True``. A checkpoint of the other model is refused with a one-line error naming both;
 - ``None``: untrained weights, deterministically seeded (for tests and offline smoke runs), with a warning.
 """
 
@@ -21,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.models.optical_flow import RAFT, Raft_Small_Weights, raft_small
+from torchvision.models import WeightsEnum
+from torchvision.models.optical_flow import RAFT
 
 from .log import log_once, logger
+from .models import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
 
 WEIGHTS_ENV = "SCOPE_OPTICAL_FLOW_WEIGHTS"
 RANDOM_WEIGHTS_SEED = 0
 
-WeightsSpec = str | os.PathLike[str] | Raft_Small_Weights | None
+WeightsSpec = str | os.PathLike[str] | WeightsEnum | None
 
 
 @dataclass(frozen=True)
@@ -38,61 +44,117 @@ class WeightsInfo:
     identity: str
     pretrained: bool
     description: str
+    model: str = DEFAULT_MODEL
+
+
+def load_raft(
+    model: str | ModelSpec = DEFAULT_MODEL, weights: WeightsSpec = "DEFAULT", progress: bool = True
+) -> tuple[RAFT, WeightsInfo]:
+    """Build torchvision's ``model`` (``"raft_small"`` or ``"raft_large"``) in eval mode with the requested
+    weights (see the module docstring)."""
+    spec = model_spec(model)
+    if weights is None:
+        return _random_model(spec), WeightsInfo(
+            identity=f"random-seed{RANDOM_WEIGHTS_SEED}",
+            pretrained=False,
+            description=f"untrained {spec.title} (random init, seed {RANDOM_WEIGHTS_SEED})",
+            model=spec.name,
+        )
+    if isinstance(weights, str) and weights == "DEFAULT":
+        path = default_weights_file(spec)
+        if path is not None:
+            logger.info("using %s weights from $%s: %s", spec.title, WEIGHTS_ENV, path)
+            return _file_model(spec, path, source=f"${WEIGHTS_ENV}")
+    enum_member = _as_enum(spec, weights)
+    if enum_member is not None:
+        return _torchvision_model(spec, enum_member, progress)
+    return _file_model(spec, Path(weights), source="weights=")  # type: ignore[arg-type]
 
 
 def load_raft_small(weights: WeightsSpec = "DEFAULT", progress: bool = True) -> tuple[RAFT, WeightsInfo]:
-    """Build torchvision's ``raft_small`` in eval mode with the requested weights (see module docstring)."""
-    if weights is None:
-        return _random_model(), WeightsInfo(
-            identity=f"random-seed{RANDOM_WEIGHTS_SEED}",
-            pretrained=False,
-            description=f"untrained RAFT Small (random init, seed {RANDOM_WEIGHTS_SEED})",
-        )
-    if isinstance(weights, str) and weights == "DEFAULT" and os.environ.get(WEIGHTS_ENV):
-        weights = os.environ[WEIGHTS_ENV]
-        logger.info("using RAFT Small weights from $%s=%s", WEIGHTS_ENV, weights)
-        return _file_model(Path(weights), from_env=True)
-    enum_member = _as_enum(weights)
-    if enum_member is not None:
-        return _torchvision_model(enum_member, progress)
-    return _file_model(Path(weights), from_env=False)
+    """``load_raft("raft_small", weights, progress)``."""
+    return load_raft(DEFAULT_MODEL, weights, progress)
 
 
-def _as_enum(weights: WeightsSpec) -> Raft_Small_Weights | None:
-    if isinstance(weights, Raft_Small_Weights):
-        return weights
-    if not isinstance(weights, str):
-        return None
-    name = weights.removeprefix("Raft_Small_Weights.")
-    if name in Raft_Small_Weights.__members__:
-        return Raft_Small_Weights[name]
-    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name
-        names = ", ".join(Raft_Small_Weights.__members__)
-        raise ValueError(
-            f"weights={weights!r} is neither a Raft_Small_Weights name ({names}) nor a path to a .pth file."
+def default_weights_file(model: str | ModelSpec = DEFAULT_MODEL) -> Path | None:
+    """The file ``weights="DEFAULT"`` loads for ``model`` instead of torchvision's download, if any.
+
+    ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` holds one path, or several separated by ``os.pathsep`` (``:``; ``;`` on
+    Windows), e.g. ``raft_small.pth:raft-things.pth``. Each model uses the first listed file that holds its
+    weights; a model with no file there uses torchvision's ``DEFAULT`` weights. A listed file that is missing,
+    unreadable or holds neither model is an error (a typo must not silently fall back to a download).
+    """
+    spec = model_spec(model)
+    listed = [Path(part).expanduser() for part in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if part.strip()]
+    for path in listed:
+        held = checkpoint_model(_read_checkpoint(path, source=f"${WEIGHTS_ENV}"), path)
+        if held is spec:
+            return path
+    if listed:
+        log_once(
+            f"env-weights-other-model-{spec.name}",
+            f"${WEIGHTS_ENV} lists no {spec.title} checkpoint ({os.pathsep.join(map(str, listed))}); "
+            f"{spec.title} uses torchvision's DEFAULT weights.",
+            logging.INFO,
         )
     return None
 
 
-def _random_model() -> RAFT:
-    log_once(
-        "random-weights",
-        "RAFT Small runs with UNTRAINED random weights (weights=None): flow maps will not show real motion. "
-        "Use weights='DEFAULT' or a local .pth file for real results.",
-    )
+def checkpoint_model(state_dict: dict[str, torch.Tensor], path: Path | None = None) -> ModelSpec:
+    """Which model a state dict (torchvision or princeton-vl names) holds weights of; ``ValueError`` if none."""
+    for spec in MODELS.values():
+        if _key_mismatch(spec, convert_state_dict(state_dict, spec)) is None:
+            return spec
+    where = f"{path} " if path is not None else "the state dict "
+    titles = " or ".join(spec.title for spec in MODELS.values())
+    raise ValueError(f"{where}holds neither {titles} weights (its parameter names match neither model).")
+
+
+def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
+    enum = spec.weights_enum
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(
+                f"weights={weights} are not {spec.title} weights (model={spec.name!r}); pass a {enum.__name__} "
+                f"member, or the model these weights belong to."
+            )
+        return weights
+    if not isinstance(weights, str):
+        return None
+    name = weights.removeprefix(f"{enum.__name__}.")
+    if name in enum.__members__:
+        return enum[name]
+    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name
+        names = ", ".join(enum.__members__)
+        raise ValueError(
+            f"weights={weights!r} is neither a {enum.__name__} name ({names}) nor a path to a .pth file "
+            f"(model={spec.name!r})."
+        )
+    return None
+
+
+def _seeded_model(spec: ModelSpec) -> RAFT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = raft_small(weights=None)
-    return model.eval()
+        return spec.build(weights=None)
 
 
-def _torchvision_model(member: Raft_Small_Weights, progress: bool) -> tuple[RAFT, WeightsInfo]:
+def _random_model(spec: ModelSpec) -> RAFT:
+    log_once(
+        f"random-weights-{spec.name}",
+        f"{spec.title} runs with UNTRAINED random weights (weights=None): flow maps will not show real motion. "
+        "Use weights='DEFAULT' or a local .pth file for real results.",
+    )
+    return _seeded_model(spec).eval()
+
+
+def _torchvision_model(spec: ModelSpec, member: WeightsEnum, progress: bool) -> tuple[RAFT, WeightsInfo]:
     try:
-        model = raft_small(weights=member, progress=progress)
+        model = spec.build(weights=member, progress=progress)
     except Exception as error:  # download errors come in many types (URLError, HTTPError, OSError, ...)
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise RuntimeError(
-            f"could not get RAFT Small weights {member} from {member.url} ({type(error).__name__}: {error}). "
+            f"could not get {spec.title} weights {member} from {member.url} ({type(error).__name__}: {error}). "
             f"On an offline machine, download that file elsewhere and put it at {target} (torchvision's cache), "
             f"or point ${WEIGHTS_ENV} or weights= at a local .pth file."
         ) from error
@@ -100,45 +162,79 @@ def _torchvision_model(member: Raft_Small_Weights, progress: bool) -> tuple[RAFT
     return model.eval(), WeightsInfo(
         identity=f"torchvision-{name}-{Path(member.url).stem}",
         pretrained=True,
-        description=f"torchvision Raft_Small_Weights.{name}",
+        description=f"torchvision {spec.weights_enum.__name__}.{name}",
+        model=spec.name,
     )
 
 
-def _file_model(path: Path, from_env: bool) -> tuple[RAFT, WeightsInfo]:
+def _read_checkpoint(path: Path, source: str) -> dict[str, torch.Tensor]:
     path = path.expanduser()
-    source = f"${WEIGHTS_ENV}" if from_env else "weights="
     if not path.is_file():
         raise FileNotFoundError(
-            f"RAFT Small weights file not found: {path} (from {source}). Point it at an existing .pth state dict "
-            f"(torchvision's raft_small_C_T_V2-01064c6d.pth or the original RAFT raft-small.pth)."
+            f"RAFT weights file not found: {path} (from {source}). Point it at an existing .pth state dict "
+            f"(e.g. torchvision's raft_small_C_T_V2-01064c6d.pth, or the original RAFT raft-small.pth or "
+            f"raft-things.pth)."
         )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(
-            f"could not read RAFT Small weights from {path}: {type(error).__name__}: {error}. "
+            f"could not read RAFT weights from {path}: {type(error).__name__}: {error}. "
             "The file must be a PyTorch state dict saved with torch.save (weights only, no pickled code)."
         ) from error
-    state_dict = convert_state_dict(_unwrap_state_dict(loaded, path))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = raft_small(weights=None)
-    expected = model.state_dict().keys()
-    missing = sorted(expected - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected)
-    if missing or unexpected:
+    return _unwrap_state_dict(loaded, path)
+
+
+def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, WeightsInfo]:
+    path = path.expanduser()
+    original = _read_checkpoint(path, source)
+    state_dict = convert_state_dict(original, spec)
+    mismatch = _key_mismatch(spec, state_dict)
+    if mismatch is not None:
+        try:
+            other = checkpoint_model(original, path)
+        except ValueError:  # no model's weights: say what differs from the requested model
+            raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
         raise ValueError(
-            f"{path} does not hold RAFT Small weights: {len(missing)} missing keys (e.g. {missing[:3]}) and "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). RAFT Large or other models' weights "
-            "do not fit raft_small."
+            f"{path} holds {other.title} weights, but the model is {spec.title}: pass model={other.name!r} "
+            f"to use it, or a {spec.title} checkpoint."
         )
+    model = _seeded_model(spec)
+    for key, value in model.state_dict().items():  # BatchNorm counters: absent from some original checkpoints
+        if key.endswith("num_batches_tracked"):
+            state_dict.setdefault(key, value)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"{path} does not hold RAFT Small weights: {error}") from error
+        raise ValueError(f"{path} does not hold {spec.title} weights: {error}") from error
     digest = _file_digest(path)
-    logger.log(logging.INFO, "loaded RAFT Small weights from %s (sha256 %s)", path, digest)
-    return model.eval(), WeightsInfo(identity=f"file-{digest}", pretrained=True, description=f"file {path}")
+    logger.log(logging.INFO, "loaded %s weights from %s (sha256 %s)", spec.title, path, digest)
+    return model.eval(), WeightsInfo(
+        identity=f"file-{digest}", pretrained=True, description=f"file {path}", model=spec.name
+    )
+
+
+def _key_mismatch(spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """``None`` if ``state_dict`` (torchvision names) has exactly ``spec``'s parameter names, else what differs."""
+    expected = _expected_keys(spec)
+    given = {key for key in state_dict if not key.endswith("num_batches_tracked")}
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if not missing and not unexpected:
+        return None
+    return (f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected keys "
+            f"(e.g. {unexpected[:3]})")
+
+
+_EXPECTED_KEYS: dict[str, frozenset[str]] = {}
+
+
+def _expected_keys(spec: ModelSpec) -> frozenset[str]:
+    if spec.name not in _EXPECTED_KEYS:
+        _EXPECTED_KEYS[spec.name] = frozenset(
+            key for key in spec.state_dict_shapes() if not key.endswith("num_batches_tracked")
+        )
+    return _EXPECTED_KEYS[spec.name]
 
 
 def _unwrap_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -161,28 +257,18 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-# Original princeton-vl/RAFT (small) names -> torchvision names, applied in order to each key.
-_ORIGINAL_TO_TORCHVISION: tuple[tuple[str, str], ...] = (
-    (r"^module\.", ""),
-    (r"^fnet\.", "feature_encoder."),
-    (r"^cnet\.", "context_encoder."),
-    (r"^(feature_encoder|context_encoder)\.conv1\.", r"\1.convnormrelu.0."),
-    (r"^(feature_encoder|context_encoder)\.conv2\.", r"\1.conv."),
-    (r"^(feature_encoder|context_encoder)\.(layer\d\.\d)\.conv(\d)\.", r"\1.\2.convnormrelu\3.0."),
-    (r"^update_block\.encoder\.convc1\.", "update_block.motion_encoder.convcorr1.0."),
-    (r"^update_block\.encoder\.convf1\.", "update_block.motion_encoder.convflow1.0."),
-    (r"^update_block\.encoder\.convf2\.", "update_block.motion_encoder.convflow2.0."),
-    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
-    (r"^update_block\.gru\.", "update_block.recurrent_block.convgru1."),
-)
-
-
-def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename original RAFT keys to torchvision's; torchvision-named keys pass through unchanged."""
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], model: str | ModelSpec = DEFAULT_MODEL
+) -> dict[str, torch.Tensor]:
+    """Rename original princeton-vl/RAFT keys of ``model`` to torchvision's; torchvision-named keys pass through
+    unchanged. The original residual blocks' second name for their downsampling norm is dropped."""
+    spec = model_spec(model)
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
+        if re.search(spec.original_duplicates, key):
+            continue
         new_key = key
-        for pattern, replacement in _ORIGINAL_TO_TORCHVISION:
+        for pattern, replacement in spec.renames:
             new_key = re.sub(pattern, replacement, new_key)
         converted[new_key] = value
     return converted

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..core import OpticalFlowTensorRTPreprocessor
+from ..core.models import model_spec
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
 from ..core.weights import WeightsSpec
@@ -36,6 +37,7 @@ class ModelSettings:
     flow_updates: int
     backend: str
     weights: str
+    model: str
     device: str
     models_dir: str
 
@@ -65,6 +67,7 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             width=settings.compute_width,
             device=settings.device,
             fp16=settings.precision == "fp16",
+            model=settings.model,
             num_flow_updates=settings.flow_updates,
             backend=settings.backend,
             weights=weights_spec,
@@ -77,7 +80,8 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             if settings.weights != WEIGHTS_DEFAULT:
                 raise
             raise RuntimeError(
-                f"{error} Or put a RAFT Small .pth file in {settings.models_dir} and choose it under weights."
+                f"{error} Or put a {model_spec(settings.model).title} .pth file in {settings.models_dir} and "
+                "choose it under weights."
             ) from error
         _cache.clear()
         _cache[key] = preprocessor

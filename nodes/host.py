@@ -102,7 +102,7 @@ def weights_path(name: str) -> Path:
     if full is None:
         raise ValueError(
             f"weights file {name!r} was not found in the optical-flow models folder ({models_folder()}). "
-            "Put a RAFT Small .pth file there (and refresh the page), or choose 'DEFAULT'."
+            "Put a RAFT .pth file there (and refresh the page), or choose 'DEFAULT'."
         )
     return Path(full)
 

@@ -4,6 +4,11 @@ Imported only from the ``register_pipelines`` hook, when Scope is installed. The
 Scope's frame list goes to the core's :class:`OpticalFlowTensorRTPreprocessor` (one instance for the stream,
 so temporal state carries across chunks) and its ``[1, 3, F, H, W]`` maps in ``[-1, 1]`` come back in Scope's
 pipeline format, ``[F, H, W, 3]`` in ``[0, 1]``.
+
+Settings follow Scope's config-field conventions: pydantic ``Field`` constraints, and ``json_schema_extra`` from
+Scope's ``ui_field_config`` (Scope v0.2.0 and later render only fields that carry it, in their Settings panel).
+Load parameters (model, compute size, flow updates, normalization) rebuild the pipeline when changed; the flow
+strength changes while streaming.
 """
 
 from __future__ import annotations
@@ -17,11 +22,23 @@ from scope.core.pipelines.interface import Pipeline, Requirements
 from scope.core.pipelines.process import normalize_frame_sizes
 
 from ..core import NORMALIZATIONS, OpticalFlowTensorRTPreprocessor
+from ..core.models import DEFAULT_MODEL, MODEL_NAMES
+from ..core.raft import DOWNSAMPLE, MIN_SIZE
 from . import DISPLAY_NAME, PREPROCESSOR_ID
 
 # Frames per call: the flow of each chunk's first frame uses the previous chunk's last frame, so the chunk size
 # only trades latency against per-call overhead.
 CHUNK_FRAMES = 4
+MAX_COMPUTE_SIZE = 2048
+
+
+def _ui(*, order: int, label: str, is_load_param: bool) -> dict[str, Any] | None:
+    """Scope's ``ui_field_config(...)`` where this Scope has it (v0.2.0 and later), else no UI metadata."""
+    try:
+        from scope.core.pipelines.base_schema import ui_field_config
+    except ImportError:
+        return None
+    return ui_field_config(order=order, label=label, is_load_param=is_load_param)
 
 
 class FlowConfig(BasePipelineConfig):
@@ -30,7 +47,7 @@ class FlowConfig(BasePipelineConfig):
     pipeline_id = PREPROCESSOR_ID
     pipeline_name = DISPLAY_NAME
     pipeline_description = (
-        "Optical flow (RAFT Small, TensorRT or PyTorch) as RGB flow maps for VACE conditioning; "
+        "Optical flow (RAFT Small or Large, TensorRT or PyTorch) as RGB flow maps for VACE conditioning; "
         "keeps the previous chunk's last frame, so every frame after the first has real motion."
     )
     docs_url = "https://pytorch.org/vision/main/models/raft.html"
@@ -38,23 +55,61 @@ class FlowConfig(BasePipelineConfig):
     usage = [UsageType.PREPROCESSOR]
     modes = {"video": ModeDefaults(default=True)}
 
-    flow_strength: float = Field(default=1.0, ge=0.0, le=2.0, description="Saturation of the flow colours")
+    # Scope's own height/width (BasePipelineConfig) are the output size; the flow is computed at compute_*.
+    model: Literal[MODEL_NAMES] = Field(  # type: ignore[valid-type]
+        default=DEFAULT_MODEL,
+        description="RAFT model: raft_small (real time) or raft_large (more accurate, several times slower)",
+        json_schema_extra=_ui(order=1, label="Model", is_load_param=True),
+    )
+    compute_height: int = Field(
+        default=512, ge=MIN_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
+        description="Height the flow is computed at (multiple of 8, at least 128); larger sees finer motion",
+        json_schema_extra=_ui(order=2, label="Flow height", is_load_param=True),
+    )
+    compute_width: int = Field(
+        default=512, ge=MIN_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
+        description="Width the flow is computed at (multiple of 8, at least 128)",
+        json_schema_extra=_ui(order=3, label="Flow width", is_load_param=True),
+    )
+    num_flow_updates: int = Field(
+        default=12, ge=1, le=32,
+        description="RAFT refinement iterations: fewer is faster, more is more accurate (12 is standard)",
+        json_schema_extra=_ui(order=4, label="Flow updates", is_load_param=True),
+    )
+    flow_strength: float = Field(
+        default=1.0, ge=0.0, le=2.0, description="Saturation of the flow colours",
+        json_schema_extra=_ui(order=5, label="Strength", is_load_param=False),
+    )
     normalization: Literal[NORMALIZATIONS] = Field(  # type: ignore[valid-type]
-        default="per_frame", description="Colour scale: per frame, a fixed speed, or a running maximum"
+        default="per_frame", description="Colour scale: per frame, a fixed speed, or a running maximum",
+        json_schema_extra=_ui(order=6, label="Colour scale", is_load_param=True),
     )
 
 
 class FlowPipeline(Pipeline):
-    """Scope pipeline around one :class:`OpticalFlowTensorRTPreprocessor` (CUDA, fp16, 512x512 compute)."""
+    """Scope pipeline around one :class:`OpticalFlowTensorRTPreprocessor` (CUDA, fp16; model, compute size and
+    flow updates from the config)."""
 
     @classmethod
     def get_config_class(cls) -> type[BasePipelineConfig]:
         return FlowConfig
 
-    def __init__(self, flow_strength: float = 1.0, normalization: str = "per_frame", **_: Any) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        compute_height: int = 512,
+        compute_width: int = 512,
+        num_flow_updates: int = 12,
+        flow_strength: float = 1.0,
+        normalization: str = "per_frame",
+        **_: Any,
+    ) -> None:
         # Scope passes every config field (height, width, base_seed, ...); only the flow settings matter here.
         super().__init__()
-        self.preprocessor = OpticalFlowTensorRTPreprocessor(flow_strength=flow_strength, normalization=normalization)
+        self.preprocessor = OpticalFlowTensorRTPreprocessor(
+            compute_height, compute_width, flow_strength=flow_strength, model=model,
+            num_flow_updates=num_flow_updates, normalization=normalization,
+        )
 
     def prepare(self, **kwargs: Any) -> Requirements:
         return Requirements(input_size=CHUNK_FRAMES)

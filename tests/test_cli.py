@@ -469,3 +469,56 @@ def test_run_bench_and_demo_on_cuda(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["device"].startswith("cuda") and summary["frames"] == 12
+
+
+# -- the model choice -------------------------------------------------------------------------------------------
+
+
+def test_model_choice_through_run_bench_demo_and_info(tmp_path: Path, run_main, monkeypatch) -> None:
+    from torchvision.models.optical_flow import raft_large
+
+    frames = moving_frames(3, 64, 80, seed=3)
+    write_images(tmp_path / "frames", frames, names="f{}.png")
+    code, _, err = run_main("run", tmp_path / "frames", "--flow-npy", tmp_path / "large.npy", "--model", "raft_large",
+                            *FAST)
+    assert code == 0, err
+    core = OpticalFlowTensorRTPreprocessor(128, 128, device="cpu", weights=None, num_flow_updates=2,
+                                           model="raft_large")
+    expected = resize_flow(core.compute_flow(torch.from_numpy(frames), layout="FHWC")[0], 64, 80).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "large.npy"), expected, atol=1e-3)
+    assert np.abs(expected - resize_flow(core_flow(frames)[0], 64, 80).numpy()).max() > 1e-3  # not RAFT Small
+    code, out, err = run_main("bench", "--model", "raft_large", "--size", "128", "--chunk", "2", "--warmup", "0",
+                              "--runs", "1", "--updates", "1", "--device", "cpu", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] == "raft_large" and "RAFT Large" in json.loads(out)["weights"]
+    code, out, err = run_main("demo", "-o", tmp_path / "demo", "--model", "raft_large", "--size", "128", "--frames",
+                              "3", "--updates", "1", "--device", "cpu", "--weights", "untrained")
+    assert code == 0, err
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["model"] == "raft_large"
+    # info: the model and the weights it would load (torchvision's, or a file of that model in the variable).
+    code, out, err = run_main("info", "--model", "raft_large", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"] == "raft_large" and "raft_large_C_T_SKHT_V2" in report["weights"]["status"]
+    large_file = tmp_path / "raft-things.pth"
+    torch.save(raft_large(weights=None).state_dict(), large_file)
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(large_file))
+    code, out, _ = run_main("info", "--model", "raft_large")
+    assert code == 0 and "model       raft_large" in out
+    assert f"RAFT Large weights from $SCOPE_OPTICAL_FLOW_WEIGHTS: {large_file}" in out
+    code, out, _ = run_main("info", "--json")  # RAFT Small: the variable lists no RAFT Small file
+    assert json.loads(out)["model"] == "raft_small" and json.loads(out)["weights"]["source"] == "torchvision"
+
+
+def test_model_choice_through_prebuild_and_unknown_models(tmp_path: Path, run_main) -> None:
+    pytest.importorskip("onnx")
+    code, out, err = run_main("prebuild", "--onnx-only", "--model", "raft_large", "--size", "128x128", "--updates",
+                              "1", "--weights", "untrained", "--models-dir", tmp_path)
+    assert code == 0, err
+    onnx_path = Path(out.strip().split(": ", 1)[1])
+    assert onnx_path.parent == tmp_path and onnx_path.name.startswith("raft_large_128x128-")
+    for command in (["run", tmp_path, "--flow-npy", tmp_path / "x.npy"], ["prebuild", "--size", "128"],
+                    ["bench"], ["info"]):
+        code, _, err = run_main(*command, "--model", "raft_huge")
+        assert code == EXIT_USAGE, (command, err)
+        assert "model='raft_huge' is not supported; use one of raft_small, raft_large" in err, command

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
@@ -62,7 +63,7 @@ def test_sequence_model_matches_torchvision_raft() -> None:
 
 
 def test_random_weights_are_seeded_and_announced(caplog: pytest.LogCaptureFixture) -> None:
-    weights_module.log_once.__globals__["_said"].discard("random-weights")
+    weights_module.log_once.__globals__["_said"].discard("random-weights-raft_small")
     first, info = load_raft_small(None)
     second, _ = load_raft_small(None)
     assert not info.pretrained and info.identity == "random-seed0"
@@ -119,7 +120,7 @@ def test_wrong_model_weights_are_rejected(tmp_path: Path) -> None:
         load_raft_small(str(path))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"could not read RAFT Small weights"):
+    with pytest.raises(ValueError, match=r"could not read RAFT weights"):
         load_raft_small(str(garbage))
 
 
@@ -132,7 +133,7 @@ def test_download_failure_says_where_to_put_the_file(monkeypatch: pytest.MonkeyP
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(weights_module, "raft_small", offline)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match=r"could not get RAFT Small weights .*checkpoints.raft_small_C_T_V2-01064c6d\.pth"):
         load_raft_small("DEFAULT")
     assert Raft_Small_Weights.DEFAULT is Raft_Small_Weights.C_T_V2

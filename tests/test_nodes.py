@@ -490,3 +490,29 @@ def test_registry_metadata() -> None:
     comfy = project["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
     assert "comfyui" not in project["project"]["name"].lower()  # the registry's node-id rule
+
+
+# -- the model choice ----------------------------------------------------------------------------------------
+
+
+def test_model_input_runs_raft_large_and_keys_the_cache(pack: types.ModuleType, work: types.ModuleType) -> None:
+    model_input = flow_node(pack).INPUT_TYPES()["required"]["model"]
+    assert model_input[0] == ["raft_small", "raft_large"] and model_input[1]["default"] == "raft_small"
+    frames = make_frames(3, 96, 112)
+    _, small_flow = run(flow_node(pack), images=frames)
+    (small,) = work._cache.values()
+    image, flow = run(flow_node(pack), images=frames, model="raft_large")
+    (large,) = work._cache.values()
+    assert small.model == "raft_small" and large is not small and large.model == "raft_large"
+    assert image.shape == (3, 96, 112, 3) and flow.shape == (3, 2, 96, 112)
+    core = pack.OpticalFlowTensorRTPreprocessor(
+        COMPUTE_SIZE, COMPUTE_SIZE, device="cpu", fp16=False, num_flow_updates=2, weights=None, model="raft_large"
+    )
+    resize_flow = importlib.import_module(f"{pack.__name__}.core.resize").resize_flow
+    expected = resize_flow(core.compute_flow(frames, layout="FHWC")[0], 96, 112)
+    torch.testing.assert_close(flow, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(flow, small_flow, atol=1e-3)
+    run(flow_node(pack), images=frames, model="raft_large", flow_strength=2.0)  # display setting: no reload
+    assert list(work._cache.values()) == [large]
+    with pytest.raises(ValueError, match="use one of raft_small, raft_large"):
+        run(flow_node(pack), images=frames, model="raft_medium")

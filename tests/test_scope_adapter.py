@@ -391,3 +391,136 @@ def test_gpu_defaults_through_the_plugin(registered_class: type, monkeypatch: py
     whole = registered_class()(scope_context(frames, target=(320, 576)))
     # fp16 kernels may differ with the number of pairs per call, so compare loosely here (exactly on the CPU).
     assert (torch.cat(chunks, dim=2) - whole).abs().mean().item() < 0.05
+
+
+# -- the pipeline's settings, against a stand-in for Scope v0.2.x's pipeline API ------------------------------
+
+
+def stand_in_scope(with_ui: bool) -> dict[str, Any]:
+    """Modules standing in for the parts of Scope (v0.2.x) that ``scope_adapter.pipeline`` imports, written here
+    from Scope's documented interface: a pydantic ``BasePipelineConfig`` (whose ``height``/``width`` are the
+    output size), ``ModeDefaults``, ``UsageType.PREPROCESSOR``, ``ui_field_config`` (v0.2.0 and later: puts a
+    ``ui`` object into the field's JSON schema), ``Pipeline``, ``Requirements`` and ``normalize_frame_sizes``."""
+    import enum
+    import types
+    from typing import ClassVar
+
+    from pydantic import BaseModel
+
+    base_schema = types.ModuleType("scope.core.pipelines.base_schema")
+
+    class UsageType(str, enum.Enum):
+        PREPROCESSOR = "preprocessor"
+
+    class ModeDefaults(BaseModel):
+        default: bool = False
+
+    class BasePipelineConfig(BaseModel):
+        pipeline_id: ClassVar[str] = "base"
+        pipeline_name: ClassVar[str] = "Base"
+        pipeline_description: ClassVar[str] = ""
+        docs_url: ClassVar[str | None] = None
+        supports_prompts: ClassVar[bool] = True
+        usage: ClassVar[list[UsageType]] = []
+        modes: ClassVar[dict[str, ModeDefaults]] = {}
+        height: int = 512
+        width: int = 512
+
+    base_schema.UsageType, base_schema.ModeDefaults = UsageType, ModeDefaults
+    base_schema.BasePipelineConfig = BasePipelineConfig
+    if with_ui:
+        def ui_field_config(*, order: int | None = None, is_load_param: bool = False, label: str | None = None,
+                            **other: Any) -> dict[str, Any]:
+            return {"ui": {"category": "configuration", "is_load_param": is_load_param, "order": order,
+                           "label": label, **other}}
+
+        base_schema.ui_field_config = ui_field_config
+    interface = types.ModuleType("scope.core.pipelines.interface")
+
+    class Pipeline:
+        pass
+
+    @dataclass
+    class Requirements:
+        input_size: int
+
+    interface.Pipeline, interface.Requirements = Pipeline, Requirements
+    process = types.ModuleType("scope.core.pipelines.process")
+    process.normalize_frame_sizes = lambda frames: frames
+    modules = {name: types.ModuleType(name) for name in ("scope", "scope.core", "scope.core.pipelines")}
+    modules.update({module.__name__: module for module in (base_schema, interface, process)})
+    return modules
+
+
+@pytest.fixture(params=[True, False], ids=["scope-0.2", "scope-0.1"])
+def pipeline_module(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``scope_adapter.pipeline`` imported against the stand-in Scope, with or without ``ui_field_config``."""
+    if SCOPE_INSTALLED:
+        pytest.skip("Daydream Scope is installed: test_pipeline_hook_with_scope covers the real one")
+    pytest.importorskip("pydantic")  # Scope's config classes are pydantic models
+    for name, module in stand_in_scope(with_ui=request.param).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "scope_optical_flow_tensorrt.scope_adapter.pipeline", raising=False)
+    import scope_optical_flow_tensorrt.scope_adapter.pipeline as module
+
+    yield module
+    sys.modules.pop("scope_optical_flow_tensorrt.scope_adapter.pipeline", None)
+
+
+def test_pipeline_config_fields_follow_scope_conventions(pipeline_module: Any) -> None:
+    from pydantic import ValidationError
+
+    config = pipeline_module.FlowConfig
+    schema = config.model_json_schema()["properties"]
+    assert schema["model"]["enum"] == ["raft_small", "raft_large"] and schema["model"]["default"] == "raft_small"
+    for name in ("compute_height", "compute_width"):
+        assert (schema[name]["minimum"], schema[name]["multipleOf"], schema[name]["default"]) == (128, 8, 512)
+    assert (schema["num_flow_updates"]["minimum"], schema["num_flow_updates"]["default"]) == (1, 12)
+    assert "height" in schema  # Scope's own output size stays as it was
+    has_ui = hasattr(sys.modules["scope.core.pipelines.base_schema"], "ui_field_config")
+    for name in ("model", "compute_height", "compute_width", "num_flow_updates", "flow_strength", "normalization"):
+        assert schema[name]["description"]
+        if has_ui:  # rendered in Scope's Settings panel; load params rebuild the pipeline
+            assert schema[name]["ui"]["is_load_param"] is (name != "flow_strength"), name
+        else:
+            assert "ui" not in schema[name]
+    for bad in ({"model": "raft_huge"}, {"compute_height": 130}, {"compute_width": 120}, {"num_flow_updates": 0}):
+        with pytest.raises(ValidationError):
+            config(**bad)
+
+
+@pytest.mark.parametrize("pipeline_module", [True], indirect=True, ids=["scope-0.2"])
+def test_pipeline_runs_the_configured_model(
+    pipeline_module: Any, tmp_path: Path, seeded_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    large_weights = tmp_path / "raft_large_seeded.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(torchvision.models.optical_flow.raft_large(weights=None).state_dict(), large_weights)
+    # One variable for both models: each uses the file that holds its weights.
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", f"{seeded_weights}:{large_weights}")
+    on_cpu = functools.partial(OpticalFlowTensorRTPreprocessor, device="cpu")
+    monkeypatch.setattr(pipeline_module, "OpticalFlowTensorRTPreprocessor", on_cpu)
+    [pipeline_class] = [cls for cls in _registered_pipelines()]
+    assert pipeline_class is pipeline_module.FlowPipeline
+    settings = {"model": "raft_large", "compute_height": COMPUTE_SIZE, "compute_width": 136, "num_flow_updates": 1}
+    config = pipeline_class.get_config_class()(**settings)
+    pipeline = pipeline_class(**config.model_dump())  # as Scope's PipelineManager builds plugin pipelines
+    flow = pipeline.preprocessor
+    assert (flow.model, flow.height, flow.width, flow.num_flow_updates) == ("raft_large", COMPUTE_SIZE, 136, 1)
+    frames = uint8_frames(5)
+    chunk = pipeline.prepare(video=True).input_size
+    outputs = [pipeline(video=[frame[None] for frame in frames[i : i + chunk]], init_cache=i == 0)["video"]
+               for i in range(0, 5, chunk)]
+    assert flow.weights_info is not None and flow.weights_info.description == f"file {large_weights}"
+    whole = OpticalFlowTensorRTPreprocessor(COMPUTE_SIZE, 136, device="cpu", model="raft_large",
+                                            num_flow_updates=1)(frames)
+    torch.testing.assert_close(torch.cat(outputs), (whole[0].permute(1, 2, 3, 0) + 1) / 2, atol=1e-5, rtol=0)
+
+
+def _registered_pipelines() -> list[type]:
+    registered: list[type] = []
+    plugin_manager(ScopeHookSpec).hook.register_pipelines(register=registered.append)
+    return registered

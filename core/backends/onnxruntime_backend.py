@@ -36,7 +36,7 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeFlowBackend:
-    """RAFT Small from the cached fp32 ONNX graph (``fp16`` does not apply: the graph is fp32)."""
+    """RAFT (Small or Large) from the cached fp32 ONNX graph (``fp16`` does not apply: the graph is fp32)."""
 
     name = "onnxruntime"
 
@@ -47,7 +47,7 @@ class OnnxRuntimeFlowBackend:
         self.max_pairs = config.max_pairs
         directory = plugin_models_dir(config.models_dir)
         self.onnx_path, self.weights_info = ensure_onnx(
-            directory, config.height, config.width, config.num_flow_updates, weights
+            directory, config.height, config.width, config.num_flow_updates, weights, model=config.model
         )
         self.on_cuda = config.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         if config.device.type == "cuda" and not self.on_cuda:

@@ -22,7 +22,7 @@ from .base import BackendConfig
 
 
 class TensorRTFlowBackend:
-    """RAFT Small through a TensorRT engine cached per size, settings and GPU (see ``core.engine_manager``)."""
+    """RAFT (Small or Large) through a TensorRT engine cached per size, settings and GPU (see ``core.engine_manager``)."""
 
     name = "tensorrt"
 
@@ -32,7 +32,8 @@ class TensorRTFlowBackend:
         self.config = config
         self.device = config.device
         self.max_pairs = config.max_pairs
-        spec = EngineSpec(config.height, config.width, config.fp16, config.num_flow_updates, config.max_pairs)
+        spec = EngineSpec(config.height, config.width, config.fp16, config.num_flow_updates, config.max_pairs,
+                          model=config.model)
         # TensorRT keeps references to the logger and runtime; they must outlive the engine.
         self._trt_logger = tensorrt_logger(trt)
         self._runtime = trt.Runtime(self._trt_logger)

@@ -1,4 +1,4 @@
-"""The PyTorch backend: RAFT Small through :class:`RaftSequenceFlow`, eager on the CPU, fast path on CUDA."""
+"""The PyTorch backend: RAFT (Small or Large) through :class:`RaftSequenceFlow`, eager on the CPU, fast path on CUDA."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..log import log_once, logger
 from ..raft import RaftSequenceFlow
-from ..weights import WeightsSpec, load_raft_small
+from ..models import model_spec
+from ..weights import WeightsSpec, load_raft
 from .base import BackendConfig
 from .cuda_graph import CudaGraphRunner
 
@@ -66,7 +67,7 @@ class TorchFlowBackend:
     name = "torch"
 
     def __init__(self, config: BackendConfig, weights: WeightsSpec) -> None:
-        raft, self.weights_info = load_raft_small(weights)
+        raft, self.weights_info = load_raft(config.model, weights)
         half = half_precision_active(config)
         compute_dtype = torch.float16 if half else torch.float32
         self.model = RaftSequenceFlow(
@@ -88,8 +89,8 @@ class TorchFlowBackend:
     def _compile(self) -> None:
         log_once(
             "torch-compile",
-            "compiling RAFT Small with torch.compile for this GPU: the first call for each new input shape takes "
-            "a while (cached on disk for later runs); pass torch_compile=False to skip.",
+            f"compiling {model_spec(self.config.model).title} with torch.compile for this GPU: the first call for "
+            "each new input shape takes a while (cached on disk for later runs); pass torch_compile=False to skip.",
             20,
         )
         _raise_recompile_limit()

@@ -1,0 +1,36 @@
+"""Compute-size rules shared by the preprocessor and the engine manager: which sizes RAFT accepts, and how many
+frame pairs fit one model call by default."""
+
+from __future__ import annotations
+
+from .models import DEFAULT_MODEL, ModelSpec, model_spec
+from .raft import DOWNSAMPLE, MIN_SIZE
+
+# Pairs per model call are bounded so that a call's working memory stays within this many bytes: the all-pairs
+# correlation pyramid, plus what a model needs beyond RAFT Small (RAFT Small's own activations are the headroom
+# this budget was sized with: 2.3 GB peak GPU memory for 16 frames at 512x512, README).
+CORRELATION_BUDGET_BYTES = 2 << 30
+MAX_PAIRS_CAP = 32
+
+
+def default_max_pairs(height: int, width: int, model: str | ModelSpec = DEFAULT_MODEL) -> int:
+    """Pairs per model call so that the fp32 correlation pyramid (4 levels, ~4/3 of level 0) and the model's extra
+    working memory (:attr:`ModelSpec.extra_bytes_per_pixel`) fit the budget."""
+    spec = model_spec(model)
+    cells = (height // DOWNSAMPLE) * (width // DOWNSAMPLE)
+    pyramid_bytes_per_pair = cells * cells * 4 * 4 / 3
+    pair_bytes = pyramid_bytes_per_pair + height * width * spec.extra_bytes_per_pixel
+    return int(max(1, min(MAX_PAIRS_CAP, CORRELATION_BUDGET_BYTES // pair_bytes)))
+
+
+def check_compute_size(height: object, width: object) -> None:
+    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")
+        if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
+            suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
+            raise ValueError(
+                f"compute {name}={value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
+                f"(RAFT's correlation pyramid); try {suggestion}."
+            )
