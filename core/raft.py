@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.optical_flow import RAFT
 
+from .corr_lookup import corr_lookup
 from .fast_update import FastUpdateBlock
 
 # torchvision's CorrBlock needs 2 pixels at the coarsest of its 4 levels: feature maps >= 16, images >= 128.
@@ -40,6 +41,7 @@ class RaftSequenceFlow(nn.Module):
         corr_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         fast_update_block: bool = False,
+        fused_lookup: bool = False,
     ) -> None:
         super().__init__()
         if raft.mask_predictor is not None:
@@ -56,6 +58,8 @@ class RaftSequenceFlow(nn.Module):
         self.compute_dtype = compute_dtype
         self.corr_dtype = corr_dtype
         self.channels_last = channels_last
+        # The Triton lookup (core/corr_lookup.py; CUDA only) in place of the grid_sample one in _lookup.
+        self.fused_lookup = fused_lookup
         side = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, side)
         # Same (i, j) order as torchvision's CorrBlock.index_pyramid: the first offset varies along rows and is
@@ -95,10 +99,16 @@ class RaftSequenceFlow(nn.Module):
         self, pyramid: list[Tensor], context: Tensor, hidden: Tensor, coords0: Tensor, coords1: Tensor
     ) -> tuple[Tensor, Tensor]:
         """One RAFT refinement: look up correlations around ``coords1``, update the hidden state and coords."""
-        corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
         flow = (coords1 - coords0).to(self.compute_dtype)
+        if self.fused_lookup:  # writes the (padded) update-block input directly
+            corr_channels = self.update_block.corr_channels if self.fast_update_block else None
+            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels).to(self.compute_dtype)
+        else:
+            corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
+            if self.fast_update_block:
+                corr_features = F.pad(corr_features,
+                                      (0, 0, 0, 0, 0, self.update_block.corr_channels - corr_features.shape[1]))
         if self.fast_update_block:
-            corr_features = F.pad(corr_features, (0, 0, 0, 0, 0, self.update_block.corr_channels - corr_features.shape[1]))
             flow = F.pad(flow, (0, 0, 0, 0, 0, self.update_block.flow_channels - 2))
         hidden, delta_flow = self.update_block(hidden, context, corr_features, flow)
         return hidden, coords1 + delta_flow.float()
