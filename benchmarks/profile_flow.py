@@ -4,6 +4,7 @@ Prints (1) CUDA-graph replay times of :class:`RaftSequenceFlow` variants at one 
 top kernels of one eager fp16 call from torch.profiler. Usage on a GPU machine::
 
     python benchmarks/profile_flow.py --size 512 --pairs 16
+    python benchmarks/profile_flow.py --size 512 --pairs 16 --only "fused lookup" --fused-lookup --profile-compiled
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--profile-compiled", action="store_true", help="profile with the compiled update step")
     parser.add_argument("--shapes", action="store_true", help="only time compiles per window length")
+    parser.add_argument("--fused-lookup", action="store_true", help="profile with the fused (Triton) lookup")
+    parser.add_argument("--only", default=None, help="time only the variants whose name contains this")
     args = parser.parse_args()
     if args.shapes:
         compile_shapes(args.size)
@@ -89,9 +92,15 @@ def main() -> None:
             compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True),
         "fp16, corr fp16, fast block channels_last, compiled step+encode": dict(
             compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, channels_last=True),
+        "fp16, corr fp16, fast block, fused lookup": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, fused_lookup=True),
+        "fp16, corr fp16, fast block, fused lookup, compiled step+encode": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, fused_lookup=True),
     }
     reference = None
     for name, options in variants.items():
+        if args.only is not None and args.only not in name and name != "fp32":  # fp32 stays: the reference
+            continue
         raft, _ = load_raft_small(None)
         model = RaftSequenceFlow(raft, 12, **options).to(device).eval()  # type: ignore[arg-type]
         call = model
@@ -117,7 +126,7 @@ def main() -> None:
 
     raft, _ = load_raft_small(None)
     model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
-                             fast_update_block=True).to(device).eval()
+                             fast_update_block=True, fused_lookup=args.fused_lookup).to(device).eval()
     if args.profile_compiled:
         model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
         model.encode = torch.compile(model.encode, dynamic=False)  # type: ignore[method-assign]

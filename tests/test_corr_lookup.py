@@ -17,6 +17,7 @@ import torch
 from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.corr_lookup import (
     corr_lookup,
     fused_lookup_available,
@@ -117,6 +118,19 @@ def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device
         reference = RaftSequenceFlow(raft, num_flow_updates=2).to(device)(frames)
         fused = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, fused_lookup=True).to(device)(frames)
     assert (fused - reference).abs().max().item() < 1e-3 * max(1.0, reference.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_fused_lookup_is_the_cuda_default_and_matches_grid_sample() -> None:
+    def make(**options: object) -> OpticalFlowTensorRTPreprocessor:
+        return OpticalFlowTensorRTPreprocessor(256, 256, device="cuda", strict_device=True, weights=None,
+                                               backend="torch", fp16=False, torch_compile=False, **options)
+
+    fused, plain = make(), make(fused_lookup=False)
+    clip = make_frames(5, 256, 256)
+    flow_fused, flow_plain = fused.compute_flow(clip), plain.compute_flow(clip)
+    assert fused.load().model.fused_lookup and not plain.load().model.fused_lookup  # type: ignore[attr-defined]
+    assert (flow_fused - flow_plain).abs().max().item() < 1e-2
 
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the test that starts the interpreter")
