@@ -18,13 +18,12 @@ def _sample_level(
     level_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, level_h, level_w,
     LEVEL: tl.constexpr, RADIUS: tl.constexpr, WINDOW: tl.constexpr,
 ):
-    SIDE: tl.constexpr = 2 * RADIUS + 1
-    m = tl.arange(0, WINDOW)
-    in_window = m < SIDE * SIDE
-    dy = m // SIDE - RADIUS
-    dx = m % SIDE - RADIUS
-    # torchvision's CorrBlock.index_pyramid: channel i * SIDE + j samples x + (i - r), y + (j - r)
-    channel = LEVEL * SIDE * SIDE + (dx + RADIUS) * SIDE + (dy + RADIUS)
+    m = tl.arange(0, WINDOW)  # window position, row-major: (2r+1) x offsets per y offset
+    in_window = m < (2 * RADIUS + 1) * (2 * RADIUS + 1)
+    dy = m // (2 * RADIUS + 1) - RADIUS
+    dx = m % (2 * RADIUS + 1) - RADIUS
+    # torchvision's CorrBlock.index_pyramid: channel i * (2r+1) + j samples x + (i - r), y + (j - r)
+    channel = (LEVEL * (2 * RADIUS + 1) + dx + RADIUS) * (2 * RADIUS + 1) + (dy + RADIUS)
     x = cx
     y = cy
     for _ in tl.static_range(LEVEL):  # centroid / 2^level (exact in float)
