@@ -3,8 +3,10 @@
 One GPU call diagnoses the kernel: it checks the kernel against torchvision's ``CorrBlock.index_pyramid`` (fp32
 and fp16 pyramids, radius 3 and 4), then times 12 lookups (one forward pass's worth) at RAFT Small's setting
 (15 pairs, 512x512 input: 64x64 cells, 4 levels, radius 3, fp16 pyramid, output padded to 200 channels) for:
-the eager grid_sample lookup, the same under torch.compile, the fused kernel per launch setting, and the fused
-kernel inside torch.compile and a CUDA graph (as the default path runs it). Usage on a GPU machine::
+the grid_sample lookup and the kernel, eager, under torch.compile and in a CUDA graph (as the default path runs
+it), with and without the 1x1 convolution that reads the result (which shows any layout conversion
+torch.compile adds between them), and the kernel per launch setting and output layout. Usage on a GPU
+machine::
 
     python benchmarks/bench_lookup.py
 """
@@ -115,40 +117,66 @@ def main() -> None:
     def fused_one(position: torch.Tensor) -> torch.Tensor:
         return corr_lookup(pyramid, position, 3, channels)
 
+    def fused_one_channels_last(position: torch.Tensor) -> torch.Tensor:
+        return corr_lookup(pyramid, position, 3, channels, channels_last=True)
+
+    conv = model.update_block.convcorr1  # the layer that reads the lookup: 1x1, 200 -> 96 channels
+
+    def with_conv(lookup: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda position: F.relu(conv(lookup(position)))
+
     reference_out, fused_out = reference_one(steps[0]), fused_one(steps[0])
+    fused_last = fused_one_channels_last(steps[0])
+    print(f"channels-last output equals the contiguous one: {torch.equal(fused_last, fused_out)} "
+          f"(channels-last strides: {fused_last.is_contiguous(memory_format=torch.channels_last)})", flush=True)
     diff = (fused_out.float() - reference_out.float()).abs()
     print(f"fused vs grid_sample lookup at {args.pairs} pairs {args.size}x{args.size} (fp16): max {diff.max().item():.2e} "
           f"mean {diff.mean().item():.2e} (eager fp16 rounds its grid to fp16; the kernel does not)", flush=True)
 
-    compiled_reference = torch.compile(reference_one, dynamic=False)
-    compiled_fused = torch.compile(fused_one, dynamic=False)
-    rows: list[tuple[str, Callable[[], object]]] = [
-        ("grid_sample lookup + pad, eager", lambda: [reference_one(p) for p in steps]),
-        ("grid_sample lookup + pad, torch.compile", lambda: [compiled_reference(p) for p in steps]),
-        ("fused kernel, eager (custom op)", lambda: [fused_one(p) for p in steps]),
-        ("fused kernel, torch.compile", lambda: [compiled_fused(p) for p in steps]),
+    def each(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
+        return lambda: [fn(p) for p in steps]
+
+    compiled = {name: torch.compile(fn, dynamic=False) for name, fn in [
+        ("grid_sample", reference_one), ("fused", fused_one), ("fused channels-last", fused_one_channels_last),
+        ("grid_sample + conv", with_conv(reference_one)), ("fused + conv", with_conv(fused_one)),
+        ("fused channels-last + conv", with_conv(fused_one_channels_last))]}
+    rows: list[tuple[str, Callable[[], object], bool]] = [  # (name, 12 lookups, also in a CUDA graph)
+        ("grid_sample lookup + pad, eager", each(reference_one), False),
+        ("fused kernel, eager (custom op)", each(fused_one), False),
+        ("grid_sample lookup + pad, torch.compile", each(compiled["grid_sample"]), True),
+        ("fused kernel, torch.compile", each(compiled["fused"]), True),
+        ("fused kernel channels-last, torch.compile", each(compiled["fused channels-last"]), True),
+        # with the convolution that reads it: shows the layout conversions torch.compile adds, if any
+        ("grid_sample lookup + 1x1 conv + relu, torch.compile", each(compiled["grid_sample + conv"]), True),
+        ("fused + 1x1 conv + relu, torch.compile", each(compiled["fused + conv"]), True),
+        ("fused channels-last + 1x1 conv + relu, torch.compile", each(compiled["fused channels-last + conv"]), True),
     ]
     with torch.inference_mode():
-        for name, fn in rows:
-            print(f"{name:55s} {event_ms(fn):7.3f} ms per {LOOKUPS} lookups", flush=True)
-        for name, fn in [("grid_sample lookup + pad, torch.compile, CUDA graph", rows[1][1]),
-                         ("fused kernel, torch.compile, CUDA graph", rows[3][1])]:
-            print(f"{name:55s} {event_ms(graphed(fn)):7.3f} ms per {LOOKUPS} lookups", flush=True)
-        for block_pixels in (16, 32, 64):
-            for num_warps in (2, 4, 8):
-                def launch(bp: int = block_pixels, nw: int = num_warps) -> list[torch.Tensor]:
-                    return [lookup_module._launch(p, pyramid, 3, channels, bp, nw) for p in steps]
+        for name, fn, graph in rows:
+            line = f"{name:55s} {event_ms(fn):7.3f} ms per {LOOKUPS} lookups"
+            if graph:
+                line += f"; in a CUDA graph {event_ms(graphed(fn)):7.3f} ms"
+            print(line, flush=True)
+        for channels_last in (False, True):
+            for block_pixels in (16, 32, 64):
+                for num_warps in (2, 4, 8):
+                    def launch(bp: int = block_pixels, nw: int = num_warps,
+                               cl: bool = channels_last) -> list[torch.Tensor]:
+                        return [lookup_module._launch(p, pyramid, 3, channels, cl, block_pixels=bp, num_warps=nw)
+                                for p in steps]
 
-                try:
-                    same = torch.equal(launch()[0], fused_out)
-                    ms = event_ms(graphed(launch))
-                except Exception as error:  # one launch setting failing must not hide the others
-                    print(f"fused BLOCK_PIXELS={block_pixels} num_warps={num_warps}: FAILED {error}", flush=True)
-                    continue
-                default = " (default)" if (block_pixels, num_warps) == (lookup_module.BLOCK_PIXELS,
-                                                                         lookup_module.NUM_WARPS) else ""
-                print(f"fused BLOCK_PIXELS={block_pixels:2d} num_warps={num_warps}, CUDA graph{default:10s}"
-                      f"{ms:14.3f} ms per {LOOKUPS} lookups  same output: {same}", flush=True)
+                    layout = "channels-last" if channels_last else "contiguous"
+                    setting = f"fused {layout:13s} BLOCK_PIXELS={block_pixels:2d} num_warps={num_warps}"
+                    try:
+                        same = torch.equal(launch()[0], fused_out)
+                        ms = event_ms(graphed(launch))
+                    except Exception as error:  # one launch setting failing must not hide the others
+                        print(f"{setting}: FAILED {error}", flush=True)
+                        continue
+                    default = " (default)" if (block_pixels, num_warps) == (lookup_module.BLOCK_PIXELS,
+                                                                             lookup_module.NUM_WARPS) else ""
+                    print(f"{setting}, CUDA graph{default:10s} {ms:8.3f} ms per {LOOKUPS} lookups  same output: {same}",
+                          flush=True)
 
 
 if __name__ == "__main__":

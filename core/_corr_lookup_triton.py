@@ -3,8 +3,9 @@
 One program handles ``BLOCK_PIXELS`` pixels of one pair and all pyramid levels. At each level the window's
 offsets are whole pixels, so all (2r+1)^2 samples of a pixel share one pair of bilinear weights; each sample
 reads its four taps (zero outside the level, as ``grid_sample(padding_mode="zeros")``) and is written straight
-into its output channel. The window is walked row by row (consecutive lanes read consecutive x), while the
-channel order is torchvision's (x offset major, y offset minor), so reads coalesce and the layout matches.
+into its output channel (torchvision's order: x offset major, y offset minor). For an NCHW output the window
+is walked row by row, so consecutive lanes read consecutive x (the stores are regrouped along pixels through
+shared memory); for a channels-last output it is walked in channel order, so the stores are contiguous.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import triton.language as tl
 @triton.jit
 def _sample_level(
     level_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, level_h, level_w,
-    LEVEL: tl.constexpr, RADIUS: tl.constexpr, WINDOW: tl.constexpr,
+    LEVEL: tl.constexpr, RADIUS: tl.constexpr, WINDOW: tl.constexpr, X_MAJOR: tl.constexpr,
 ):
-    m = tl.arange(0, WINDOW)  # window position, row-major: (2r+1) x offsets per y offset
+    m = tl.arange(0, WINDOW)  # window position
     in_window = m < (2 * RADIUS + 1) * (2 * RADIUS + 1)
-    dy = m // (2 * RADIUS + 1) - RADIUS
-    dx = m % (2 * RADIUS + 1) - RADIUS
+    if X_MAJOR:  # torchvision's channel order: consecutive positions are consecutive channels
+        dx = m // (2 * RADIUS + 1) - RADIUS
+        dy = m % (2 * RADIUS + 1) - RADIUS
+    else:  # row-major: consecutive positions read consecutive x
+        dy = m // (2 * RADIUS + 1) - RADIUS
+        dx = m % (2 * RADIUS + 1) - RADIUS
     # torchvision's CorrBlock.index_pyramid: channel i * (2r+1) + j samples x + (i - r), y + (j - r)
     channel = (LEVEL * (2 * RADIUS + 1) + dx + RADIUS) * (2 * RADIUS + 1) + (dy + RADIUS)
     x = cx
@@ -63,7 +68,7 @@ def corr_lookup_kernel(
     pixels_per_pair, coords_stride_p, coords_stride_c, coords_stride_pixel,
     out_stride_p, out_stride_c, out_stride_pixel, out_channels,
     NUM_LEVELS: tl.constexpr, RADIUS: tl.constexpr, WINDOW: tl.constexpr, PAD_BLOCK: tl.constexpr,
-    BLOCK_PIXELS: tl.constexpr,
+    BLOCK_PIXELS: tl.constexpr, X_MAJOR: tl.constexpr,
 ):
     """Grid: (pixel blocks, pairs). Pyramid level l is ``[pairs * pixels_per_pair, H_l, W_l]`` (contiguous)."""
     pair = tl.program_id(1).to(tl.int64)
@@ -75,16 +80,16 @@ def corr_lookup_kernel(
     rows = pair * pixels_per_pair + pixel  # this pixel's correlation map in every level (int64)
     out_offsets = pair * out_stride_p + pixel * out_stride_pixel
     _sample_level(level0_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, h0, w0,
-                  0, RADIUS, WINDOW)
+                  0, RADIUS, WINDOW, X_MAJOR)
     if NUM_LEVELS > 1:
         _sample_level(level1_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, h1, w1,
-                      1, RADIUS, WINDOW)
+                      1, RADIUS, WINDOW, X_MAJOR)
     if NUM_LEVELS > 2:
         _sample_level(level2_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, h2, w2,
-                      2, RADIUS, WINDOW)
+                      2, RADIUS, WINDOW, X_MAJOR)
     if NUM_LEVELS > 3:
         _sample_level(level3_ptr, out_ptr, rows, cx, cy, out_offsets, out_stride_c, pixel_mask, h3, w3,
-                      3, RADIUS, WINDOW)
+                      3, RADIUS, WINDOW, X_MAJOR)
     if PAD_BLOCK > 0:  # the zero channels the padded update block expects after the samples
         channel = NUM_LEVELS * (2 * RADIUS + 1) * (2 * RADIUS + 1) + tl.arange(0, PAD_BLOCK)
         zeros = tl.zeros([BLOCK_PIXELS, PAD_BLOCK], dtype=out_ptr.dtype.element_ty)

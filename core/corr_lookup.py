@@ -73,7 +73,7 @@ def _check(coords: Tensor, levels: Sequence[Tensor], radius: int, out_channels: 
             raise ValueError("corr_lookup: all pyramid levels must share one device and dtype with coords' device.")
 
 
-def _launch(coords: Tensor, levels: Sequence[Tensor], radius: int, out_channels: int,
+def _launch(coords: Tensor, levels: Sequence[Tensor], radius: int, out_channels: int, channels_last: bool = False,
             block_pixels: int = BLOCK_PIXELS, num_warps: int = NUM_WARPS) -> Tensor:
     """Run the kernel (no custom-op wrapper): for the op below and for benchmarks of launch settings."""
     _check(coords, levels, radius, out_channels)
@@ -83,7 +83,7 @@ def _launch(coords: Tensor, levels: Sequence[Tensor], radius: int, out_channels:
     if coords.stride(2) != w * coords.stride(3):  # pixels must be addressable as one flat index
         coords = coords.contiguous()
     levels = [level.contiguous() for level in levels]
-    out = torch.empty((pairs, out_channels, h, w), device=coords.device, dtype=levels[0].dtype)
+    out = _empty_output(coords, levels, out_channels, channels_last)
     dims: list[int] = []
     for index in range(MAX_LEVELS):
         dims += list(levels[index].shape[-2:]) if index < len(levels) else [0, 0]
@@ -97,31 +97,41 @@ def _launch(coords: Tensor, levels: Sequence[Tensor], radius: int, out_channels:
             out.stride(0), out.stride(1), out.stride(3), out_channels,
             NUM_LEVELS=len(levels), RADIUS=radius, WINDOW=_next_power_of_2((2 * radius + 1) ** 2),
             PAD_BLOCK=_next_power_of_2(padding) if padding > 0 else 0, BLOCK_PIXELS=block_pixels,
-            num_warps=num_warps,
+            X_MAJOR=channels_last, num_warps=num_warps,
         )
     return out
 
 
+def _empty_output(coords: Tensor, levels: Sequence[Tensor], out_channels: int, channels_last: bool) -> Tensor:
+    pairs, _, h, w = coords.shape
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((pairs, out_channels, h, w), device=coords.device, dtype=levels[0].dtype,
+                       memory_format=layout)
+
+
 @torch.library.custom_op(f"{OP_NAMESPACE}::corr_lookup", mutates_args=())
-def _corr_lookup_op(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int) -> Tensor:
-    return _launch(coords, levels, radius, out_channels)
+def _corr_lookup_op(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int,
+                    channels_last: bool) -> Tensor:
+    return _launch(coords, levels, radius, out_channels, channels_last)
 
 
 @_corr_lookup_op.register_fake
-def _corr_lookup_fake(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int) -> Tensor:
+def _corr_lookup_fake(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int,
+                      channels_last: bool) -> Tensor:
     _check(coords, levels, radius, out_channels)
-    pairs, _, h, w = coords.shape
-    return coords.new_empty((pairs, out_channels, h, w), dtype=levels[0].dtype)
+    return _empty_output(coords, levels, out_channels, channels_last)
 
 
-def corr_lookup(pyramid: Sequence[Tensor], coords: Tensor, radius: int, out_channels: int | None = None) -> Tensor:
+def corr_lookup(pyramid: Sequence[Tensor], coords: Tensor, radius: int, out_channels: int | None = None,
+                channels_last: bool = False) -> Tensor:
     """Correlation features ``[pairs, out_channels, h, w]`` in the pyramid's dtype.
 
     ``pyramid``: levels ``[pairs*h*w, 1, H_l, W_l]`` (as built by torchvision's ``CorrBlock``); ``coords``:
     ``[pairs, 2, h, w]`` absolute (x, y) positions at level 0, float32. Channels ``l*(2r+1)^2 + i*(2r+1) + j``
     hold level l sampled at ``(x / 2^l + i - r, y / 2^l + j - r)``; channels past ``levels*(2r+1)^2`` (up to
-    ``out_channels``, default none) are zero.
+    ``out_channels``, default none) are zero. The result is contiguous, or channels-last with ``channels_last``
+    (the layout torch.compile gives convolution inputs on CUDA).
     """
     levels = list(pyramid)
     channels = lookup_channels(len(levels), radius) if out_channels is None else out_channels
-    return _corr_lookup_op(coords, levels, radius, channels)
+    return _corr_lookup_op(coords, levels, radius, channels, channels_last)

@@ -9,7 +9,9 @@ for the last flow update, and these differences, all for speed, export and graph
   so the module can be captured in a CUDA graph and exported to ONNX without host copies;
 - only the final flow is upsampled and returned (torchvision returns every update's);
 - precision is explicit instead of autocast: encoders and update block run in ``compute_dtype``, the
-  correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32.
+  correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32;
+- with ``fused_lookup`` (CUDA), the correlation lookup is one Triton kernel (:mod:`.corr_lookup`) instead of
+  ``grid_sample`` per pyramid level; the ``grid_sample`` lookup stays the reference and the exported path.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RaftSequenceFlow(nn.Module):
         channels_last: bool = False,
         fast_update_block: bool = False,
         fused_lookup: bool = False,
+        lookup_channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if raft.mask_predictor is not None:
@@ -58,8 +61,11 @@ class RaftSequenceFlow(nn.Module):
         self.compute_dtype = compute_dtype
         self.corr_dtype = corr_dtype
         self.channels_last = channels_last
-        # The Triton lookup (core/corr_lookup.py; CUDA only) in place of the grid_sample one in _lookup.
+        # The Triton lookup (core/corr_lookup.py; CUDA only) in place of the grid_sample one in _lookup, writing
+        # channels-last or contiguous features; None: channels-last under torch.compile, whose convolutions on
+        # CUDA run channels-last (a contiguous input would cost a conversion copy per update), else contiguous.
         self.fused_lookup = fused_lookup
+        self.lookup_channels_last = lookup_channels_last
         side = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, side)
         # Same (i, j) order as torchvision's CorrBlock.index_pyramid: the first offset varies along rows and is
@@ -102,7 +108,11 @@ class RaftSequenceFlow(nn.Module):
         flow = (coords1 - coords0).to(self.compute_dtype)
         if self.fused_lookup:  # writes the (padded) update-block input directly
             corr_channels = self.update_block.corr_channels if self.fast_update_block else None
-            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels).to(self.compute_dtype)
+            channels_last = self.lookup_channels_last
+            if channels_last is None:
+                channels_last = torch.compiler.is_compiling()
+            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels, channels_last)
+            corr_features = corr_features.to(self.compute_dtype)
         else:
             corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
             if self.fast_update_block:

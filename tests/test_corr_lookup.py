@@ -91,6 +91,14 @@ def test_kernel_in_fp16(device: torch.device) -> None:
     assert not out[:, 196:].any()
 
 
+def test_kernel_writes_channels_last(device: torch.device) -> None:
+    block, coords = pyramid_and_coords(device, 3, seed=4)
+    contiguous = corr_lookup(block.corr_pyramid, coords, 3, 200)
+    channels_last = corr_lookup(block.corr_pyramid, coords, 3, 200, channels_last=True)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and not channels_last.is_contiguous()
+    assert torch.equal(channels_last, contiguous)
+
+
 def test_kernel_reads_non_contiguous_coords(device: torch.device) -> None:
     block, coords = pyramid_and_coords(device, 3, seed=2)
     strided = coords.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last storage
@@ -103,12 +111,13 @@ def test_kernel_under_torch_compile(device: torch.device) -> None:
     pyramid = block.corr_pyramid
 
     def step(coords: torch.Tensor) -> torch.Tensor:
-        return corr_lookup(pyramid, coords + 0.5, 3, 200) * 2.0
+        return corr_lookup(pyramid, coords + 0.5, 3, 200, channels_last=True) * 2.0
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # traced through the fake kernel
     assert torch.equal(compiled(coords), step(coords))
-    torch.library.opcheck(torch.ops.scope_optical_flow.corr_lookup.default, (coords, pyramid, 3, 200),
-                          test_utils=("test_schema", "test_faketensor"))
+    for channels_last in (False, True):
+        torch.library.opcheck(torch.ops.scope_optical_flow.corr_lookup.default,
+                              (coords, pyramid, 3, 200, channels_last), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device) -> None:
@@ -117,7 +126,10 @@ def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device
     with torch.inference_mode():
         reference = RaftSequenceFlow(raft, num_flow_updates=2).to(device)(frames)
         fused = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, fused_lookup=True).to(device)(frames)
+        fused_last = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, fused_lookup=True,
+                                      lookup_channels_last=True).to(device)(frames)  # the layout under compile
     assert (fused - reference).abs().max().item() < 1e-3 * max(1.0, reference.abs().max().item())
+    assert (fused_last - fused).abs().max().item() < 1e-4 * max(1.0, reference.abs().max().item())
 
 
 @pytest.mark.gpu
@@ -145,7 +157,7 @@ def test_lookup_tests_under_triton_interpreter() -> None:
     summary = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, summary
     last_line = [line for line in result.stdout.splitlines() if line.strip()][-1]
-    assert "6 passed" in last_line and "skipped" not in last_line, summary
+    assert "7 passed" in last_line and "skipped" not in last_line, summary
 
 
 def test_no_fused_lookup_on_the_cpu() -> None:
