@@ -18,7 +18,7 @@ Triton's interpreter (``TRITON_INTERPRET=1``, used by the tests). The eager ``gr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -109,17 +109,30 @@ def _empty_output(coords: Tensor, levels: Sequence[Tensor], out_channels: int, c
                        memory_format=layout)
 
 
-@torch.library.custom_op(f"{OP_NAMESPACE}::corr_lookup", mutates_args=())
-def _corr_lookup_op(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int,
-                    channels_last: bool) -> Tensor:
+def _corr_lookup_impl(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int,
+                      channels_last: bool) -> Tensor:
     return _launch(coords, levels, radius, out_channels, channels_last)
 
 
-@_corr_lookup_op.register_fake
 def _corr_lookup_fake(coords: Tensor, levels: list[Tensor], radius: int, out_channels: int,
                       channels_last: bool) -> Tensor:
     _check(coords, levels, radius, out_channels)
     return _empty_output(coords, levels, out_channels, channels_last)
+
+
+def _define_op() -> Callable[..., Tensor]:
+    """The custom op, defined once per process: this module may be imported twice under two package names
+    (ComfyUI imports the repository folder as a package of its own), and an op name can be defined only once."""
+    try:
+        return getattr(torch.ops, OP_NAMESPACE).corr_lookup
+    except (AttributeError, RuntimeError):
+        pass
+    op = torch.library.custom_op(f"{OP_NAMESPACE}::corr_lookup", _corr_lookup_impl, mutates_args=())
+    op.register_fake(_corr_lookup_fake)
+    return op
+
+
+_corr_lookup_op = _define_op()
 
 
 def corr_lookup(pyramid: Sequence[Tensor], coords: Tensor, radius: int, out_channels: int | None = None,

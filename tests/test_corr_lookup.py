@@ -7,6 +7,7 @@ be set before Triton is imported, so not in this process). Elsewhere they skip.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import corr_lookup as corr_lookup_module
 from scope_optical_flow_tensorrt.core.corr_lookup import (
     corr_lookup,
     fused_lookup_available,
@@ -158,6 +160,15 @@ def test_lookup_tests_under_triton_interpreter() -> None:
     assert result.returncode == 0, summary
     last_line = [line for line in result.stdout.splitlines() if line.strip()][-1]
     assert "7 passed" in last_line and "skipped" not in last_line, summary
+
+
+def test_a_second_copy_of_the_module_reuses_the_op() -> None:
+    # ComfyUI imports the repository folder as a package of its own: the op must not be defined twice.
+    spec = importlib.util.spec_from_file_location("corr_lookup_second_copy", corr_lookup_module.__file__)
+    assert spec is not None and spec.loader is not None
+    second = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(second)
+    assert second._corr_lookup_op is torch.ops.scope_optical_flow.corr_lookup
 
 
 def test_no_fused_lookup_on_the_cpu() -> None:
