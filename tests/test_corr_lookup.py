@@ -19,6 +19,9 @@ from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core.backends import BackendConfig
+from scope_optical_flow_tensorrt.core.backends.torch_backend import TorchFlowBackend
 from scope_optical_flow_tensorrt.core import corr_lookup as corr_lookup_module
 from scope_optical_flow_tensorrt.core.corr_lookup import (
     corr_lookup,
@@ -173,6 +176,19 @@ def test_a_second_copy_of_the_module_reuses_the_op() -> None:
 
 def test_no_fused_lookup_on_the_cpu() -> None:
     assert not fused_lookup_available(torch.device("cpu"))
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter runs the kernel on the CPU")
+def test_backend_falls_back_to_grid_sample_when_the_lookup_fails(caplog: pytest.LogCaptureFixture) -> None:
+    config = BackendConfig(height=128, width=128, device=torch.device("cpu"), fp16=False, num_flow_updates=2,
+                           max_pairs=4)
+    backend = TorchFlowBackend(config, None)
+    expected = backend.flow(make_frames(2, 128, 128).permute(0, 3, 1, 2))
+    backend.model.fused_lookup = True  # Triton cannot run it on CPU tensors outside the interpreter
+    core_log.log_once.__globals__["_said"].discard("fused-lookup-failed")
+    flow = backend.flow(make_frames(2, 128, 128).permute(0, 3, 1, 2))
+    assert not backend.model.fused_lookup and torch.equal(flow, expected)
+    assert "fused Triton correlation lookup failed" in caplog.text
 
 
 def test_bad_arguments_are_named() -> None:
