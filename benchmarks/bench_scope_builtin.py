@@ -14,7 +14,14 @@ consecutive pair (fp32, 12 updates, the same weights) through ``flow_to_image``,
 at the pipelines' 512x512 compute size: mean difference in /255 and how many frames are within 2/255.
 Scope's source is read from a folder given on the command line and never copied into this repository.
 
-Usage on a GPU machine (Scope v0.2.4 source under external/, wheels for pydantic and pluggy in .whl/)::
+Preparation, on a machine with internet (both folders are ignored by git; pass them to the GPU machine)::
+
+    git clone --depth 1 --branch v0.2.4 https://github.com/daydreamlive/scope /tmp/scope
+    mkdir -p external/scope-v0.2.4 && cp -r /tmp/scope/src external/scope-v0.2.4/
+    pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+        -d .whl/scope-bench pydantic pluggy
+
+Usage on the GPU machine::
 
     pip install --no-index --find-links .whl/scope-bench pydantic pluggy
     python benchmarks/bench_scope_builtin.py --scope-src external/scope-v0.2.4/src --out benchmarks/results
