@@ -1,8 +1,8 @@
 """The fused (Triton) correlation lookup against torchvision's ``CorrBlock.index_pyramid``.
 
 The kernel tests run on CUDA where there is one, and on the CPU under Triton's interpreter: in CI,
-``test_lookup_tests_under_triton_interpreter`` re-runs this file in a subprocess with ``TRITON_INTERPRET=1`` (it must
-be set before Triton is imported, so not in this process). Elsewhere they skip.
+``test_lookup_tests_under_triton_interpreter`` re-runs this file in a subprocess with ``TRITON_INTERPRET=1``
+(it must be set before Triton is imported, so not in this process). Elsewhere they skip.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import corr_lookup as corr_lookup_module
 from scope_optical_flow_tensorrt.core import log as core_log
 from scope_optical_flow_tensorrt.core.backends import BackendConfig
 from scope_optical_flow_tensorrt.core.backends.torch_backend import TorchFlowBackend
-from scope_optical_flow_tensorrt.core import corr_lookup as corr_lookup_module
 from scope_optical_flow_tensorrt.core.corr_lookup import (
     corr_lookup,
     fused_lookup_available,
@@ -125,7 +125,9 @@ def test_kernel_under_torch_compile(device: torch.device) -> None:
                               (coords, pyramid, 3, 200, channels_last), test_utils=("test_schema", "test_faketensor"))
 
 
-def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device) -> None:
+def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # plain fp32 convolutions on CUDA too
     raft = raft_small(weights=None).eval()
     frames = make_frames(2, 128, 128).permute(0, 3, 1, 2).to(device)
     with torch.inference_mode():
