@@ -5,6 +5,7 @@ top kernels of one eager fp16 call from torch.profiler. Usage on a GPU machine::
 
     python benchmarks/profile_flow.py --size 512 --pairs 16
     python benchmarks/profile_flow.py --size 512 --pairs 16 --only "fused lookup" --fused-lookup --profile-compiled
+    python benchmarks/profile_flow.py --size 512 --pairs 15 --stages
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_flow import moving_texture  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
+from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 from scope_optical_flow_tensorrt.core.weights import load_raft_small
 
@@ -37,6 +40,65 @@ def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) ->
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def replay_ms(fn: Callable[[], object], repeats: int = 20) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph (captured after warm-up on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def stages(size: int, pairs: int) -> None:
+    """CUDA-graph times of the default model's stages (fp16, fast block, fused lookup, compiled): where each
+    0.1 ms goes."""
+    device = torch.device("cuda")
+    frames = moving_texture(pairs + 1, size, device)[0].permute(1, 0, 2, 3).contiguous()
+    raft, _ = load_raft_small(None)
+    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
+                             fast_update_block=True, fused_lookup=True).to(device).eval()
+    block = model.update_block
+    encode = torch.compile(model.encode, dynamic=False)
+    step = torch.compile(model.update_step, dynamic=False)
+    lookup = torch.compile(lambda pyramid, coords: corr_lookup(pyramid, coords, model.radius, block.corr_channels,
+                                                               channels_last=True), dynamic=False)
+    update_block = torch.compile(block, dynamic=False)
+    with torch.inference_mode():
+        pyramid, hidden, context = encode(frames)
+        h, w = size // 8, size // 8
+        coords0 = model._coords_grid(pairs, h, w, device)
+        coords1 = coords0 + 0.5
+        corr = torch.zeros(pairs, block.corr_channels, h, w, device=device, dtype=torch.float16)
+        flow = torch.zeros(pairs, block.flow_channels, h, w, device=device, dtype=torch.float16)
+        rows = [
+            ("whole forward (encode + 12 updates + upsample)", lambda: model.forward(frames)),
+            ("encode: features, context, correlation pyramid", lambda: encode(frames)),
+            ("one update step (lookup + update block), x12 in a forward", lambda: step(pyramid, context, hidden,
+                                                                                       coords0, coords1)),
+            ("  fused lookup alone (channels-last)", lambda: lookup(pyramid, coords1)),
+            ("  update block alone (motion encoder, GRU, flow head)", lambda: update_block(hidden, context, corr,
+                                                                                           flow)),
+        ]
+        model.encode, model.update_step = encode, step  # type: ignore[method-assign]
+        print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs:")
+        for name, fn in rows:
+            ms = replay_ms(fn)
+            print(f"  {name:62s} {ms:7.3f} ms  ({ms / pairs:6.3f} ms per pair)", flush=True)
 
 
 def compile_shapes(size: int) -> None:
@@ -75,9 +137,13 @@ def main() -> None:
     parser.add_argument("--shapes", action="store_true", help="only time compiles per window length")
     parser.add_argument("--fused-lookup", action="store_true", help="profile with the fused (Triton) lookup")
     parser.add_argument("--only", default=None, help="time only the variants whose name contains this")
+    parser.add_argument("--stages", action="store_true", help="only time the default model's stages")
     args = parser.parse_args()
     if args.shapes:
         compile_shapes(args.size)
+        return
+    if args.stages:
+        stages(args.size, args.pairs)
         return
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()
