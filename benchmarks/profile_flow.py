@@ -4,6 +4,8 @@ Prints (1) CUDA-graph replay times of :class:`RaftSequenceFlow` variants at one 
 top kernels of one eager fp16 call from torch.profiler. Usage on a GPU machine::
 
     python benchmarks/profile_flow.py --size 512 --pairs 16
+    python benchmarks/profile_flow.py --size 512 --pairs 16 --only "fused lookup" --fused-lookup --profile-compiled
+    python benchmarks/profile_flow.py --size 512 --pairs 15 --stages
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_flow import moving_texture  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
+from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 from scope_optical_flow_tensorrt.core.weights import load_raft_small
 
@@ -36,6 +40,65 @@ def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) ->
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def replay_ms(fn: Callable[[], object], repeats: int = 20) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph (captured after warm-up on a side stream)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def stages(size: int, pairs: int) -> None:
+    """CUDA-graph times of the default model's stages (fp16, fast block, fused lookup, compiled): where each
+    0.1 ms goes."""
+    device = torch.device("cuda")
+    frames = moving_texture(pairs + 1, size, device)[0].permute(1, 0, 2, 3).contiguous()
+    raft, _ = load_raft_small(None)
+    model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
+                             fast_update_block=True, fused_lookup=True).to(device).eval()
+    block = model.update_block
+    encode = torch.compile(model.encode, dynamic=False)
+    step = torch.compile(model.update_step, dynamic=False)
+    lookup = torch.compile(lambda pyramid, coords: corr_lookup(pyramid, coords, model.radius, block.corr_channels,
+                                                               channels_last=True), dynamic=False)
+    update_block = torch.compile(block, dynamic=False)
+    with torch.inference_mode():
+        pyramid, hidden, context = encode(frames)
+        h, w = size // 8, size // 8
+        coords0 = model._coords_grid(pairs, h, w, device)
+        coords1 = coords0 + 0.5
+        corr = torch.zeros(pairs, block.corr_channels, h, w, device=device, dtype=torch.float16)
+        flow = torch.zeros(pairs, block.flow_channels, h, w, device=device, dtype=torch.float16)
+        rows = [
+            ("whole forward (encode + 12 updates + upsample)", lambda: model.forward(frames)),
+            ("encode: features, context, correlation pyramid", lambda: encode(frames)),
+            ("one update step (lookup + update block), x12 in a forward", lambda: step(pyramid, context, hidden,
+                                                                                       coords0, coords1)),
+            ("  fused lookup alone (channels-last)", lambda: lookup(pyramid, coords1)),
+            ("  update block alone (motion encoder, GRU, flow head)", lambda: update_block(hidden, context, corr,
+                                                                                           flow)),
+        ]
+        model.encode, model.update_step = encode, step  # type: ignore[method-assign]
+        print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs:")
+        for name, fn in rows:
+            ms = replay_ms(fn)
+            print(f"  {name:62s} {ms:7.3f} ms  ({ms / pairs:6.3f} ms per pair)", flush=True)
 
 
 def compile_shapes(size: int) -> None:
@@ -72,9 +135,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--profile-compiled", action="store_true", help="profile with the compiled update step")
     parser.add_argument("--shapes", action="store_true", help="only time compiles per window length")
+    parser.add_argument("--fused-lookup", action="store_true", help="profile with the fused (Triton) lookup")
+    parser.add_argument("--only", default=None, help="time only the variants whose name contains this")
+    parser.add_argument("--stages", action="store_true", help="only time the default model's stages")
     args = parser.parse_args()
     if args.shapes:
         compile_shapes(args.size)
+        return
+    if args.stages:
+        stages(args.size, args.pairs)
         return
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()
@@ -89,9 +158,15 @@ def main() -> None:
             compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True),
         "fp16, corr fp16, fast block channels_last, compiled step+encode": dict(
             compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, channels_last=True),
+        "fp16, corr fp16, fast block, fused lookup": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, fused_lookup=True),
+        "fp16, corr fp16, fast block, fused lookup, compiled step+encode": dict(
+            compute_dtype=torch.float16, corr_dtype=torch.float16, fast_update_block=True, fused_lookup=True),
     }
     reference = None
     for name, options in variants.items():
+        if args.only is not None and args.only not in name and name != "fp32":  # fp32 stays: the reference
+            continue
         raft, _ = load_raft_small(None)
         model = RaftSequenceFlow(raft, 12, **options).to(device).eval()  # type: ignore[arg-type]
         call = model
@@ -117,7 +192,7 @@ def main() -> None:
 
     raft, _ = load_raft_small(None)
     model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
-                             fast_update_block=True).to(device).eval()
+                             fast_update_block=True, fused_lookup=args.fused_lookup).to(device).eval()
     if args.profile_compiled:
         model.update_step = torch.compile(model.update_step, dynamic=False)  # type: ignore[method-assign]
         model.encode = torch.compile(model.encode, dynamic=False)  # type: ignore[method-assign]

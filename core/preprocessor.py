@@ -51,6 +51,8 @@ class OpticalFlowTensorRTPreprocessor:
             turn off to debug or to save the graphs' memory.
         torch_compile: on CUDA, compile the PyTorch model with torch.compile (a first call of tens of
             seconds, cached on disk; falls back to eager if compiling fails).
+        fused_lookup: on CUDA with Triton, the PyTorch backend's correlation lookup runs as one fused Triton
+            kernel instead of grid_sample per pyramid level (same numbers; turn off to compare or debug).
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -79,6 +81,7 @@ class OpticalFlowTensorRTPreprocessor:
         models_dir: str | os.PathLike[str] | None = None,
         cuda_graphs: bool = True,
         torch_compile: bool = True,
+        fused_lookup: bool = True,
     ) -> None:
         self.model = model_spec(model).name
         check_compute_size(height, width)
@@ -96,6 +99,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.fp16 = bool(fp16)
         self.cuda_graphs = bool(cuda_graphs)
         self.torch_compile = bool(torch_compile)
+        self.fused_lookup = bool(fused_lookup)
         self.layout = layout
         self.weights_spec = weights
         self.models_dir = plugin_models_dir(models_dir)
@@ -146,6 +150,7 @@ class OpticalFlowTensorRTPreprocessor:
                 max_pairs=self.max_batch_pairs,
                 cuda_graphs=self.cuda_graphs,
                 torch_compile=self.torch_compile,
+                fused_lookup=self.fused_lookup,
                 models_dir=self.models_dir,
             )
             try:

@@ -12,7 +12,9 @@ for the last flow update, and these differences, all for speed, export and graph
   mask is predicted once, not after every update; its convex upsampling gathers the 3x3 neighbourhood with
   padding and slices (torchvision uses ``F.unfold``, which has no ONNX operator TensorRT reads);
 - precision is explicit instead of autocast: encoders and update block run in ``compute_dtype``, the
-  correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32.
+  correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32;
+- with ``fused_lookup`` (CUDA), the correlation lookup is one Triton kernel (:mod:`.corr_lookup`) instead of
+  ``grid_sample`` per pyramid level; the ``grid_sample`` lookup stays the reference and the exported path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.optical_flow import RAFT
 
+from .corr_lookup import corr_lookup
 from .fast_update import FastUpdateBlock
 
 # torchvision's CorrBlock needs 2 pixels at the coarsest of its 4 levels: feature maps >= 16, images >= 128.
@@ -43,6 +46,8 @@ class RaftSequenceFlow(nn.Module):
         corr_dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         fast_update_block: bool = False,
+        fused_lookup: bool = False,
+        lookup_channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         self.feature_encoder = raft.feature_encoder
@@ -59,6 +64,11 @@ class RaftSequenceFlow(nn.Module):
         self.compute_dtype = compute_dtype
         self.corr_dtype = corr_dtype
         self.channels_last = channels_last
+        # The Triton lookup (core/corr_lookup.py; CUDA only) in place of the grid_sample one in _lookup, writing
+        # channels-last or contiguous features; None: channels-last under torch.compile, whose convolutions on
+        # CUDA run channels-last (a contiguous input would cost a conversion copy per update), else contiguous.
+        self.fused_lookup = fused_lookup
+        self.lookup_channels_last = lookup_channels_last
         side = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, side)
         # Same (i, j) order as torchvision's CorrBlock.index_pyramid: the first offset varies along rows and is
@@ -115,10 +125,20 @@ class RaftSequenceFlow(nn.Module):
         self, pyramid: list[Tensor], context: Tensor, hidden: Tensor, coords0: Tensor, coords1: Tensor
     ) -> tuple[Tensor, Tensor]:
         """One RAFT refinement: look up correlations around ``coords1``, update the hidden state and coords."""
-        corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
         flow = (coords1 - coords0).to(self.compute_dtype)
+        if self.fused_lookup:  # writes the (padded) update-block input directly
+            corr_channels = self.update_block.corr_channels if self.fast_update_block else None
+            channels_last = self.lookup_channels_last
+            if channels_last is None:
+                channels_last = torch.compiler.is_compiling()
+            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels, channels_last)
+            corr_features = corr_features.to(self.compute_dtype)
+        else:
+            corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
+            if self.fast_update_block:
+                corr_features = F.pad(corr_features,
+                                      (0, 0, 0, 0, 0, self.update_block.corr_channels - corr_features.shape[1]))
         if self.fast_update_block:
-            corr_features = F.pad(corr_features, (0, 0, 0, 0, 0, self.update_block.corr_channels - corr_features.shape[1]))
             flow = F.pad(flow, (0, 0, 0, 0, 0, self.update_block.flow_channels - 2))
         hidden, delta_flow = self.update_block(hidden, context, corr_features, flow)
         return hidden, coords1 + delta_flow.float()

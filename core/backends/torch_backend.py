@@ -7,6 +7,7 @@ import time
 import torch
 from torch import Tensor
 
+from ..corr_lookup import fused_lookup_available
 from ..log import log_once, logger
 from ..raft import RaftSequenceFlow
 from ..models import model_spec
@@ -49,11 +50,14 @@ def half_precision_active(config: BackendConfig) -> bool:
 class TorchFlowBackend:
     """PyTorch inference of :class:`RaftSequenceFlow`.
 
-    On CUDA, four things make it fast (all but the regrouped update block can be turned off in the config):
+    On CUDA, five things make it fast (all but the regrouped update block can be turned off in the config):
 
     - ``fp16``: encoders, update block and correlation pyramid in half precision (coordinates stay fp32);
       measured against fp32 on random weights: flow within 0.2 px max, 0.02 px mean at 512x512.
     - the update block regrouped for tensor cores (:class:`FastUpdateBlock`, same arithmetic);
+    - ``fused_lookup``: the correlation lookup as one Triton kernel (:mod:`..corr_lookup`) writing the update
+      block's input, instead of grid_sample per pyramid level plus glue (needs Triton; if the kernel fails,
+      the backend says so once and uses the grid_sample lookup);
     - ``torch_compile``: ``encode`` and ``update_step`` compiled by torch.compile (default mode, no
       autotuning), which fuses the GRU's elementwise work, concatenations and layout copies. The first call
       compiles (tens of seconds; torch caches the result on disk for later runs). If compiling fails, the
@@ -76,6 +80,7 @@ class TorchFlowBackend:
             compute_dtype=compute_dtype,
             corr_dtype=compute_dtype,
             fast_update_block=config.device.type == "cuda",
+            fused_lookup=config.fused_lookup and fused_lookup_available(config.device),
         )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
@@ -107,6 +112,16 @@ class TorchFlowBackend:
         if self.graphs is not None:
             self.graphs = CudaGraphRunner(self._forward, self.config.device)
 
+    def _drop_fused_lookup(self, error: Exception) -> None:
+        log_once(
+            "fused-lookup-failed",
+            f"the fused Triton correlation lookup failed ({type(error).__name__}: {str(error)[:300]}); "
+            "using the grid_sample lookup instead.",
+        )
+        self.model.fused_lookup = False
+        if self.graphs is not None:
+            self.graphs = CudaGraphRunner(self._forward, self.config.device)
+
     def _forward(self, frames: Tensor) -> Tensor:
         return self.model(frames).float()
 
@@ -114,7 +129,13 @@ class TorchFlowBackend:
     def flow(self, frames: Tensor) -> Tensor:
         run = self.graphs if self.graphs is not None else self._forward
         if not self.compiled:
-            return run(frames)
+            try:
+                return run(frames)
+            except Exception as error:
+                if not self.model.fused_lookup:
+                    raise
+                self._drop_fused_lookup(error)
+                return self.flow(frames)
         pairs = frames.shape[0] - 1
         padding = bucket_pairs(pairs, self.max_pairs) - pairs
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
@@ -123,7 +144,10 @@ class TorchFlowBackend:
         try:
             flow = run(frames)
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
-            self._uncompile(error)
+            if self.model.fused_lookup:  # first without the fused lookup, then without compiling
+                self._drop_fused_lookup(error)
+            else:
+                self._uncompile(error)
             return self.flow(frames[: pairs + 1])
         elapsed = time.perf_counter() - started
         if elapsed > 2.0:
