@@ -7,13 +7,17 @@ clip, and visualization of ``FLOW``. Everything numerical is the core's; this mo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from ..core import OpticalFlowTensorRTPreprocessor
+from ..core.log import logger
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.warmup import window_pair_counts
 from ..core.weights import WeightsSpec
 from . import host
 
@@ -72,7 +76,7 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             models_dir=settings.models_dir,
         )
         try:
-            preprocessor.load()  # cached only once loading worked, so a failed download is retried next time
+            load_and_warm_up(preprocessor)  # cached only once loading worked, so a failed download is retried
         except RuntimeError as error:
             if settings.weights != WEIGHTS_DEFAULT:
                 raise
@@ -83,6 +87,22 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
         _cache[key] = preprocessor
     preprocessor.reset()
     return preprocessor
+
+
+def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
+    """Load the model and run the shapes the node's windows use (compiling them the first time for this GPU and
+    size), logging how long it took, with the node's progress bar moving from shape to shape."""
+    window = preprocessor.max_batch_pairs  # video_flow's frames per call
+    shapes = window_pair_counts([window], window)
+    progress = host.progress_bar(len(shapes) + 1)
+    logger.info("loading optical flow (%dx%d); a first run at a new size compiles for this GPU (tens of seconds)",
+                preprocessor.height, preprocessor.width)
+    started = time.perf_counter()
+    preprocessor.load()
+    progress.update(1)
+    routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
+    logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
+                f" ({', '.join(sorted(set(routes)))})" if routes else "")
 
 
 def _resolve_weights(choice: str) -> tuple[WeightsSpec, object]:

@@ -45,7 +45,8 @@ class FlowConfig(BasePipelineConfig):
 
 
 class FlowPipeline(Pipeline):
-    """Scope pipeline around one :class:`OpticalFlowTensorRTPreprocessor` (CUDA, fp16, 512x512 compute)."""
+    """Scope pipeline around one :class:`OpticalFlowTensorRTPreprocessor` (CUDA, fp16, 512x512 compute), loaded
+    and warmed up for :data:`CHUNK_FRAMES`-frame chunks when constructed."""
 
     @classmethod
     def get_config_class(cls) -> type[BasePipelineConfig]:
@@ -55,6 +56,9 @@ class FlowPipeline(Pipeline):
         # Scope passes every config field (height, width, base_seed, ...); only the flow settings matter here.
         super().__init__()
         self.preprocessor = OpticalFlowTensorRTPreprocessor(flow_strength=flow_strength, normalization=normalization)
+        # Scope shows "Initializing pipeline..." while the constructor runs: load the model and compile (or load
+        # the compiled kernels from the models folder) for Scope's chunk shapes now, not on the first live chunk.
+        self.preprocessor.load(warmup=CHUNK_FRAMES)
 
     def prepare(self, **kwargs: Any) -> Requirements:
         return Requirements(input_size=CHUNK_FRAMES)
