@@ -129,12 +129,12 @@ class TorchFlowBackend:
     def warm_up(self, pair_counts: Iterable[int]) -> list[str]:
         """Run every window shape the stream will use (``pair_counts``: pairs per model call) once, so that
         compiling and CUDA-graph capture happen now, not on a live call. Compiled kernels come from their cache
-        entries or are compiled and saved as entries. Returns the route of each shape (``ROUTE_*``)."""
+        entries or are compiled and saved as entries. Returns the route of each shape warmed now (``ROUTE_*``;
+        shapes this backend has run before are skipped)."""
         shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
         routes: list[str] = []
         for pairs in shapes:
             if pairs in self.warmed_shapes:  # this process has run this shape already: nothing left to do
-                routes.append(self.warmed_shapes[pairs])
                 continue
             frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
 
@@ -150,7 +150,7 @@ class TorchFlowBackend:
                     routes.append(ROUTE_NOT_SAVED)
             else:
                 run()
-                routes.append(ROUTE_EAGER)
+                routes.append(ROUTE_NOT_SAVED if self.compiled else ROUTE_EAGER)
             self.warmed_shapes[pairs] = routes[-1]
         return routes
 
