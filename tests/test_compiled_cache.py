@@ -9,7 +9,6 @@ backend, keys, files, locking and rebuild rules are real. One test uses the real
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -44,58 +43,11 @@ from scope_optical_flow_tensorrt.core.compiled_cache import (
 from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
 
 from conftest import COMPUTE_SIZE, make_frames
+if TYPE_CHECKING:
+    from fake_compile import FakeTorchCompile
 
+pytest_plugins = ("fake_compile",)  # the `fake` fixture
 UPDATES = 2
-
-
-class FakeTorchCompile:
-    """torch.compile and torch's cache artifacts in miniature. A compiled function "compiles" each input shape
-    the first time it sees it in this "process" unless loaded artifacts cover that shape; ``save`` returns every
-    shape compiled so far as bytes, ``load`` makes a fresh process treat those shapes as cached."""
-
-    def __init__(self) -> None:
-        self.compiles: list[str] = []
-        self.loads: list[bytes] = []
-        self.new_process()
-
-    def new_process(self) -> None:
-        self.seen: set[str] = set()
-        self.recorded: list[str] = []
-        self.cached: set[str] = set()
-
-    def compile(self, fn: Callable[..., Any], **_: Any) -> Callable[..., Any]:
-        def compiled(*args: Any) -> Any:
-            first = args[0][0] if isinstance(args[0], list) else args[0]  # update_step's first argument: the pyramid
-            shape = f"{fn.__name__}{list(first.shape)}"
-            if shape not in self.seen:
-                self.seen.add(shape)
-                if shape not in self.cached:
-                    self.compiles.append(shape)
-                    self.recorded.append(shape)
-            return fn(*args)
-
-        return compiled
-
-    def save(self) -> bytes | None:
-        return json.dumps(self.recorded).encode() if self.recorded else None
-
-    def load(self, data: bytes) -> None:
-        self.loads.append(data)
-        self.cached.update(json.loads(data))  # raises on bytes that are not what save() wrote
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTorchCompile:
-    fake = FakeTorchCompile()
-    monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
-    monkeypatch.setattr(torch, "compile", fake.compile)
-    monkeypatch.setattr(compiled_cache, "save_artifacts", fake.save)
-    monkeypatch.setattr(compiled_cache, "load_artifacts", fake.load)
-    monkeypatch.setattr(compiled_cache, "fresh_torch_cache", nullcontext)
-    monkeypatch.setattr(core_log, "_said", set())
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.delenv(torch_backend.CPP_WRAPPER_ENV, raising=False)
-    return fake
 
 
 def make(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
