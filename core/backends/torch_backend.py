@@ -181,6 +181,8 @@ class TorchFlowBackend:
         padding = bucket_pairs(pairs, self.max_pairs) - pairs
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
             frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
+        elif not frames.is_inference():  # compiled code is specialized on this too: one kind, no recompiles
+            frames = frames.clone()
         started = time.perf_counter()
         try:
             flow = run(frames)
