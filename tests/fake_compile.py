@@ -66,6 +66,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTorchCompile:
     monkeypatch.setattr(compiled_cache, "load_artifacts", fake.load)
     monkeypatch.setattr(compiled_cache, "fresh_torch_cache", nullcontext)
     monkeypatch.setattr(core_log, "_said", set())
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so the value the backend sets is undone after
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.delenv(torch_backend.CPP_WRAPPER_ENV, raising=False)
     return fake
