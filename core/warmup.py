@@ -47,6 +47,12 @@ def window_pair_counts(chunk_frames: Iterable[int], max_pairs: int) -> list[int]
     return sorted(counts)
 
 
+def needs_warm_up(backend: FlowBackend, device: torch.device) -> bool:
+    """Whether ``backend``'s first call of a new shape does one-off work (compiling, graph capture, TensorRT
+    context set-up): the backend says so, else assume it on CUDA (nothing to warm eagerly on the CPU)."""
+    return bool(getattr(backend, "needs_warm_up", device.type == "cuda"))
+
+
 def warm_up_backend(
     backend: FlowBackend,
     pair_counts: list[int],
@@ -61,7 +67,7 @@ def warm_up_backend(
     keeps compiled kernels as cache entries); a backend with nothing to warm (eager on the CPU) is skipped.
     """
     warm = getattr(backend, "warm_up", None)
-    if not getattr(backend, "needs_warm_up", device.type == "cuda") or not pair_counts:
+    if not needs_warm_up(backend, device) or not pair_counts:
         return []
     logger.info("warming up optical flow (%s, %dx%d) for windows of %s frame pairs; a first compile for this GPU and "
                 "size takes tens of seconds, later starts load it from the cache", backend.name, height, width,

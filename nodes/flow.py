@@ -17,7 +17,7 @@ from ..core import OpticalFlowTensorRTPreprocessor
 from ..core.log import logger
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
-from ..core.warmup import window_pair_counts
+from ..core.warmup import needs_warm_up, window_pair_counts
 from ..core.weights import WeightsSpec
 from . import host
 
@@ -90,16 +90,16 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
 
 
 def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
-    """Load the model and run the shapes the node's windows use (compiling them the first time for this GPU and
-    size), logging how long it took, with the node's progress bar moving from shape to shape."""
+    """Load the model, then run the shapes the node's windows use (compiling them the first time for this GPU
+    and size), saying so in the log with the time it took and moving the node's progress bar per shape."""
+    backend = preprocessor.load()
+    if not needs_warm_up(backend, preprocessor.device):
+        return
     window = preprocessor.max_batch_pairs  # video_flow's frames per call
-    shapes = window_pair_counts([window], window)
-    progress = host.progress_bar(len(shapes) + 1)
-    logger.info("loading optical flow (%dx%d); a first run at a new size compiles for this GPU (tens of seconds)",
-                preprocessor.height, preprocessor.width)
+    progress = host.progress_bar(len(window_pair_counts([window], window)))
+    logger.info("optical flow: compiling (or loading compiled kernels) for %dx%d on this GPU; the first time for a "
+                "size takes tens of seconds", preprocessor.height, preprocessor.width)
     started = time.perf_counter()
-    preprocessor.load()
-    progress.update(1)
     routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
     logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
                 f" ({', '.join(sorted(set(routes)))})" if routes else "")

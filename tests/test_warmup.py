@@ -174,9 +174,9 @@ def test_node_loads_and_compiles_with_its_progress_bar_moving_and_logs_the_time(
         flow = node_flow.get_preprocessor(settings)
         assert flow.loaded and flow.warmup_routes == [ROUTE_BUILT]
         [bar] = RecordingBar.bars
-        assert bar.done == bar.total == len(window_pair_counts([flow.max_batch_pairs], flow.max_batch_pairs)) + 1
+        assert bar.done == bar.total == len(window_pair_counts([flow.max_batch_pairs], flow.max_batch_pairs))
         messages = [record.getMessage() for record in caplog.records]
-        assert any("compiles for this GPU" in message for message in messages)
+        assert any("compiling (or loading compiled kernels)" in message for message in messages)
         assert any(message.startswith("optical flow ready in") and ROUTE_BUILT in message for message in messages)
         compiled = list(fake.compiles)
         node_flow.video_flow(flow, make_frames(flow.max_batch_pairs, 64, 80))  # a first full window: nothing new
