@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--routes", default="python,cpp", help="comma-separated: python (default wrapper), cpp")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
-    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test: nothing compiles)")
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

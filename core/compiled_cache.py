@@ -39,6 +39,7 @@ from . import fast_update as fast_update_module
 from . import raft as raft_module
 from .engine_cache import (
     ArtifactBuildError,
+    build_artifact,
     cached_files,
     check_artifact,
     ensure_artifact,
@@ -77,6 +78,7 @@ def model_code_digest() -> str:
     digest = hashlib.sha256()
     for module in (raft_module, fast_update_module):
         digest.update(Path(module.__file__).read_bytes())
+    digest.update((Path(__file__).parent / "backends" / "torch_backend.py").read_bytes())  # what is compiled, how
     return digest.hexdigest()[:16]
 
 
@@ -175,6 +177,13 @@ def load_artifacts(data: bytes) -> None:
         raise RuntimeError("torch could not read the cache artifacts")
 
 
+def compile_misses() -> int:
+    """How many graphs Inductor has compiled in this process because its cache did not have them."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_miss"])
+
+
 def fresh_torch_cache() -> ContextManager[None]:
     """A clean temporary Inductor cache for one compile, so torch compiles (and records) every artifact instead
     of serving some from an on-disk cache it would not record. A no-op where torch lacks it."""
@@ -225,10 +234,24 @@ class CompiledKernelCache:
         """Run one window shape (``run``) with its compiled kernels from the entry, or compile them and save the
         entry; returns the route (``ROUTE_*``). Holds the folder's lock, so a second process waits and loads."""
         key, path = self.key(pairs), self.path(pairs)
+        info = {"torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
         with locked(self.directory):
             if path in self._loaded or (check_artifact(path, key) is None and self._load(path)):
+                misses = compile_misses()
                 run()
-                return ROUTE_LOADED if still_compiled() else ROUTE_EAGER
+                if not still_compiled():
+                    return ROUTE_EAGER
+                if compile_misses() == misses:
+                    return ROUTE_LOADED
+                # torch compiled although the entry was loaded: it did not hold these kernels (something outside
+                # the key changed them). Replace it with what was just compiled.
+                logger.warning("compiled kernels %s did not serve %d pairs (torch compiled them anew); replacing it",
+                               path.name, pairs)
+                data = save_artifacts()
+                if not data:
+                    return ROUTE_NOT_SAVED
+                build_artifact(path, key, lambda temp: temp.write_bytes(data), info)
+                return ROUTE_BUILT
 
             def build(temp: Path) -> None:
                 with fresh_torch_cache():
@@ -240,7 +263,6 @@ class CompiledKernelCache:
                     raise ArtifactBuildError("torch recorded no compiled artifacts to save")
                 temp.write_bytes(data)
 
-            info = {"torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
             try:
                 ensure_artifact(path, key, build, info=info, label="compiled PyTorch kernels")
             except CompileUnavailable:

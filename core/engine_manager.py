@@ -301,7 +301,7 @@ def prebuild_compiled(
     backend = flow.load()
     cache = getattr(backend, "kernel_cache", None)
     if cache is None or not backend.compiled:
-        raise RuntimeError("torch.compile failed or is unavailable here (see the log), so nothing was compiled to keep.")
+        raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
     return sorted({cache.path(pairs) for pairs in backend.warmed_shapes if cache.path(pairs).is_file()})
 
 
@@ -350,7 +350,9 @@ def engine_status(path: Path, key: dict[str, Any]) -> str | None:
 
 
 def _cuda_device(
-    device: str | torch.device, what: str = "building a TensorRT engine", hint: str = f" TensorRT: {TENSORRT_INSTALL_HINT}."
+    device: str | torch.device,
+    what: str = "building a TensorRT engine",
+    hint: str = f" TensorRT: {TENSORRT_INSTALL_HINT}.",
 ) -> torch.device:
     try:
         resolved = torch.device(device)

@@ -175,6 +175,16 @@ def test_entry_torch_cannot_read_is_discarded_and_rebuilt(fake: FakeTorchCompile
     assert entry.read_bytes() != garbage
 
 
+def test_entry_that_loads_but_does_not_serve_the_kernels_is_replaced(
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = _built_entry(fake, tmp_path)
+    monkeypatch.setattr(compiled_cache, "load_artifacts", lambda data: None)  # read, but its kernels do not match
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert any("did not serve 1 pairs" in r.getMessage() for r in caplog.records)
+    assert sidecar_path(entry).is_file() and len(fake.compiles) == 4
+
+
 def test_other_settings_entries_are_not_loaded(fake: FakeTorchCompile, tmp_path: Path) -> None:
     _built_entry(fake, tmp_path)
     make(tmp_path, num_flow_updates=UPDATES + 1).warm_up([1])

@@ -110,8 +110,8 @@ class TorchFlowBackend:
         )
         _raise_recompile_limit()
         options = {"cpp_wrapper": True} if self.cpp_wrapper else None
-        self.model.encode = torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC, options=options)  # type: ignore[method-assign]
-        self.model.update_step = torch.compile(self.model.update_step, dynamic=COMPILE_DYNAMIC, options=options)  # type: ignore[method-assign]
+        for name in ("encode", "update_step"):
+            setattr(self.model, name, torch.compile(getattr(self.model, name), dynamic=COMPILE_DYNAMIC, options=options))
 
     def _kernel_cache(self) -> CompiledKernelCache:
         """The compiled-kernel cache entries of this model (see core.compiled_cache); loads the existing ones."""
@@ -181,8 +181,9 @@ class TorchFlowBackend:
         padding = bucket_pairs(pairs, self.max_pairs) - pairs
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
             frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
-        elif not frames.is_inference():  # compiled code is specialized on this too: one kind, no recompiles
-            frames = frames.clone()
+        if not (frames.is_inference() and frames.is_contiguous()):
+            # compiled code is specialized on strides and on inference-ness: one kind of input, no recompiles
+            frames = frames.clone(memory_format=torch.contiguous_format)
         started = time.perf_counter()
         try:
             flow = run(frames)
