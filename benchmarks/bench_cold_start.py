@@ -177,6 +177,9 @@ def main() -> int:
         "chunk": args.chunk,
         "flow_updates": args.updates,
         "route": routes[0],
+        "definitions": "seconds from constructing the preprocessor to its first flow map (load, warm-up for "
+                       "`chunk`-frame calls and one call; process start and imports excluded, see import_s); "
+                       "cold: empty models folder and empty torch/Triton caches; warm: best of the warm runs",
         "warm_process_first_map_s": default["warm_process_first_map_s"],
         "cold_first_call_s": default["cold_first_call_s"],
         "routes": results,

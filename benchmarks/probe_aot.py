@@ -96,7 +96,8 @@ def step_load(args: argparse.Namespace) -> dict[str, Any]:
     frames = example_frames(args.pairs, args.size)
     torch.cuda.synchronize()
     started = time.perf_counter()
-    runner = torch._inductor.aoti_load_package(str(args.package))
+    # run_single_threaded: the runner without its model-container locking, which CUDA-graph capture needs
+    runner = torch._inductor.aoti_load_package(str(args.package), run_single_threaded=True)
     loaded = time.perf_counter()
     with torch.inference_mode():
         flow = runner(frames)
