@@ -78,6 +78,20 @@ def test_key_names_everything_the_kernels_depend_on() -> None:
     assert entry_path(Path("/m"), {**key, "torch_version": "9.9"}) == path
 
 
+def test_torch_cache_goes_to_the_models_folder_unless_the_user_chose_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes there on first use
+    assert compiled_cache.point_torch_caches_at(tmp_path) == (tmp_path / "torch-compile-cache").resolve()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "torch-compile-cache").resolve())
+    mine = tmp_path / "my-inductor-cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
+    assert compiled_cache.point_torch_caches_at(tmp_path / "other") == mine
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(mine)
+
+
 # -- warm-up through the preprocessor -----------------------------------------------------------------
 
 
