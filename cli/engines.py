@@ -33,7 +33,7 @@ def engine_manager() -> ModuleType:
     return module
 
 
-@click.command("prebuild", short_help="Export ONNX and build TensorRT engines ahead of time.")
+@click.command("prebuild", short_help="Build TensorRT engines (or compiled PyTorch kernels) ahead of time.")
 @model_option()
 @click.option("--size", "sizes", type=SizeType(), multiple=True, required=True,
               help="Compute resolution HEIGHTxWIDTH to build for; repeat for several.")
@@ -48,6 +48,10 @@ def engine_manager() -> ModuleType:
               help="Cache folder [default: <models root>/optical-flow-tensorrt].")
 @click.option("--device", default="cuda", show_default=True, help="GPU to build for (engines are per GPU model).")
 @click.option("--onnx-only", is_flag=True, help="Only export the ONNX graph (works without TensorRT or a GPU).")
+@click.option("--torch", "torch_path", is_flag=True,
+              help="Compile the PyTorch path (torch.compile) instead and keep its kernels in the cache (needs CUDA).")
+@click.option("--chunk", "chunks", type=click.IntRange(min=1), multiple=True, default=(4, 16), show_default=True,
+              help="With --torch: frames per call to compile for (Scope uses 4, run/bench 16); repeat for several.")
 def prebuild_command(
     raft_model: str,
     sizes: tuple[tuple[int, int], ...],
@@ -58,8 +62,11 @@ def prebuild_command(
     models_dir: Path | None,
     device: str,
     onnx_only: bool,
+    torch_path: bool,
+    chunks: tuple[int, ...],
 ) -> None:
-    """Export ONNX graphs and build TensorRT engines ahead of time, so the first run starts at once."""
+    """Export ONNX graphs and build TensorRT engines ahead of time (or, with --torch, compile the PyTorch path),
+    so the first run starts at once."""
     manager = engine_manager()
     from ..core.models import model_spec
 
@@ -71,6 +78,14 @@ def prebuild_command(
         arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
                      "weights": weights_spec(weights), "models_dir": models_dir, "device": device,
                      "model": raft_model}
+        if torch_path:
+            try:
+                paths = manager.prebuild_compiled(height, width, chunk_frames=chunks, **arguments)
+            except RuntimeError as error:
+                raise CliError(str(error)) from error
+            for path in paths:
+                say(f"{height}x{width}: {path}")
+            continue
         if onnx_only:
             path = manager.export_onnx_cached(height, width, **arguments)
         else:
@@ -204,15 +219,15 @@ def _version(name: str) -> str | None:
     return None
 
 
-@click.group("cache", short_help="Manage the ONNX/engine cache (cache clear).")
+@click.group("cache", short_help="Manage the ONNX/engine/compiled-kernel cache (cache clear).")
 def cache_group() -> None:
-    """The ONNX/engine cache."""
+    """The ONNX/engine/compiled-kernel cache."""
 
 
 @cache_group.command("clear")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help="Cache folder [default: <models root>/optical-flow-tensorrt].")
 def cache_clear_command(models_dir: Path | None) -> None:
-    """Remove cached ONNX graphs and TensorRT engines (they are rebuilt on next use)."""
+    """Remove cached ONNX graphs, TensorRT engines and compiled PyTorch kernels (rebuilt on next use)."""
     removed = engine_manager().clear_cache(models_dir)
     say(f"removed {removed} cached file(s)")

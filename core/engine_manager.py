@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .compiled_cache import clear_torch_cache_dir, list_compiled_entries
 from .engine_cache import (
     cached_files,
     check_artifact,
@@ -291,11 +292,45 @@ def prebuild_engine(
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, target)[0]
 
 
+def prebuild_compiled(
+    height: int,
+    width: int,
+    *,
+    chunk_frames: tuple[int, ...] = (4, 16),
+    fp16: bool = True,
+    num_flow_updates: int = 12,
+    max_pairs: int | None = None,
+    weights: WeightsSpec = "DEFAULT",
+    models_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cuda",
+    model: str = DEFAULT_MODEL,
+) -> list[Path]:
+    """Compile the PyTorch path (torch.compile) for streams fed ``chunk_frames`` frames per call and keep the
+    kernels as cache entries (``.torchcache``), so later processes load them instead of compiling; returns the
+    entries' paths. Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
+    check_compute_size(height, width)
+    _check_positive("num_flow_updates", num_flow_updates)
+    resolved = _cuda_device(device, "compiling the PyTorch path's kernels", "")
+    from .preprocessor import OpticalFlowTensorRTPreprocessor  # here: the preprocessor imports the backends
+
+    flow = OpticalFlowTensorRTPreprocessor(
+        height, width, device=resolved, fp16=fp16, num_flow_updates=num_flow_updates, backend="torch",
+        weights=weights, strict_device=True, max_batch_pairs=max_pairs, models_dir=models_dir, model=model,
+    )
+    flow.warm_up(chunk_frames)
+    backend = flow.load()
+    cache = getattr(backend, "kernel_cache", None)
+    if cache is None or not backend.compiled:
+        raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
+    return sorted({cache.path(pairs) for pairs in backend.warmed_shapes if cache.path(pairs).is_file()})
+
+
 # -- listing and clearing -------------------------------------------------------------------------------
 
 
 def list_cached_engines(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """One dict per cached ``.onnx`` / ``.trt`` file: ``path``, ``kind`` (``"onnx"`` or ``"tensorrt"``),
+    """One dict per cached ``.onnx`` / ``.trt`` / ``.torchcache`` file: ``path``, ``kind`` (``"onnx"``,
+    ``"tensorrt"`` or ``"torch_compile"``; a last row of kind ``"torch_cache_dir"`` is torch's cache folder),
     ``size_bytes``, ``valid_metadata``, ``created``, and the key fields from its sidecar, both flat and as
     ``key`` (a dict; empty when the file has no readable sidecar)."""
     rows: list[dict[str, Any]] = []
@@ -306,22 +341,25 @@ def list_cached_engines(models_dir: str | os.PathLike[str] | None = None) -> lis
         row.update(
             key=key,
             path=path,
-            kind="onnx" if path.suffix == ".onnx" else "tensorrt",
+            kind={".onnx": "onnx", ".trt": "tensorrt"}.get(path.suffix, str(key.get("kind", path.suffix))),
             size_bytes=path.stat().st_size,
             valid_metadata=bool(key) and sidecar.get("size_bytes") == path.stat().st_size,
             created=sidecar.get("created"),
         )
         rows.append(row)
+    # torch.compile's own on-disk cache folder (core.compiled_cache), one row with its total size
+    rows.extend(row for row in list_compiled_entries(plugin_models_dir(models_dir)) if row["kind"] == "torch_cache_dir")
     return rows
 
 
 def clear_cache(models_dir: str | os.PathLike[str] | None = None) -> int:
-    """Delete cached ONNX graphs, engines, their sidecars and leftover temporary files (under the cache lock).
+    """Delete cached ONNX graphs, engines, compiled PyTorch kernels (entries and torch's cache folder), their
+    sidecars and leftover temporary files (under the cache lock).
 
     Returns the number of files removed. Other files in the folder (e.g. weights) are left alone.
     """
     directory = plugin_models_dir(models_dir)
-    removed = clear_directory(directory)
+    removed = clear_directory(directory) + clear_torch_cache_dir(directory)
     logger.info("cleared %d file(s) from the engine cache %s", removed, directory)
     return removed
 
@@ -331,15 +369,18 @@ def engine_status(path: Path, key: dict[str, Any]) -> str | None:
     return check_artifact(path, key)
 
 
-def _cuda_device(device: str | torch.device) -> torch.device:
+def _cuda_device(
+    device: str | torch.device,
+    what: str = "building a TensorRT engine",
+    hint: str = f" TensorRT: {TENSORRT_INSTALL_HINT}.",
+) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device={device!r} is not a valid torch device; use 'cuda' or 'cuda:N'.") from error
     if resolved.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError(
-            f"building a TensorRT engine needs a CUDA GPU (device={device!r}, CUDA available: "
-            f"{torch.cuda.is_available()}). TensorRT: {TENSORRT_INSTALL_HINT}."
+            f"{what} needs a CUDA GPU (device={device!r}, CUDA available: {torch.cuda.is_available()}).{hint}"
         )
     return torch.device("cuda", resolved.index if resolved.index is not None else torch.cuda.current_device())
 

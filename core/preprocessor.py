@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -19,12 +20,14 @@ from .models import DEFAULT_MODEL, model_spec
 from .paths import plugin_models_dir
 from .resize import resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
+from .warmup import chunk_sizes, warm_up_backend, window_pair_counts
 from .weights import WeightsInfo, WeightsSpec
 
 class OpticalFlowTensorRTPreprocessor:
     """Video frames in, RGB optical-flow maps out (RAFT Small or Large), keeping temporal state across calls.
 
-    Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call.
+    Construction is cheap and needs no arguments; the model (or TensorRT engine) loads on the first call, or
+    ahead of it with :meth:`load` (``load(warmup=4)`` also compiles and runs the shapes of 4-frame calls).
 
     Args:
         height, width: compute resolution, multiples of 8, at least 128. Frames are resized to it and the
@@ -109,6 +112,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width, self.model)
         self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
         self._backend: FlowBackend | None = None
+        self.warmup_routes: list[str] = []  # how the last warm-up's shapes were served (core.compiled_cache)
         self._previous_frames: Tensor | None = None  # [B, 3, h, w] last frame of the stream, compute size
         self._stream_key: tuple[int, int, int] | None = None  # (B, H, W) of the input the state belongs to
 
@@ -137,8 +141,14 @@ class OpticalFlowTensorRTPreprocessor:
         """What weights the loaded model has (``None`` before the first call)."""
         return getattr(self._backend, "weights_info", None)
 
-    def load(self) -> FlowBackend:
-        """Load the model/engine now instead of on the first call (e.g. to warm up); returns the backend."""
+    def load(self, warmup: bool | int | Iterable[int] = False) -> FlowBackend:
+        """Load the model/engine now instead of on the first call; returns the backend.
+
+        ``warmup`` also runs, once, every window shape of a stream fed that many frames per call (``True``: 16;
+        an int or several ints: those chunk sizes), so compiling, loading compiled kernels from the models
+        folder and CUDA-graph capture happen now and the first real call runs at full speed. Hosts call it while
+        they show a loading state. On the CPU (eager, nothing to compile) the warm-up does nothing.
+        """
         if self._backend is None:
             config = BackendConfig(
                 height=self.height,
@@ -170,7 +180,18 @@ class OpticalFlowTensorRTPreprocessor:
                 "optical flow ready: model=%s backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
                 self.model, self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
             )
+        if warmup is not False:
+            self.warm_up(chunk_sizes(warmup))
         return self._backend
+
+    def warm_up(self, chunk_frames: Iterable[int], progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Load, then run each window shape of streams fed ``chunk_frames`` frames per call once (see
+        :meth:`load`); ``progress(done, total)`` after each shape. Returns how each shape was served
+        (``core.compiled_cache.ROUTE_*``; empty when there was nothing to warm). Keeps the stream state."""
+        backend = self.load()
+        pair_counts = window_pair_counts(chunk_sizes(list(chunk_frames)), backend.max_pairs)
+        self.warmup_routes = warm_up_backend(backend, pair_counts, self.height, self.width, self.device, progress)
+        return self.warmup_routes
 
     def reset(self) -> None:
         """Start a new sequence: the next frame has no reference (zero flow) and running scales restart."""

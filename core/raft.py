@@ -89,7 +89,7 @@ class RaftSequenceFlow(nn.Module):
         num_frames, _, height, width = frames.shape
         pyramid, hidden, context = self.encode(frames)
         coords0 = self._coords_grid(num_frames - 1, height // DOWNSAMPLE, width // DOWNSAMPLE, frames.device)
-        coords1 = coords0
+        coords1 = coords0.clone()  # not an alias: torch.compile would guard on "coords1 is coords0" and compile twice
         for _ in range(self.num_flow_updates):
             hidden, coords1 = self.update_step(pyramid, context, hidden, coords0, coords1)
         flow_low = coords1 - coords0

@@ -7,14 +7,18 @@ clip, and visualization of ``FLOW``. Everything numerical is the core's; this mo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from ..core import OpticalFlowTensorRTPreprocessor
 from ..core.models import model_spec
+from ..core.log import logger
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.warmup import needs_warm_up, window_pair_counts
 from ..core.weights import WeightsSpec
 from . import host
 
@@ -75,7 +79,7 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             models_dir=settings.models_dir,
         )
         try:
-            preprocessor.load()  # cached only once loading worked, so a failed download is retried next time
+            load_and_warm_up(preprocessor)  # cached only once loading worked, so a failed download is retried
         except RuntimeError as error:
             if settings.weights != WEIGHTS_DEFAULT:
                 raise
@@ -87,6 +91,22 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
         _cache[key] = preprocessor
     preprocessor.reset()
     return preprocessor
+
+
+def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
+    """Load the model, then run the shapes the node's windows use (compiling them the first time for this GPU
+    and size), saying so in the log with the time it took and moving the node's progress bar per shape."""
+    backend = preprocessor.load()
+    if not needs_warm_up(backend, preprocessor.device):
+        return
+    window = preprocessor.max_batch_pairs  # video_flow's frames per call
+    progress = host.progress_bar(len(window_pair_counts([window], window)))
+    logger.info("optical flow: compiling (or loading compiled kernels) for %dx%d on this GPU; the first time for a "
+                "size takes tens of seconds", preprocessor.height, preprocessor.width)
+    started = time.perf_counter()
+    routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
+    logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
+                f" ({', '.join(sorted(set(routes)))})" if routes else "")
 
 
 def _resolve_weights(choice: str) -> tuple[WeightsSpec, object]:

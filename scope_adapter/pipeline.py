@@ -88,7 +88,7 @@ class FlowConfig(BasePipelineConfig):
 
 class FlowPipeline(Pipeline):
     """Scope pipeline around one :class:`OpticalFlowTensorRTPreprocessor` (CUDA, fp16; model, compute size and
-    flow updates from the config)."""
+    flow updates from the config), loaded and warmed up for :data:`CHUNK_FRAMES`-frame chunks when constructed."""
 
     @classmethod
     def get_config_class(cls) -> type[BasePipelineConfig]:
@@ -110,6 +110,9 @@ class FlowPipeline(Pipeline):
             compute_height, compute_width, flow_strength=flow_strength, model=model,
             num_flow_updates=num_flow_updates, normalization=normalization,
         )
+        # Scope shows "Initializing pipeline..." while the constructor runs: load the model and compile (or load
+        # the compiled kernels from the models folder) for Scope's chunk shapes now, not on the first live chunk.
+        self.preprocessor.load(warmup=CHUNK_FRAMES)
 
     def prepare(self, **kwargs: Any) -> Requirements:
         return Requirements(input_size=CHUNK_FRAMES)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from ..corr_lookup import fused_lookup_available
+from ..compiled_cache import ROUTE_EAGER, ROUTE_NOT_SAVED, CompiledKernelCache, compiled_key, point_torch_caches_at
 from ..log import log_once, logger
+from ..paths import plugin_models_dir
 from ..raft import RaftSequenceFlow
 from ..models import model_spec
 from ..weights import WeightsSpec, load_raft
@@ -24,6 +28,11 @@ PAIR_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 # torch.compile keeps at most `recompile_limit` (default 8) compiled versions per function, then silently runs
 # it eagerly. Window buckets times compute sizes (and several preprocessors in one process) exceed 8.
 RECOMPILE_LIMIT = 64
+# Device types torch.compile is used on (the CPU runs eagerly: compiling it is slower to start than it gains).
+COMPILE_DEVICE_TYPES = ("cuda",)
+# "1": Inductor's C++ wrapper (cpp_wrapper) instead of generated Python, which a warm process otherwise spends
+# seconds re-compiling with Python's compile(); measured by benchmarks/bench_cold_start.py.
+CPP_WRAPPER_ENV = "SCOPE_OPTICAL_FLOW_CPP_WRAPPER"
 
 
 def _raise_recompile_limit() -> None:
@@ -86,8 +95,15 @@ class TorchFlowBackend:
         self.max_pairs = config.max_pairs
         self.config = config
         on_cuda = config.device.type == "cuda"
-        self.compiled = config.torch_compile and on_cuda
+        self.compiled = config.torch_compile and config.device.type in COMPILE_DEVICE_TYPES
+        self.cpp_wrapper = os.environ.get(CPP_WRAPPER_ENV, "") == "1"
+        self.kernel_cache: CompiledKernelCache | None = None
+        self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its warm-up
         if self.compiled:
+            try:
+                self.kernel_cache = self._kernel_cache()
+            except OSError as error:  # e.g. a read-only models folder: compile as before, without entries
+                log_once("compiled-cache-unavailable", f"compiled kernels are not cached on disk ({error}).")
             self._compile()
         self.graphs = CudaGraphRunner(self._forward, config.device) if config.cuda_graphs and on_cuda else None
 
@@ -99,8 +115,56 @@ class TorchFlowBackend:
             20,
         )
         _raise_recompile_limit()
-        self.model.encode = torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
-        self.model.update_step = torch.compile(self.model.update_step, dynamic=COMPILE_DYNAMIC)  # type: ignore[method-assign]
+        options = {"cpp_wrapper": True} if self.cpp_wrapper else None
+        for name in ("encode", "update_step"):
+            setattr(self.model, name, torch.compile(getattr(self.model, name), dynamic=COMPILE_DYNAMIC, options=options))
+
+    def _kernel_cache(self) -> CompiledKernelCache:
+        """The compiled-kernel cache entries of this model (see core.compiled_cache); loads the existing ones."""
+        directory = plugin_models_dir(self.config.models_dir)
+        point_torch_caches_at(directory)
+        key = compiled_key(
+            model=self.config.model, fused_lookup=self.model.fused_lookup,
+            height=self.config.height, width=self.config.width, pairs=0, fp16=half_precision_active(self.config),
+            num_flow_updates=self.config.num_flow_updates, weights=self.weights_info.identity,
+            device=self.config.device, wrapper="cpp" if self.cpp_wrapper else "python",
+        )
+        cache = CompiledKernelCache(directory, key)
+        cache.load_existing()
+        return cache
+
+    def warm_up(self, pair_counts: Iterable[int]) -> list[str]:
+        """Run every window shape the stream will use (``pair_counts``: pairs per model call) once, so that
+        compiling and CUDA-graph capture happen now, not on a live call. Compiled kernels come from their cache
+        entries or are compiled and saved as entries. Returns the route of each shape warmed now (``ROUTE_*``;
+        shapes this backend has run before are skipped)."""
+        shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
+        routes: list[str] = []
+        for pairs in shapes:
+            if pairs in self.warmed_shapes:  # this process has run this shape already: nothing left to do
+                continue
+            frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
+
+            def run(frames: Tensor = frames) -> None:
+                self.flow(frames)
+
+            if self.compiled and self.kernel_cache is not None:
+                try:
+                    routes.append(self.kernel_cache.warm(pairs, run, lambda: self.compiled))
+                except OSError as error:  # the entry could not be written: the kernels are compiled all the same
+                    log_once("compiled-cache-unwritable", f"compiled kernels not saved ({error}).")
+                    run()
+                    routes.append(ROUTE_NOT_SAVED)
+            else:
+                run()
+                routes.append(ROUTE_NOT_SAVED if self.compiled else ROUTE_EAGER)
+            self.warmed_shapes[pairs] = routes[-1]
+        return routes
+
+    @property
+    def needs_warm_up(self) -> bool:
+        """Whether a first call of a new shape does one-off work (compiling, graph capture) worth doing early."""
+        return self.compiled or self.graphs is not None
 
     def _uncompile(self, error: Exception) -> None:
         log_once(
@@ -140,6 +204,9 @@ class TorchFlowBackend:
         padding = bucket_pairs(pairs, self.max_pairs) - pairs
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
             frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
+        if not (frames.is_inference() and frames.is_contiguous()):
+            # compiled code is specialized on strides and on inference-ness: one kind of input, no recompiles
+            frames = frames.clone(memory_format=torch.contiguous_format)
         started = time.perf_counter()
         try:
             flow = run(frames)

@@ -1,0 +1,199 @@
+"""Cold start of the PyTorch fast path: seconds from constructing the preprocessor to its first flow map.
+
+Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (Inductor's default
+Python wrapper, and ``cpp``: Inductor's C++ wrapper through ``SCOPE_OPTICAL_FLOW_CPP_WRAPPER=1``):
+
+1. **cold**: an empty temporary models folder, so an empty compiled-kernel cache and an empty torch/Inductor
+   cache (this package points Inductor's cache into the models folder), a fresh ``TRITON_HOME`` and
+   ``CUDA_CACHE_PATH``: a new machine. The warm-up compiles and saves the cache entry.
+2. **warm** (``--warm-runs`` times): the same folders: the entry and torch's cache exist.
+3. **entry only**: torch's cache folder deleted, only the ``.torchcache`` entry kept (as after a wiped
+   /tmp or a copied models folder): shows that the entry alone serves the kernels.
+
+Each child constructs ``OpticalFlowTensorRTPreprocessor`` (backend torch, CUDA, fp16, random weights), calls
+``load()`` (model, and the entry's artifacts hot-loaded), ``warm_up([chunk])`` and one real call of ``chunk``
+uint8 frames, and reports the breakdown (import, model load, artifact load, warm-up, first map), the route the
+warm-up took, and torch's cache hit/miss counters. Writes ``cold_start.json`` (the issue's shape: ``environment``,
+``size``, ``warm_process_first_map_s``, ``cold_first_call_s`` for the default route, plus every run)::
+
+    python benchmarks/bench_cold_start.py                  # 512x512, 4-frame chunks (Scope's), both routes
+    python benchmarks/bench_cold_start.py --routes python  # default route only (about half the time)
+
+Takes about 2-4 minutes on one H100/H200 (a cold compile at 512x512 is 20-30 s per route).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROCESS_START = time.perf_counter()
+
+from _checkout import ROOT, use_this_checkout  # noqa: E402  (same folder)
+
+ROUTE_ENV = {"python": {}, "cpp": {"SCOPE_OPTICAL_FLOW_CPP_WRAPPER": "1"}}
+CHILD_TIMEOUT_S = 240
+
+
+def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: str) -> dict[str, Any]:
+    """One fresh process's start: construct, load, warm up, first map (and one more call for reference)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+
+    imported = time.perf_counter()
+    device = torch.device(device_name)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    frames = torch.randint(0, 256, (chunk, size, size, 3), dtype=torch.uint8, device=device)
+    sync()
+
+    started = time.perf_counter()
+    flow = OpticalFlowTensorRTPreprocessor(size, size, device=device, weights=None, backend="torch",
+                                           strict_device=True, num_flow_updates=updates, models_dir=models_dir)
+    backend = flow.load()
+    loaded = time.perf_counter()
+    routes = flow.warm_up([chunk])
+    sync()
+    warmed = time.perf_counter()
+    flow(frames)
+    sync()
+    first = time.perf_counter()
+    flow(frames)
+    sync()
+    second = time.perf_counter()
+    cache = getattr(backend, "kernel_cache", None)
+    return {
+        "import_s": round(imported - PROCESS_START, 2),
+        "model_load_s": round(loaded - started, 2),
+        "artifact_load_s": round(cache.load_seconds, 2) if cache is not None else None,
+        "warmup_s": round(warmed - loaded, 2),
+        "first_map_s": round(first - warmed, 3),
+        "construct_to_first_map_s": round(first - started, 2),
+        "second_call_ms": round((second - first) * 1e3, 2),
+        "routes": routes,
+        "compiled": bool(getattr(backend, "compiled", False)),
+        "inductor_counters": {name: int(value) for name, value in counters["inductor"].items()
+                              if name.startswith("fxgraph_cache")},
+        "aot_autograd_counters": {name: int(value) for name, value in counters["aot_autograd"].items()
+                                  if "cache" in name},
+        "torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "torch": torch.__version__,
+    }
+
+
+def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], label: str) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--models-dir", str(models_dir),
+               "--size", str(args.size), "--chunk", str(args.chunk), "--updates", str(args.updates),
+               "--device", args.device]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(wall, 2)
+    entries = sorted(models_dir.glob("*.torchcache"))
+    result["entries"] = {path.name: path.stat().st_size for path in entries}
+    print(f"  {label:<11} construct->first map {result['construct_to_first_map_s']:6.2f} s  (import "
+          f"{result['import_s']:.1f}, load {result['model_load_s']:.2f}, artifacts {result['artifact_load_s']}, "
+          f"warm-up {result['warmup_s']:.2f}, first map {result['first_map_s'] * 1e3:.0f} ms; next call "
+          f"{result['second_call_ms']:.1f} ms)  route {','.join(result['routes']) or '-'}  "
+          f"{result['inductor_counters']}", flush=True)
+    return result
+
+
+def measure_route(args: argparse.Namespace, route: str, work: Path) -> dict[str, Any]:
+    models_dir = work / route / "models"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER")}
+    env.update(ROUTE_ENV[route])
+    env["TRITON_HOME"] = str(work / route / "triton_home")  # Triton's own ~/.triton, fresh for this route
+    env["CUDA_CACHE_PATH"] = str(work / route / "cuda_cache")
+    print(f"route {route}:", flush=True)
+    cold = run_child(args, models_dir, env, "cold")
+    warm = [run_child(args, models_dir, env, f"warm {i + 1}") for i in range(args.warm_runs)]
+    shutil.rmtree(models_dir / "torch-compile-cache", ignore_errors=True)
+    entry_only = run_child(args, models_dir, env, "entry only")
+    return {
+        "cold": cold,
+        "warm": warm,
+        "entry_only": entry_only,
+        "cold_first_call_s": cold["construct_to_first_map_s"],
+        "warm_process_first_map_s": min(run["construct_to_first_map_s"] for run in warm),
+        "entry_only_first_map_s": entry_only["construct_to_first_map_s"],
+        "warm_route": warm[-1]["routes"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=512, help="compute height and width")
+    parser.add_argument("--chunk", type=int, default=4, help="frames per call (Scope: 4, CLI: 16)")
+    parser.add_argument("--updates", type=int, default=12, help="RAFT flow updates")
+    parser.add_argument("--routes", default="python,cpp", help="comma-separated: python (default wrapper), cpp")
+    parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    use_this_checkout()
+    if args.child:
+        print(json.dumps(child(args.models_dir, args.size, args.chunk, args.updates, args.device)))
+        return 0
+
+    routes = [route.strip() for route in args.routes.split(",") if route.strip()]
+    unknown = sorted(set(routes) - set(ROUTE_ENV))
+    if unknown:
+        parser.error(f"unknown route(s) {unknown}; use python and/or cpp")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as temp:
+        results = {route: measure_route(args, route, Path(temp)) for route in routes}
+    default = results[routes[0]]
+    first_cold = default["cold"]
+    report = {
+        "environment": {
+            "device": first_cold["device"],
+            "torch": first_cold["torch"],
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+        },
+        "size": args.size,
+        "chunk": args.chunk,
+        "flow_updates": args.updates,
+        "route": routes[0],
+        "definitions": "seconds from constructing the preprocessor to its first flow map (load, warm-up for "
+                       "`chunk`-frame calls and one call; process start and imports excluded, see import_s); "
+                       "cold: empty models folder and empty torch/Triton caches; warm: best of the warm runs",
+        "warm_process_first_map_s": default["warm_process_first_map_s"],
+        "cold_first_call_s": default["cold_first_call_s"],
+        "routes": results,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{'route':<8}{'cold s':>9}{'warm s':>9}{'entry only s':>14}  warm route")
+    for route, result in results.items():
+        print(f"{route:<8}{result['cold_first_call_s']:>9.2f}{result['warm_process_first_map_s']:>9.2f}"
+              f"{result['entry_only_first_map_s']:>14.2f}  {','.join(result['warm_route'])}")
+    print(f"wrote {args.out} ({report['total_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

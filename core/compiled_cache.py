@@ -1,0 +1,329 @@
+"""Compiled PyTorch kernels (torch.compile) as cache entries in the models folder, beside the TensorRT engines.
+
+The PyTorch fast path compiles ``encode`` and ``update_step`` with torch.compile on its first call of each window
+shape (20-30 s at 512x512 on a fresh machine). Two things keep that work:
+
+- **cache entries** ``{model}_{H}x{W}_{gpu}-{hash}.torchcache``: torch's portable cache artifacts
+  (``torch.compiler.save_cache_artifacts``: Inductor's compiled graphs with their Triton kernels, AOTAutograd
+  results, autotuning choices) for one window shape (``pairs`` frame pairs per call), written after a warm-up
+  compiled them and hot-loaded (``load_cache_artifacts``) before a later process compiles. They follow the
+  engine cache's rules (:mod:`core.engine_cache`): a JSON sidecar with the key, size and sha256; atomic writes;
+  one inter-process lock per folder, so two processes that need the same entry compile it once; a missing,
+  stale, truncated or corrupt entry is rebuilt, never loaded.
+- **torch's own on-disk caches** (Inductor's, and Triton's inside it) are pointed at
+  ``<models folder>/torch-compile-cache`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set, instead of the default under
+  ``/tmp`` that a reboot removes. Shapes compiled outside a warm-up land there.
+
+The key holds everything the compiled code depends on: the RAFT model, GPU model and compute capability, compute
+size, window pairs, precision, flow updates, weights identity, the correlation lookup (fused Triton kernel or
+grid_sample), torch and Triton versions, Inductor's wrapper mode, this package's version and a hash of the model
+code. Model, size, pairs, precision, updates, weights, lookup and wrapper name the file (several settings side by
+side); the rest are rebuilt in place when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ContextManager
+
+import torch
+
+from . import corr_lookup as corr_lookup_module
+from . import fast_update as fast_update_module
+from . import models as models_module
+from . import raft as raft_module
+from .engine_cache import (
+    ArtifactBuildError,
+    build_artifact,
+    cached_files,
+    check_artifact,
+    ensure_artifact,
+    invalidate,
+    key_hash,
+    locked,
+    read_sidecar,
+    sanitize_gpu_name,
+)
+from .log import logger
+
+CACHE_FORMAT = 1
+ENTRY_SUFFIX = ".torchcache"
+TORCH_CACHE_SUBDIR = "torch-compile-cache"
+PACKAGE_NAME = "scope-optical-flow-tensorrt"
+KIND = "torch_compile"
+
+# Routes a warm-up reports (also in logs and benchmarks/results/cold_start.json).
+ROUTE_LOADED = "cache-entry"  # kernels came from a valid .torchcache entry (torch's portable cache artifacts)
+ROUTE_BUILT = "compiled-and-saved"  # compiled now (no valid entry) and saved as an entry
+ROUTE_NOT_SAVED = "compiled-not-saved"  # compiled now, but torch recorded nothing to save
+ROUTE_EAGER = "eager"  # compiling failed (or is off): the model runs eagerly
+
+_NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup", "wrapper")
+
+
+class CompileUnavailable(RuntimeError):
+    """The warm-up ran, but the backend fell back to eager: there is nothing compiled to save."""
+
+
+# -- keys and names -----------------------------------------------------------------------------------
+
+
+def model_code_digest() -> str:
+    """Hash of the modules whose code torch.compile traces, so an edited model recompiles even at one version."""
+    digest = hashlib.sha256()
+    for module in (raft_module, fast_update_module, corr_lookup_module, models_module):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update((Path(__file__).parent / "_corr_lookup_triton.py").read_bytes())  # the fused lookup's kernel
+    digest.update((Path(__file__).parent / "backends" / "torch_backend.py").read_bytes())  # what is compiled, how
+    return digest.hexdigest()[:16]
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def device_identity(device: torch.device) -> tuple[str, str]:
+    """(GPU name, compute capability) of a CUDA device; ``("cpu-<machine>", "")`` for the CPU."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return torch.cuda.get_device_name(index), f"{major}.{minor}"
+    return f"cpu-{platform.machine() or 'unknown'}", ""
+
+
+def compiled_key(
+    *,
+    model: str,
+    height: int,
+    width: int,
+    pairs: int,
+    fp16: bool,
+    num_flow_updates: int,
+    weights: str,
+    device: torch.device,
+    fused_lookup: bool,
+    wrapper: str = "python",
+) -> dict[str, Any]:
+    """The full key of the compiled kernels for one window shape (``pairs`` frame pairs per model call)."""
+    gpu_name, capability = device_identity(device)
+    return {
+        "format": CACHE_FORMAT,
+        "kind": KIND,
+        "model": model,
+        "height": height,
+        "width": width,
+        "pairs": pairs,
+        "precision": "fp16" if fp16 else "fp32",
+        "num_flow_updates": num_flow_updates,
+        "weights": weights,
+        "lookup": "fused" if fused_lookup else "grid_sample",
+        "wrapper": wrapper,
+        "gpu_name": gpu_name,
+        "compute_capability": capability,
+        "torch_version": torch.__version__,
+        "triton_version": _version("triton"),
+        "package_version": _version(PACKAGE_NAME) or "unknown",
+        "model_code": model_code_digest(),
+    }
+
+
+def entry_path(directory: Path, key: dict[str, Any]) -> Path:
+    digest = key_hash({name: key[name] for name in _NAME_FIELDS})
+    gpu = sanitize_gpu_name(key["gpu_name"])
+    return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}{ENTRY_SUFFIX}"
+
+
+# -- torch's caches -------------------------------------------------------------------------------------
+
+
+def torch_cache_dir(directory: Path) -> Path:
+    return directory / TORCH_CACHE_SUBDIR
+
+
+def point_torch_caches_at(directory: Path) -> Path:
+    """Use ``<directory>/torch-compile-cache`` for Inductor's (and Triton's) on-disk caches, unless the user set
+    ``TORCHINDUCTOR_CACHE_DIR`` (or another folder was chosen earlier in this process); returns the folder used.
+
+    torch writes its default (``/tmp/torchinductor_<user>``) into the environment on first use, so that value
+    counts as unset. ``TRITON_CACHE_DIR``, when set, still decides where Triton's own files go.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return Path(current)
+    target = torch_cache_dir(directory).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(target)
+    logger.info("torch.compile's on-disk cache: %s", target)
+    return target
+
+
+# -- torch's portable cache artifacts (module-level so tests can stand in for them) ----------------------
+
+
+def save_artifacts() -> bytes | None:
+    """Everything torch compiled in this process so far, as portable bytes (``None`` if nothing was recorded)."""
+    saved = torch.compiler.save_cache_artifacts()
+    return None if saved is None else saved[0]
+
+
+def load_artifacts(data: bytes) -> None:
+    """Hot-load portable cache artifacts into torch's caches (raises if torch cannot read them)."""
+    if torch.compiler.load_cache_artifacts(data) is None:
+        raise RuntimeError("torch could not read the cache artifacts")
+
+
+def compile_misses() -> int:
+    """How many graphs Inductor has compiled in this process because its cache did not have them."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_miss"])
+
+
+def fresh_torch_cache() -> ContextManager[None]:
+    """A clean temporary Inductor cache for one compile, so torch compiles (and records) every artifact instead
+    of serving some from an on-disk cache it would not record. A no-op where torch lacks it."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:
+        try:
+            from torch._inductor.utils import fresh_inductor_cache as fresh_cache
+        except ImportError:
+            return nullcontext()
+    return fresh_cache()
+
+
+# -- entries ------------------------------------------------------------------------------------------
+
+
+class CompiledKernelCache:
+    """The cache entries of one compiled model (``base_key``: :func:`compiled_key` without ``pairs``)."""
+
+    def __init__(self, directory: Path, base_key: dict[str, Any]) -> None:
+        self.directory = directory
+        self.base_key = {name: value for name, value in base_key.items() if name != "pairs"}
+        self._loaded: set[Path] = set()
+        self.load_seconds = 0.0  # time spent hot-loading entries in this process (for benchmarks)
+
+    def key(self, pairs: int) -> dict[str, Any]:
+        return {**self.base_key, "pairs": pairs}
+
+    def path(self, pairs: int) -> Path:
+        return entry_path(self.directory, self.key(pairs))
+
+    def load_existing(self) -> list[Path]:
+        """Hot-load every valid entry of this model (any window shape) before anything compiles."""
+        loaded: list[Path] = []
+        with locked(self.directory):
+            for path in cached_files(self.directory):
+                sidecar = read_sidecar(path) or {}
+                key = sidecar.get("key")
+                if path.suffix != ENTRY_SUFFIX or not isinstance(key, dict) or "pairs" not in key:
+                    continue
+                if self.key(key["pairs"]) != key or check_artifact(path, key) is not None:
+                    continue
+                if self._load(path):
+                    loaded.append(path)
+        return loaded
+
+    def warm(self, pairs: int, run: Callable[[], None], still_compiled: Callable[[], bool]) -> str:
+        """Run one window shape (``run``) with its compiled kernels from the entry, or compile them and save the
+        entry; returns the route (``ROUTE_*``). Holds the folder's lock, so a second process waits and loads."""
+        key, path = self.key(pairs), self.path(pairs)
+        info = {"torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+        with locked(self.directory):
+            if path in self._loaded or (check_artifact(path, key) is None and self._load(path)):
+                misses = compile_misses()
+                run()
+                if not still_compiled():
+                    return ROUTE_EAGER
+                if compile_misses() == misses:
+                    return ROUTE_LOADED
+                # torch compiled although the entry was loaded: it did not hold these kernels (something outside
+                # the key changed them). Replace it with what was just compiled.
+                logger.warning("compiled kernels %s did not serve %d pairs (torch compiled them anew); replacing it",
+                               path.name, pairs)
+                data = save_artifacts()
+                if not data:
+                    return ROUTE_NOT_SAVED
+                build_artifact(path, key, lambda temp: temp.write_bytes(data), info)
+                return ROUTE_BUILT
+
+            def build(temp: Path) -> None:
+                with fresh_torch_cache():
+                    run()
+                if not still_compiled():
+                    raise CompileUnavailable("torch.compile failed; running eagerly")
+                data = save_artifacts()
+                if not data:
+                    raise ArtifactBuildError("torch recorded no compiled artifacts to save")
+                temp.write_bytes(data)
+
+            try:
+                ensure_artifact(path, key, build, info=info, label="compiled PyTorch kernels")
+            except CompileUnavailable:
+                return ROUTE_EAGER
+            except ArtifactBuildError as error:
+                logger.info("compiled kernels for %d pairs not saved as a cache entry: %s", pairs, error)
+                return ROUTE_NOT_SAVED
+            self._loaded.add(path)  # this process compiled them: nothing to load
+            return ROUTE_BUILT
+
+    def _load(self, path: Path) -> bool:
+        """Hot-load a checked entry; an entry torch cannot read is discarded (and rebuilt by the caller)."""
+        started = time.perf_counter()
+        try:
+            load_artifacts(path.read_bytes())
+        except Exception as error:  # a pickled artifact from another build of torch can fail in many ways
+            invalidate(path, f"torch could not load its artifacts ({type(error).__name__}: {str(error)[:200]})")
+            return False
+        self._loaded.add(path)
+        elapsed = time.perf_counter() - started
+        self.load_seconds += elapsed
+        logger.info("loaded compiled kernels %s (%.2f s)", path.name, elapsed)
+        return True
+
+
+# -- listing and clearing -------------------------------------------------------------------------------
+
+
+def list_compiled_entries(directory: Path) -> list[dict[str, Any]]:
+    """``path``, ``size_bytes``, ``created`` and ``key`` of each ``.torchcache`` entry, and the torch cache folder's
+    size (as a row with ``kind`` ``"torch_cache_dir"``) when it exists."""
+    rows: list[dict[str, Any]] = []
+    for path in cached_files(directory):
+        if path.suffix != ENTRY_SUFFIX:
+            continue
+        sidecar = read_sidecar(path) or {}
+        key = sidecar.get("key") if isinstance(sidecar.get("key"), dict) else {}
+        rows.append({"kind": KIND, "path": path, "size_bytes": path.stat().st_size, "created": sidecar.get("created"),
+                     "key": key})
+    folder = torch_cache_dir(directory)
+    if folder.is_dir():
+        size = sum(child.stat().st_size for child in folder.rglob("*") if child.is_file())
+        rows.append({"kind": "torch_cache_dir", "path": folder, "size_bytes": size, "created": None, "key": {}})
+    return rows
+
+
+def clear_torch_cache_dir(directory: Path) -> int:
+    """Remove ``<directory>/torch-compile-cache`` under the cache lock; returns the number of files removed."""
+    folder = torch_cache_dir(directory)
+    if not folder.is_dir():
+        return 0
+    with locked(directory):
+        count = sum(1 for child in folder.rglob("*") if child.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return count
+

@@ -1,0 +1,376 @@
+"""Compiled PyTorch kernels as cache entries (core.compiled_cache) and the warm-up that writes and reads them.
+
+The CPU runs eagerly, so most tests stand in for torch.compile and torch's cache artifacts with a fake that
+"compiles" each new input shape once and saves/loads what it compiled as bytes; the model, preprocessor,
+backend, keys, files, locking and rebuild rules are real. One test uses the real torch.compile on the CPU
+(a tiny function, C++ compiler needed) to show that torch's portable artifacts serve a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.cli.app import cli, main
+from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager
+from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core.backends import torch_backend
+from scope_optical_flow_tensorrt.core.compiled_cache import (
+    ENTRY_SUFFIX,
+    ROUTE_BUILT,
+    ROUTE_EAGER,
+    ROUTE_LOADED,
+    ROUTE_NOT_SAVED,
+    CompiledKernelCache,
+    compiled_key,
+    entry_path,
+)
+from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
+
+from conftest import COMPUTE_SIZE, make_frames
+if TYPE_CHECKING:
+    from fake_compile import FakeTorchCompile
+
+pytest_plugins = ("fake_compile",)  # the `fake` fixture
+UPDATES = 2
+
+
+def make(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
+    settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
+                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
+    settings.update(options)
+    return OpticalFlowTensorRTPreprocessor(**settings)
+
+
+def entries(models_dir: Path) -> list[Path]:
+    return sorted(models_dir.glob(f"*{ENTRY_SUFFIX}"))
+
+
+# -- keys and names -----------------------------------------------------------------------------------
+
+
+def test_key_names_everything_the_kernels_depend_on() -> None:
+    key = compiled_key(model="raft_small", fused_lookup=False, height=512, width=384, pairs=4, fp16=True, num_flow_updates=12, weights="w",
+                       device=torch.device("cpu"))
+    assert {"gpu_name", "compute_capability", "model", "height", "width", "pairs", "precision", "num_flow_updates",
+            "weights", "lookup", "torch_version", "triton_version", "package_version", "model_code",
+            "wrapper"} <= set(key)
+    assert key["torch_version"] == torch.__version__ and key["precision"] == "fp16"
+    path = entry_path(Path("/m"), key)
+    assert path.name.startswith("raft_small_512x384_cpu-") and path.suffix == ENTRY_SUFFIX
+    # settings that name the file get files of their own; environment changes rebuild in place
+    assert entry_path(Path("/m"), {**key, "pairs": 16}) != path
+    assert entry_path(Path("/m"), {**key, "wrapper": "cpp"}) != path
+    assert entry_path(Path("/m"), {**key, "lookup": "fused"}) != path
+    large = entry_path(Path("/m"), {**key, "model": "raft_large"})
+    assert large != path and large.name.startswith("raft_large_512x384_cpu-")
+    assert entry_path(Path("/m"), {**key, "torch_version": "9.9"}) == path
+
+
+def test_torch_cache_goes_to_the_models_folder_unless_the_user_chose_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes there on first use
+    assert compiled_cache.point_torch_caches_at(tmp_path) == (tmp_path / "torch-compile-cache").resolve()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "torch-compile-cache").resolve())
+    mine = tmp_path / "my-inductor-cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
+    assert compiled_cache.point_torch_caches_at(tmp_path / "other") == mine
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(mine)
+
+
+# -- warm-up through the preprocessor -----------------------------------------------------------------
+
+
+def test_warm_up_compiles_once_saves_an_entry_and_a_fresh_process_loads_it(
+    fake: FakeTorchCompile, tmp_path: Path
+) -> None:
+    first = make(tmp_path)
+    assert first.warm_up([4]) == [ROUTE_BUILT]  # Scope's 4-frame chunks: windows of 3 and 4 pairs, one bucket (4)
+    assert fake.compiles == ["encode[5, 3, 128, 128]", "update_step[1024, 1, 16, 16]"]  # 4 pairs x 16 x 16
+    [entry] = entries(tmp_path)
+    sidecar = json.loads(sidecar_path(entry).read_text())
+    assert sidecar["key"]["pairs"] == 4 and sidecar["key"]["kind"] == "torch_compile"
+    assert sidecar["key"]["gpu_name"].startswith("cpu-") and sidecar["sha256"]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "torch-compile-cache").resolve())
+    frames = make_frames(4, 64, 80)
+    first(frames)  # the first real call (3 pairs, padded to the warmed bucket) compiles nothing new
+    assert len(fake.compiles) == 2
+
+    fake.new_process()
+    second = make(tmp_path)
+    second.load(warmup=4)
+    assert second.loaded and second.warmup_routes == [ROUTE_LOADED]
+    assert len(fake.compiles) == 2 and len(fake.loads) == 1  # loaded, not compiled again
+    torch.testing.assert_close(second(frames), make(tmp_path, torch_compile=False)(frames), atol=1e-4, rtol=0)
+
+
+def test_each_chunk_size_warms_its_own_buckets(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    flow = make(tmp_path, max_batch_pairs=24)
+    routes = flow.warm_up([4, 16])
+    assert routes == [ROUTE_BUILT, ROUTE_BUILT]  # buckets 4 (3 and 4 pairs) and 16 (15 and 16 pairs)
+    assert sorted(json.loads(sidecar_path(p).read_text())["key"]["pairs"] for p in entries(tmp_path)) == [4, 16]
+    assert flow.warm_up([4]) == []  # already warm in this process: nothing runs again
+    assert len(fake.compiles) == 4
+
+
+def test_warm_up_on_the_cpu_without_compiling_does_nothing(tmp_path: Path) -> None:
+    flow = make(tmp_path)
+    assert flow.load(warmup=True) is flow.load() and flow.warmup_routes == []
+    assert entries(tmp_path) == []
+
+
+def test_bad_warmup_argument_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="warmup must be True, False, or frames per call"):
+        make(tmp_path).load(warmup=[4, 0])
+
+
+# -- stale, corrupt, truncated, unreadable ---------------------------------------------------------------
+
+
+def _built_entry(fake: FakeTorchCompile, models_dir: Path) -> Path:
+    make(models_dir).warm_up([1])
+    [entry] = entries(models_dir)
+    fake.new_process()
+    return entry
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "no sidecar"])
+def test_damaged_entry_is_rebuilt_never_loaded(
+    fake: FakeTorchCompile, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = _built_entry(fake, tmp_path)
+    data = entry.read_bytes()
+    if damage == "corrupt":
+        entry.write_bytes(data[:-3] + b"xx]")  # same size, other bytes
+    elif damage == "truncated":
+        entry.write_bytes(data[: len(data) // 2])
+    else:
+        sidecar_path(entry).unlink()
+    compiles = len(fake.compiles)
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert fake.loads == [] and len(fake.compiles) == compiles + 2  # nothing damaged reached torch
+    assert entry.read_bytes() == data and sidecar_path(entry).is_file()
+    assert any("rebuilding compiled PyTorch kernels" in r.getMessage() for r in caplog.records)
+
+
+def test_stale_key_rebuilds_in_place(fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    entry = _built_entry(fake, tmp_path)
+    monkeypatch.setattr(compiled_cache.torch, "__version__", "99.0")  # torch upgraded
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert entries(tmp_path) == [entry] and fake.loads == []
+    assert json.loads(sidecar_path(entry).read_text())["key"]["torch_version"] == "99.0"
+    assert any("changed: torch_version" in r.getMessage() for r in caplog.records)
+
+
+def test_entry_torch_cannot_read_is_discarded_and_rebuilt(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    entry = _built_entry(fake, tmp_path)
+    garbage = b"not artifacts!" * 3
+    entry.write_bytes(garbage)  # valid sidecar for these bytes, but torch cannot read them
+    meta = json.loads(sidecar_path(entry).read_text())
+    meta.update(size_bytes=len(garbage), sha256=compiled_cache.hashlib.sha256(garbage).hexdigest())
+    sidecar_path(entry).write_text(json.dumps(meta))
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert fake.loads == [garbage]  # tried once at construction, then discarded
+    assert entry.read_bytes() != garbage
+
+
+def test_entry_that_loads_but_does_not_serve_the_kernels_is_replaced(
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = _built_entry(fake, tmp_path)
+    monkeypatch.setattr(compiled_cache, "load_artifacts", lambda data: None)  # read, but its kernels do not match
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert any("did not serve 1 pairs" in r.getMessage() for r in caplog.records)
+    assert sidecar_path(entry).is_file() and len(fake.compiles) == 4
+
+
+def test_other_settings_entries_are_not_loaded(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    _built_entry(fake, tmp_path)
+    make(tmp_path, num_flow_updates=UPDATES + 1).warm_up([1])
+    assert fake.loads == [] and len(entries(tmp_path)) == 2
+
+
+# -- compile failure ------------------------------------------------------------------------------------
+
+
+def test_compile_failure_falls_back_to_eager_with_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_compile(fn: Callable[..., Any], **_: Any) -> Callable[..., Any]:
+        def compiled(*args: Any) -> Any:
+            raise RuntimeError("InductorError: no working C compiler")
+
+        return compiled
+
+    monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(core_log, "_said", set())
+    flow = make(tmp_path)
+    assert set(flow.warm_up([4, 16])) == {ROUTE_EAGER}
+    frames = make_frames(5, 64, 80)
+    torch.testing.assert_close(flow(frames), make(tmp_path, torch_compile=False)(frames), atol=1e-4, rtol=0)
+    failures = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(failures) == 1 and "no working C compiler" in failures[0].getMessage()
+    assert entries(tmp_path) == []
+
+
+def test_unwritable_models_folder_still_compiles(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the models folder should be")
+    flow = make(blocker)
+    assert flow.load().kernel_cache is None  # type: ignore[attr-defined]
+    assert flow.warm_up([1]) == [ROUTE_NOT_SAVED] and fake.compiles  # compiled in memory, nothing on disk
+
+
+# -- two processes ---------------------------------------------------------------------------------------
+
+
+def _warm_in_process(folder: str, log: str, barrier: Any) -> None:
+    def save() -> bytes:
+        return b"compiled kernels"
+
+    def load(data: bytes) -> None:
+        assert data == b"compiled kernels"
+
+    def run() -> None:
+        with open(log, "a") as handle:
+            handle.write("compiled\n")
+        time.sleep(0.5)
+
+    compiled_cache.save_artifacts = save  # type: ignore[assignment]
+    compiled_cache.load_artifacts = load  # type: ignore[assignment]
+    compiled_cache.fresh_torch_cache = nullcontext  # type: ignore[assignment]
+    key = compiled_key(model="raft_small", fused_lookup=False, height=128, width=128, pairs=2, fp16=False, num_flow_updates=1, weights="w",
+                       device=torch.device("cpu"))
+    barrier.wait()
+    route = CompiledKernelCache(Path(folder), key).warm(2, run, lambda: True)
+    with open(log, "a") as handle:
+        handle.write(route + "\n")
+
+
+def test_two_processes_compile_the_same_entry_once(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    log = tmp_path / "log.txt"
+    barrier = context.Barrier(2)
+    processes = [context.Process(target=_warm_in_process, args=(str(tmp_path), str(log), barrier))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    lines = log.read_text().split()
+    # one process compiled and saved; the other waited for the lock, loaded the entry and ran with it
+    assert sorted(lines) == sorted(["compiled", "compiled", ROUTE_BUILT, ROUTE_LOADED])
+    assert lines.index(ROUTE_BUILT) < lines.index(ROUTE_LOADED)
+    assert len(entries(tmp_path)) == 1
+
+
+# -- info, cache clear, prebuild ---------------------------------------------------------------------------
+
+
+def test_info_lists_entries_and_cache_clear_removes_them(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    make(tmp_path).warm_up([1])
+    (tmp_path / "torch-compile-cache" / "fxgraph").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "torch-compile-cache" / "fxgraph" / "graph.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "raft_small_seeded.pth").write_bytes(b"weights stay")
+    rows = engine_manager.list_cached_engines(tmp_path)
+    [entry] = [row for row in rows if row["kind"] == "torch_compile"]
+    assert entry["pairs"] == 1 and entry["size_bytes"] > 0 and entry["valid_metadata"]
+    [folder] = [row for row in rows if row["kind"] == "torch_cache_dir"]
+    assert folder["size_bytes"] >= 1000
+
+    result = CliRunner().invoke(cli, ["info", "--json", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)["engines"]
+    assert {row["kind"] for row in listed} == {"torch_compile", "torch_cache_dir"}
+    text = CliRunner().invoke(cli, ["info", "--models-dir", str(tmp_path)]).output
+    assert "torch_compile" in text and "pairs=1" in text
+
+    result = CliRunner().invoke(cli, ["cache", "clear", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert entries(tmp_path) == [] and not (tmp_path / "torch-compile-cache").exists()
+    assert (tmp_path / "raft_small_seeded.pth").read_bytes() == b"weights stay"
+
+
+def test_prebuild_torch_without_cuda_is_a_clear_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["prebuild", "--torch", "--size", "128x128", "--models-dir", str(tmp_path)])
+    assert code != 0
+    assert "compiling the PyTorch path's kernels needs a CUDA GPU" in capfd.readouterr().err
+
+
+def test_prebuild_torch_writes_the_entries_a_preprocessor_then_loads(
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_manager, "_cuda_device", lambda *args: torch.device("cpu"))
+    result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
+                                      "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
+                                      "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    paths = entries(tmp_path)
+    assert len(paths) == 2 and all(str(path) in result.output for path in paths)
+    fake.new_process()
+    flow = make(tmp_path, fp16=False)
+    assert flow.warm_up([4, 16]) == [ROUTE_LOADED, ROUTE_LOADED] and len(fake.loads) == 2
+
+
+# -- the real thing on the CPU: torch's portable artifacts serve a fresh process ---------------------------
+
+_REAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    from torch._dynamo.utils import counters
+    from scope_optical_flow_tensorrt.core.compiled_cache import CompiledKernelCache, compiled_key, point_torch_caches_at
+
+    models = Path(sys.argv[1])
+    point_torch_caches_at(models)
+    key = compiled_key(model="raft_small", fused_lookup=False, height=128, width=128, pairs=1, fp16=False, num_flow_updates=1, weights="w",
+                       device=torch.device("cpu"))
+    cache = CompiledKernelCache(models, key)
+    cache.load_existing()
+    step = torch.compile(lambda x: torch.tanh(x) * 2 + x.relu())
+    route = cache.warm(1, lambda: step(torch.randn(8, 8)), lambda: True)
+    print(route, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_real_torch_artifacts_serve_a_fresh_process_with_an_empty_torch_cache(tmp_path: Path) -> None:
+    env = dict(os.environ)  # imports this package as the test process does (PYTHONPATH or the installed one)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.pop("TRITON_CACHE_DIR", None)
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", _REAL_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    assert run()[0] == ROUTE_BUILT
+    shutil.rmtree(tmp_path / "torch-compile-cache")  # as if /tmp (or the whole torch cache) were wiped
+    route, hits, misses = run()
+    assert (route, int(hits) >= 1, misses) == (ROUTE_LOADED, True, "0")
