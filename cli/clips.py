@@ -127,9 +127,9 @@ def process_clip(
         reader = Prefetcher(chunks, settings.queue_depth, stop)
         threads: list[WriterThread] = []
         try:
-            reader.start()  # decoding starts while the model loads
+            reader.start()  # decoding starts while the model loads and warms up
             load_started = time.perf_counter()
-            load_model(flow)
+            load_model(flow, warmup=settings.chunk)
             load_seconds = time.perf_counter() - load_started
             threads = [WriterThread(sink.write, settings.queue_depth, stop, f"writer-{sink.kind}").start()
                        for sink in sinks]
@@ -173,8 +173,8 @@ def process_clip(
     if result.first_output_at is not None:
         logger.info(
             "start-up: first output frame %.2f s after the process started = %.2f s before this clip (Python, "
-            "imports, preprocessor construction, earlier clips) + %.2f s model load + %.2f s first chunk (kernels "
-            "compiled or loaded from cache, CUDA graphs captured) + %.2f s until written",
+            "imports, preprocessor construction, earlier clips) + %.2f s model load and warm-up (kernels compiled "
+            "or loaded from cache, CUDA graphs captured) + %.2f s first chunk + %.2f s until written",
             result.first_output_at - process_started_at(), started_at - process_started_at(), load_seconds,
             computed.first_chunk_seconds, result.first_output_at - started_at - load_seconds - computed.first_chunk_seconds,
         )

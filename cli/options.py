@@ -178,10 +178,11 @@ def build_preprocessor(
         raise UsageError(str(error)) from error
 
 
-def load_model(flow: Any) -> None:
-    """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written."""
+def load_model(flow: Any, warmup: int | bool = False) -> None:
+    """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written;
+    ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use."""
     try:
-        flow.load()
+        flow.load(warmup=warmup)
     except FileNotFoundError as error:
         raise UsageError(f"--weights: {error}") from error
     except ValueError as error:
