@@ -482,3 +482,16 @@ def test_tensorrt11_standin_lacks_weak_typing_and_rejects_the_old_build(standin_
         CreateConfig(fp16=True)(builder, network)
     with pytest.raises(PolygraphyException, match="prefer_precision_constraints"):
         CreateConfig(precision_constraints="prefer")(builder, network)
+
+
+def test_tensorrt11_needs_a_polygraphy_that_avoids_removed_apis(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polygraphy
+
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    monkeypatch.setattr(polygraphy, "__version__", "0.49.27")  # reads the removed int8_calibrator / precision API
+    trt_build.check_polygraphy("10.13.3")  # fine on TensorRT 10
+    with pytest.raises(RuntimeError, match=r"polygraphy >= 0\.50\.3.*pip install -U polygraphy"):
+        trt_build.check_polygraphy("11.4.0")
+    monkeypatch.setattr(polygraphy, "__version__", "0.53.6")
+    trt_build.check_polygraphy("11.4.0")
