@@ -40,8 +40,9 @@ MIN_FRAMES = 2
 # Goes into the engine cache key: engines built by an older recipe (weakly typed, fp16 builder flag with the
 # correlation layers pinned to fp32) are rebuilt, never loaded.
 BUILD_RECIPE = "strongly-typed-v1"
-# The first polygraphy release whose default build path (CreateConfig, the build-config log) touches none of
-# the APIs TensorRT 11 removed; strongly_typed itself exists since polygraphy 0.48.
+# The first polygraphy release on PyPI whose default build path (CreateConfig, the build-config log) touches
+# none of the APIs TensorRT 11 removed (0.49.x reads ILayer.precision_is_set unguarded while configuring);
+# strongly_typed itself exists since polygraphy 0.48.
 POLYGRAPHY_FOR_TENSORRT_11 = (0, 50, 3)
 
 

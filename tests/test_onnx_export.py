@@ -34,8 +34,8 @@ FP16_FLOW_TOLERANCE = 0.05  # pixels, fp16 graph against PyTorch's fp16 path; me
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 # TensorRT 10 ONNX parser: operators marked supported ("Y") in onnx-tensorrt's operator matrix, release 10.1
-# (TensorRT 10.0 supports opsets 9 to 20; TensorRT 11's parser reads opsets 9 to 24 or 25, per NVIDIA's "ONNX
-# Opset Guide", so the intersection is 9 to 20). Source:
+# (TensorRT 10.0 supports opsets 9 to 20; TensorRT 11's parser from 9 to a newer maximum, 25 in 11.5, per
+# NVIDIA's "ONNX Opset Guide" and the 11.5 release notes, so 9 to 20 suits both). Source:
 # https://github.com/onnx/onnx-tensorrt/blob/96e781103cfc4adf4a6bb557e94bac8e693f6f4c/docs/operators.md
 TENSORRT10_OPSETS = range(9, 21)
 TENSORRT10_SUPPORTED_OPS = frozenset("""
@@ -336,8 +336,8 @@ def test_torchscript_exporter_fallback_matches_model(tmp_path: Path) -> None:
 
 
 def test_fp16_graph_matches_torch_fp16_path(onnx_file_fp16: Path, record_property) -> None:
-    """The fp16 graph through onnxruntime's CPU provider against RaftSequenceFlow's own fp16 path (CPU), for
-    several frame counts. onnxruntime's CPU provider computes float16 operators in float32 between casts, so
+    """The fp16 graph through onnxruntime's CPU provider against RaftSequenceFlow's own fp16 path (CPU).
+    onnxruntime's CPU provider computes float16 operators in float32 between casts, so
     both sit within fp16 rounding of each other, not bit-exact."""
     onnxruntime = pytest.importorskip("onnxruntime")
     raft, _ = load_raft_small(None)
@@ -347,16 +347,14 @@ def test_fp16_graph_matches_torch_fp16_path(onnx_file_fp16: Path, record_propert
     session = onnxruntime.InferenceSession(str(onnx_file_fp16), sess_options=options,
                                            providers=["CPUExecutionProvider"])
     assert read_precision(onnx_file_fp16) == "fp16"
-    worst = 0.0
-    for num_frames in (2, 3):
-        frames = make_frames(num_frames=num_frames, height=COMPUTE_SIZE, width=COMPUTE_SIZE, seed=num_frames)
-        frames = frames.permute(0, 3, 1, 2).contiguous()  # [T, H, W, 3] -> [T, 3, H, W]
-        with torch.no_grad():
-            expected = model(frames)
-        (result,) = session.run(["flow"], {"frames": frames.numpy()})
-        assert result.dtype == numpy.float32 and result.shape == (num_frames - 1, 2, COMPUTE_SIZE, COMPUTE_SIZE)
-        assert expected.abs().max() > 0.1  # real motion, not all zeros
-        worst = max(worst, (torch.from_numpy(result) - expected).abs().max().item())
+    frames = make_frames(num_frames=3, height=COMPUTE_SIZE, width=COMPUTE_SIZE, seed=3)
+    frames = frames.permute(0, 3, 1, 2).contiguous()  # [T, H, W, 3] -> [T, 3, H, W]
+    with torch.no_grad():  # PyTorch's fp16 convolutions are slow on the CPU: one small call
+        expected = model(frames)
+    (result,) = session.run(["flow"], {"frames": frames.numpy()})
+    assert result.dtype == numpy.float32 and result.shape == (2, 2, COMPUTE_SIZE, COMPUTE_SIZE)
+    assert expected.abs().max() > 0.1  # real motion, not all zeros
+    worst = (torch.from_numpy(result) - expected).abs().max().item()
     record_property("onnx_fp16_vs_torch_fp16_flow_max_abs_px", worst)
     print(f"fp16 graph (onnxruntime CPU) vs torch fp16: max abs flow difference {worst:.3g} px")
     assert worst < FP16_FLOW_TOLERANCE
