@@ -12,8 +12,8 @@ Files live in ``core.paths.plugin_models_dir(models_dir)``:
 The hash keeps differently configured files of one size side by side (switching settings never rebuilds
 what was built before). Environment fields (TensorRT version, compute capability, package version, a hash
 of the model/export code, the ONNX file's sha256, workspace, the export and build recipes) are in the key but
-not the hash: when they change, the file is rebuilt in place rather than accumulating stale copies. See :mod:`core.engine_cache` for validation, atomic writes and
-locking.
+not the hash: when they change, the file is rebuilt in place rather than accumulating stale copies. See
+:mod:`core.engine_cache` for validation, atomic writes and locking.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ else; 10 has the same creation flag): every tensor keeps the type the graph give
   (:data:`PRECISION_METADATA_KEY`).
 
 Opset 18: GridSample needs opset >= 16; 18 is the native opset of torch's ``torch.export``-based exporter (no
-version conversion) and within TensorRT 10's supported range (opsets 9 to 20). At opset 18 GridSample is
-still GridSample-16 (``mode="bilinear"``), which every TensorRT 10 release parses.
+version conversion) and within the range of TensorRT 10 (opsets 9 to 20) and 11 (9 to a newer maximum). At
+opset 18 GridSample is still GridSample-16 (``mode="bilinear"``), which TensorRT 10 and 11 parse.
 
 Exporter: the ``torch.export``-based exporter (``dynamo=True``) when ``onnxscript`` imports, else the
 TorchScript exporter (``dynamo=False``); both exist in torch 2.4 up to at least 2.14 and give graphs that
@@ -44,7 +44,6 @@ ONNX_OPSET = 18
 INPUT_NAME = "frames"
 OUTPUT_NAME = "flow"
 EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "torchscript")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 PRECISION_METADATA_KEY = "scope_optical_flow.precision"
 # Goes into the ONNX cache key: graphs exported by an older recipe (fp32 only, precision left to TensorRT's
 # builder flags) are re-exported, never reused.
@@ -191,8 +190,8 @@ def check_onnx(path: str | os.PathLike[str], height: int, width: int, precision:
         found = conv_weight_types(model)
         if recorded != precision or found != {expected}:
             raise ValueError(
-                f"{path}: expected an {precision} graph, but it records precision {recorded!r} and its convolution "
-                f"weights have the ONNX types {sorted(found)} (1 = float32, 10 = float16)."
+                f"{path}: expected an {precision} graph, but it records precision {recorded!r} and its "
+                f"convolution weights have the ONNX types {sorted(found)} (1 = float32, 10 = float16)."
             )
 
 

@@ -1,4 +1,4 @@
-"""TensorRT specifics (10.x and 11.x): importing it, describing the GPU, building an engine from ONNX with polygraphy.
+"""TensorRT 10 and 11 specifics: importing it, describing the GPU, building an engine from ONNX with polygraphy.
 
 Nothing here is imported unless the TensorRT backend or an engine build is used. The build is polygraphy's
 lazy loader chain ``engine_bytes_from_network(network_from_onnx_path(path, strongly_typed=True),
@@ -10,9 +10,10 @@ The network is strongly typed: every tensor has the type the ONNX graph gives it
 precision (``core.onnx_export`` writes an fp32 and an fp16 graph). No precision builder flags
 (``BuilderFlag.FP16``, ``OBEY/PREFER_PRECISION_CONSTRAINTS``) and no per-layer ``precision`` /
 ``set_output_type`` calls: TensorRT 11 removed them, and TensorRT 10 does not allow per-layer precision on
-strongly typed networks. TensorRT 10 honours the ``STRONGLY_TYPED`` creation flag polygraphy sets; TensorRT 11 keeps that
-flag (deprecated, ignored) because every network is strongly typed there. polygraphy's ``CreateConfig``
-leaves TF32 off, so fp32 tensors (the whole fp32 graph, the correlation of the fp16 one) run in full fp32.
+strongly typed networks. TensorRT 10 honours the ``STRONGLY_TYPED`` creation flag polygraphy sets; TensorRT
+11 keeps that flag (deprecated, ignored) because every network is strongly typed there. polygraphy's
+``CreateConfig`` leaves TF32 off, so fp32 tensors (the whole fp32 graph, the correlation of the fp16 one)
+run in full fp32.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from .log import logger
-from .onnx_export import INPUT_NAME
+from .onnx_export import INPUT_NAME, read_precision
 
 TENSORRT_INSTALL_HINT = (
     "pip install tensorrt (from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
@@ -96,8 +97,15 @@ def build_engine_bytes(
     device: torch.device,
 ) -> bytes:
     """Parse ``onnx_path`` as a strongly typed network and build a serialized engine (takes minutes; progress
-    goes to the log). ``fp16`` says which graph ``onnx_path`` is (fp16 or fp32) for the log: the precision
-    itself comes from the graph's types."""
+    goes to the log). The precision comes from the graph's types: ``fp16`` says which graph ``onnx_path`` must
+    be (its recorded precision is checked, so an fp32 graph never becomes an "fp16" engine)."""
+    wanted = "fp16" if fp16 else "fp32"
+    recorded = read_precision(onnx_path)
+    if recorded != wanted:
+        raise RuntimeError(
+            f"{onnx_path} is {'an ' + recorded if recorded else 'an unlabelled'} graph, but an {wanted} engine was "
+            "requested; delete it (or run clear_cache()) so it is exported again."
+        )
     trt = import_tensorrt()
     check_polygraphy(str(trt.__version__))
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
@@ -117,7 +125,7 @@ def build_engine_bytes(
     )
     logger.warning(
         "building a TensorRT engine for RAFT Small at %dx%d (%s, up to %d frames per call). A first build takes "
-        "several minutes; it is cached afterwards.", height, width, "fp16" if fp16 else "fp32", opt_frames,
+        "several minutes; it is cached afterwards.", height, width, wanted, opt_frames,
     )
     started = time.monotonic()
     with torch.cuda.device(device):

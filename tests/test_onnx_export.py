@@ -108,9 +108,25 @@ def graph_fp16(onnx_file_fp16: Path) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(onnx.load(str(onnx_file_fp16)), strict_mode=True)
 
 
-@pytest.fixture(scope="module", params=["fp32", "fp16"])
+@pytest.fixture(scope="module")
+def graph_fp16_torchscript(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    """The fp16 graph from the TorchScript exporter (used where onnxscript is missing): other operators, more casts."""
+    raft, _ = load_raft_small(None)
+    model = RaftSequenceFlow(raft, UPDATES, compute_dtype=torch.float16, corr_dtype=torch.float32)
+    path = tmp_path_factory.mktemp("torchscript") / "raft_fp16.onnx"
+    export_raft_onnx(model, path, COMPUTE_SIZE, COMPUTE_SIZE, exporter="torchscript")
+    return onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16", "fp16-torchscript"])
 def any_graph(request: pytest.FixtureRequest) -> onnx.ModelProto:
-    return request.getfixturevalue("graph" if request.param == "fp32" else "graph_fp16")
+    names = {"fp32": "graph", "fp16": "graph_fp16", "fp16-torchscript": "graph_fp16_torchscript"}
+    return request.getfixturevalue(names[request.param])
+
+
+@pytest.fixture(scope="module", params=["exporter-default", "torchscript"])
+def any_fp16_graph(request: pytest.FixtureRequest) -> onnx.ModelProto:
+    return request.getfixturevalue("graph_fp16" if request.param == "exporter-default" else "graph_fp16_torchscript")
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -181,23 +197,23 @@ def test_every_node_uses_types_tensorrt_implements(any_graph: onnx.ModelProto) -
                 continue
             assert name in types, f"{node.op_type} {node.name}: no type inferred for {name}"
             if types[name] not in supported:
-                problems.append(f"{node.op_type} {node.name} {end} {name}: {onnx.TensorProto.DataType.Name(types[name])}")
+                type_name = onnx.TensorProto.DataType.Name(types[name])
+                problems.append(f"{node.op_type} {node.name} {end} {name}: {type_name}")
     assert not problems, "types TensorRT does not implement for these operators:\n" + "\n".join(problems)
 
 
-def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(graph_fp16: onnx.ModelProto, onnx_file_fp16: Path) -> None:
+def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(any_fp16_graph: onnx.ModelProto) -> None:
     """Walk the fp16 graph's tensor types: convolutions (encoders, update block, heads) run in fp16; from the
     correlation MatMul on, everything (pyramid pooling, GridSample lookup) is fp32 until an explicit Cast to
     fp16 hands the looked-up values to the update block; the frames input and flow output stay fp32."""
-    types = tensor_types(graph_fp16)
-    nodes = list(graph_fp16.graph.node)
+    types = tensor_types(any_fp16_graph)
+    nodes = list(any_fp16_graph.graph.node)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     by_type = lambda op: [node for node in nodes if node.op_type == op]  # noqa: E731
     assert types["frames"] == types["flow"] == FLOAT
-    check_onnx(onnx_file_fp16, COMPUTE_SIZE, COMPUTE_SIZE, "fp16")
 
     for node in by_type("Conv") + by_type("InstanceNormalization"):
         assert {types[name] for name in node.input if name} | {types[node.output[0]]} == {FLOAT16}, node.name
@@ -347,6 +363,7 @@ def test_fp16_graph_matches_torch_fp16_path(onnx_file_fp16: Path, record_propert
     session = onnxruntime.InferenceSession(str(onnx_file_fp16), sess_options=options,
                                            providers=["CPUExecutionProvider"])
     assert read_precision(onnx_file_fp16) == "fp16"
+    check_onnx(onnx_file_fp16, COMPUTE_SIZE, COMPUTE_SIZE, "fp16")  # recorded precision and weight types agree
     frames = make_frames(num_frames=3, height=COMPUTE_SIZE, width=COMPUTE_SIZE, seed=3)
     frames = frames.permute(0, 3, 1, 2).contiguous()  # [T, H, W, 3] -> [T, 3, H, W]
     with torch.no_grad():  # PyTorch's fp16 convolutions are slow on the CPU: one small call

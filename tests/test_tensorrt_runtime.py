@@ -445,9 +445,10 @@ def test_engine_build_is_strongly_typed_without_precision_flags(standin_builder,
     for fp16 in (True, False):
         record = standin_builder(major)
         trt = record["trt"]
-        plan = trt_build.build_engine_bytes(tmp_path / "g.onnx", height=256, width=320, fp16=fp16, max_frames=9,
+        graph = labelled_graph(tmp_path / "g.onnx", "fp16" if fp16 else "fp32")  # parsed by the stand-in
+        plan = trt_build.build_engine_bytes(graph, height=256, width=320, fp16=fp16, max_frames=9,
                                             workspace_bytes=123, device=torch.device("cpu"))
-        assert plan == b"PLAN" and record["parsed"] == str(tmp_path / "g.onnx")
+        assert plan == b"PLAN" and record["parsed"] == str(graph)
         assert record["network"].get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         config = record["config"]
         assert config.flags == set()  # no FP16/BF16/INT8/precision-constraint flag; TF32 cleared by polygraphy
@@ -455,6 +456,31 @@ def test_engine_build_is_strongly_typed_without_precision_flags(standin_builder,
         (profile,) = config.profiles
         assert profile.shapes == {"frames": ((2, 3, 256, 320), (9, 3, 256, 320), (9, 3, 256, 320))}
         assert record["per_layer_precision"] == []
+
+
+def test_engine_build_refuses_a_graph_of_the_other_precision(standin_builder, tmp_path: Path) -> None:
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    record = standin_builder(11)
+    for path, fp16, label in ((labelled_graph(tmp_path / "a.onnx", "fp32"), True, "an fp32 graph"),
+                              (labelled_graph(tmp_path / "b.onnx", None), False, "an unlabelled graph")):
+        with pytest.raises(RuntimeError, match=f"{label}, but an fp(16|32) engine was requested"):
+            trt_build.build_engine_bytes(path, height=128, width=128, fp16=fp16, max_frames=2, workspace_bytes=1,
+                                         device=torch.device("cpu"))
+    assert "parsed" not in record  # refused before TensorRT saw it
+
+
+def labelled_graph(path: Path, precision: str | None) -> Path:
+    """A tiny ONNX file carrying the precision label core.onnx_export writes (the stand-in never reads its nodes)."""
+    import onnx
+
+    from scope_optical_flow_tensorrt.core.onnx_export import PRECISION_METADATA_KEY
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    if precision is not None:
+        onnx.helper.set_model_props(model, {PRECISION_METADATA_KEY: precision})
+    onnx.save(model, str(path))
+    return path
 
 
 def test_tensorrt11_standin_lacks_weak_typing_and_rejects_the_old_build(standin_builder) -> None:
