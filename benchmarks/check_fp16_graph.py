@@ -1,8 +1,8 @@
 """GPU-machine check of the fp16 ONNX graph (issue 12): it exports on this torch and computes what the fp16
 PyTorch path computes on CUDA.
 
-For each exporter this torch has (``dynamo`` needs onnxscript; ``torchscript``): export the fp16 graph on the
-CPU (as the engine cache does), check its contract and tensor types (convolutions fp16; MatMul, AveragePool,
+For each exporter this torch has (``dynamo`` needs onnxscript; ``torchscript``): export the fp16 graph through
+the engine cache (the TorchScript exporter traces on CUDA, the other on the CPU), check its contract and tensor types (convolutions fp16; MatMul, AveragePool,
 GridSample fp32; frames/flow fp32), run it with onnxruntime's CPU provider and compare with RaftSequenceFlow's
 fp16 path on CUDA (encoders/update block fp16, correlation fp32) and with the fp32 model. If TensorRT is
 installed, also build fp16 and fp32 engines at this size and compare them with the same references.
@@ -30,7 +30,8 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
-from scope_optical_flow_tensorrt.core.onnx_export import check_onnx, export_raft_onnx  # noqa: E402
+from scope_optical_flow_tensorrt.core import engine_manager  # noqa: E402
+from scope_optical_flow_tensorrt.core.onnx_export import check_onnx  # noqa: E402
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
 from scope_optical_flow_tensorrt.core.weights import load_raft_small  # noqa: E402
 
@@ -81,10 +82,10 @@ def main() -> None:
     exporters = ["torchscript"] + (["dynamo"] if importlib.util.find_spec("onnxscript") else [])
     with tempfile.TemporaryDirectory() as folder:
         for exporter in exporters:
-            path = Path(folder) / f"raft_fp16_{exporter}.onnx"
-            model = RaftSequenceFlow(load_raft_small(None)[0], UPDATES, compute_dtype=torch.float16).eval()
-            started = time.monotonic()
-            export_raft_onnx(model, path, size, size, exporter=exporter)
+            engine_manager.resolve_exporter = lambda name="auto", chosen=exporter: chosen
+            started = time.monotonic()  # the engine cache's own export (the TorchScript one traces on CUDA)
+            path = engine_manager.export_onnx_cached(size, size, num_flow_updates=UPDATES, weights=None,
+                                                     models_dir=Path(folder) / exporter, fp16=True)
             check_onnx(path, size, size, "fp16")
             elapsed = time.monotonic() - started
             print(f"[{exporter}] fp16 graph exported and checked in {elapsed:.1f} s: {type_summary(path)}")

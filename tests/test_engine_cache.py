@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from filelock import FileLock
 
 from scope_optical_flow_tensorrt.core import engine_cache, engine_manager
@@ -371,3 +372,20 @@ def test_export_onnx_cached_rebuilds_stale_graph(cache_dir: Path, monkeypatch: p
     assert json.loads(sidecar_path(path).read_text())["key"]["package_version"] == "99.0"
     assert created  # sidecar carries build information
     assert engine_cache.check_artifact(path, json.loads(sidecar_path(path).read_text())["key"]) is None
+
+
+def test_fp16_torchscript_export_traces_on_cuda_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PyTorch's fp16 CPU kernels make a TorchScript trace of the fp16 graph take minutes at 512x512."""
+    from scope_optical_flow_tensorrt.core.engine_manager import export_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert export_device(False, "torchscript").type == export_device(True, "dynamo").type == "cpu"
+    with caplog.at_level(logging.WARNING, logger="scope_optical_flow_tensorrt"):
+        assert export_device(True, "torchscript").type == "cpu"
+    assert "pip install onnxscript" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert export_device(True, "torchscript") == torch.device("cuda", 1)
+    assert export_device(True, "dynamo").type == export_device(False, "torchscript").type == "cpu"

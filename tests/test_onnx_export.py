@@ -4,6 +4,7 @@ what TensorRT's ONNX parser supports, per operator and type. GPU/TensorRT tests 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import engine_manager
 from scope_optical_flow_tensorrt.core.engine_manager import export_onnx_cached, prebuild_engine
 from scope_optical_flow_tensorrt.core.onnx_export import (
     ONNX_OPSET,
@@ -407,18 +409,21 @@ def test_onnxruntime_backend_on_cuda_device_matches_torch(models_dir: Path) -> N
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
-def test_fp16_graph_exports_here_and_matches_cuda_fp16_path(tmp_path: Path, exporter: str) -> None:
-    """On the GPU machine's torch: the fp16 graph exports (on the CPU, as the engine cache does) with each
-    exporter available, and onnxruntime's run of it (CPU provider) matches RaftSequenceFlow's fp16 path on CUDA
-    (the arithmetic an fp16 engine is built to reproduce)."""
+def test_fp16_graph_exports_here_and_matches_cuda_fp16_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: str
+) -> None:
+    """On the GPU machine's torch: the engine cache exports the fp16 graph with each exporter available (the
+    TorchScript one traces on CUDA there), and onnxruntime's run of it (CPU provider) matches RaftSequenceFlow's
+    fp16 path on CUDA (the arithmetic an fp16 engine is built to reproduce)."""
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")
     onnxruntime = pytest.importorskip("onnxruntime")
-    raft, _ = load_raft_small(None)
-    model = RaftSequenceFlow(raft, UPDATES, compute_dtype=torch.float16, corr_dtype=torch.float32).eval()
-    path = tmp_path / "raft_fp16.onnx"
-    assert export_raft_onnx(model, path, COMPUTE_SIZE, COMPUTE_SIZE, exporter=exporter) == exporter
+    monkeypatch.setattr(engine_manager, "resolve_exporter", lambda name="auto": exporter)
+    path = export_onnx_cached(COMPUTE_SIZE, COMPUTE_SIZE, num_flow_updates=UPDATES, weights=None,
+                              models_dir=tmp_path, fp16=True)
+    assert json.loads(path.with_name(path.name + ".json").read_text())["info"]["exporter"] == exporter
     check_onnx(path, COMPUTE_SIZE, COMPUTE_SIZE, "fp16")
+    model = RaftSequenceFlow(load_raft_small(None)[0], UPDATES, compute_dtype=torch.float16).eval()
     frames = make_frames(num_frames=4, height=COMPUTE_SIZE, width=COMPUTE_SIZE, seed=11).permute(0, 3, 1, 2)
     with torch.no_grad():
         expected = model.cuda()(frames.cuda()).float().cpu()
