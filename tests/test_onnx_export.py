@@ -214,7 +214,10 @@ def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(any_fp16_graph: onnx.Mo
     for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    by_type = lambda op: [node for node in nodes if node.op_type == op]  # noqa: E731
+
+    def by_type(op_type: str) -> list[onnx.NodeProto]:
+        return [node for node in nodes if node.op_type == op_type]
+
     assert types["frames"] == types["flow"] == FLOAT
 
     for node in by_type("Conv") + by_type("InstanceNormalization"):
