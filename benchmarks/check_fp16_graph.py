@@ -4,12 +4,12 @@ PyTorch path computes on CUDA.
 For each exporter this torch has (``dynamo`` needs onnxscript; ``torchscript``): export the fp16 graph through
 the engine cache (the TorchScript exporter traces on CUDA, the other on the CPU), check its contract and tensor types (convolutions fp16; MatMul, AveragePool,
 GridSample fp32; frames/flow fp32), run it with onnxruntime's CPU provider and compare with RaftSequenceFlow's
-fp16 path on CUDA (encoders/update block fp16, correlation fp32) and with the fp32 model. If TensorRT is
-installed, also build fp16 and fp32 engines at this size and compare them with the same references.
-Seeded random weights, 128x128 (or --size), 2 flow updates: well under a minute without TensorRT.
-Usage on a GPU machine, from the repository root::
+fp16 path on CUDA (encoders/update block fp16, correlation fp32) and with the fp32 model. With ``--engines``
+and TensorRT installed, also build fp32 and fp16 engines (strongly typed) at this size and compare them with
+the same references (each build takes a minute or more). Seeded random weights, 128x128 (or --size), 2 flow
+updates: well under a minute without engines. Usage on a GPU machine, from the repository root::
 
-    python benchmarks/check_fp16_graph.py
+    python benchmarks/check_fp16_graph.py [--engines]
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def type_summary(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=128)
-    size = parser.parse_args().size
+    parser.add_argument("--engines", action="store_true", help="also build and compare TensorRT engines")
+    arguments = parser.parse_args()
+    size = arguments.size
     print(f"torch {torch.__version__}, onnx {onnx.__version__}, CUDA {torch.cuda.is_available()}")
     import onnxruntime
 
@@ -99,8 +101,10 @@ def main() -> None:
                   f"mean {difference.mean().item():.5f} px; vs fp32: max "
                   f"{(torch.from_numpy(result) - reference).abs().max().item():.4f} px")
 
-        if importlib.util.find_spec("tensorrt") is None:
-            print("TensorRT not installed: engine builds not checked here.")
+        if not arguments.engines or importlib.util.find_spec("tensorrt") is None:
+            installed = importlib.util.find_spec("tensorrt") is not None
+            print(f"TensorRT {'installed' if installed else 'not installed'}: engine builds not checked"
+                  f"{' (pass --engines)' if installed else ''}.")
             return
         import tensorrt
 
