@@ -2,17 +2,18 @@
 
 Files live in ``core.paths.plugin_models_dir(models_dir)``, named after the model (``raft_small``, ``raft_large``):
 
-- ``{model}_{H}x{W}-{hash}.onnx``: the fp32 graph (dynamic frame axis), ``hash`` over the settings that
-  change it (size, flow updates, weights identity, opset);
-- ``{model}_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), ``hash`` over
-  precision, flow updates, weights identity and the frame profile;
+- ``{model}_{H}x{W}-{hash}.onnx`` and ``{model}_{H}x{W}_fp16-{hash}.onnx``: the fp32 and fp16 graphs
+  (dynamic frame axis; see ``core.onnx_export``), ``hash`` over the settings that change them (size, flow
+  updates, weights identity, opset);
+- ``{model}_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), built from the graph
+  of its precision, ``hash`` over precision, flow updates, weights identity and the frame profile;
 - ``<file>.json`` next to each: the full key, size, sha256 and build information.
 
 The hash keeps differently configured files of one size side by side (switching settings never rebuilds
 what was built before). Environment fields (TensorRT version, compute capability, package version, a hash
-of the model/export code, the ONNX file's sha256, workspace) are in the key but not the hash: when they change, the file is rebuilt in
-place rather than accumulating stale copies. See :mod:`core.engine_cache` for validation, atomic writes and
-locking.
+of the model/export code, the ONNX file's sha256, workspace, the export and build recipes) are in the key but
+not the hash: when they change, the file is rebuilt in place rather than accumulating stale copies. See
+:mod:`core.engine_cache` for validation, atomic writes and locking.
 """
 
 from __future__ import annotations
@@ -43,11 +44,18 @@ from . import models as models_module
 from . import onnx_export as onnx_export_module
 from . import raft as raft_module
 from .log import logger
-from .onnx_export import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
+from .onnx_export import EXPORT_RECIPE, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
 from .paths import plugin_models_dir
 from .compute_size import check_compute_size, default_max_pairs
 from .raft import RaftSequenceFlow
-from .trt_build import TENSORRT_INSTALL_HINT, BuildTarget, build_engine_bytes, build_target, import_tensorrt
+from .trt_build import (
+    BUILD_RECIPE,
+    TENSORRT_INSTALL_HINT,
+    BuildTarget,
+    build_engine_bytes,
+    build_target,
+    import_tensorrt,
+)
 from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec, load_raft
 
@@ -93,8 +101,17 @@ def package_version() -> str:
 # -- keys and names -----------------------------------------------------------------------------------
 
 
+def precision_name(fp16: bool) -> str:
+    return "fp16" if fp16 else "fp32"
+
+
 def onnx_key(
-    height: int, width: int, num_flow_updates: int, weights_identity: str, model: str = DEFAULT_MODEL
+    height: int,
+    width: int,
+    num_flow_updates: int,
+    weights_identity: str,
+    precision: str = "fp32",
+    model: str = DEFAULT_MODEL,
 ) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
@@ -104,6 +121,8 @@ def onnx_key(
         "width": width,
         "num_flow_updates": num_flow_updates,
         "weights": weights_identity,
+        "precision": precision,
+        "export_recipe": EXPORT_RECIPE,
         "opset": ONNX_OPSET,
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
@@ -121,7 +140,8 @@ def engine_key(spec: EngineSpec, weights_identity: str, target: BuildTarget, onn
         "width": spec.width,
         "num_flow_updates": spec.num_flow_updates,
         "weights": weights_identity,
-        "precision": "fp16" if spec.fp16 else "fp32",
+        "precision": precision_name(spec.fp16),
+        "build_recipe": BUILD_RECIPE,
         "profile_frames": [2, spec.max_frames, spec.max_frames],  # min / opt / max frames per call
         "gpu_name": target.gpu_name,
         "compute_capability": target.compute_capability,
@@ -137,8 +157,11 @@ _ENGINE_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "precis
 
 
 def onnx_path(directory: Path, key: dict[str, Any]) -> Path:
+    # The fp32 graph keeps the name it had before graphs carried their precision, so a graph exported the old
+    # way is replaced in place (its key differs) instead of lingering beside the new one.
     digest = key_hash({name: key[name] for name in _ONNX_NAME_FIELDS})
-    return directory / f"{key['model']}_{key['height']}x{key['width']}-{digest}.onnx"
+    suffix = "_fp16" if key["precision"] == "fp16" else ""
+    return directory / f"{key['model']}_{key['height']}x{key['width']}{suffix}-{digest}.onnx"
 
 
 def engine_path(directory: Path, key: dict[str, Any]) -> Path:
@@ -156,25 +179,50 @@ def ensure_onnx(
     width: int,
     num_flow_updates: int,
     weights: WeightsSpec,
+    fp16: bool = False,
     model: str = DEFAULT_MODEL,
 ) -> tuple[Path, WeightsInfo]:
-    """The cached ONNX graph of ``model`` for these settings, exported first if missing or stale."""
+    """The cached fp32 (or, with ``fp16``, fp16) ONNX graph of ``model`` for these settings, exported first if
+    missing or stale."""
     check_compute_size(height, width)
     spec = model_spec(model)
     raft, info = load_raft(spec, weights)
-    key = onnx_key(height, width, num_flow_updates, info.identity, spec.name)
+    precision = precision_name(fp16)
+    key = onnx_key(height, width, num_flow_updates, info.identity, precision, spec.name)
     path = onnx_path(directory, key)
     exporter = resolve_exporter()
 
     def export(temp: Path) -> None:
-        logger.info("exporting %s to ONNX (%dx%d, %d flow updates, %s exporter)", spec.title, height, width,
-                    num_flow_updates, exporter)
-        sequence = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=torch.float32)
-        export_raft_onnx(sequence, temp, height, width, exporter=exporter)
+        device = export_device(fp16, exporter)
+        logger.info("exporting %s to ONNX (%dx%d, %s, %d flow updates, %s exporter, on %s)", spec.title, height,
+                    width, precision, num_flow_updates, exporter, device)
+        # fp16: encoders and update block in half precision, correlation and lookup kept in fp32 (explicit casts)
+        compute_dtype = torch.float16 if fp16 else torch.float32
+        sequence = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=compute_dtype, corr_dtype=torch.float32)
+        export_raft_onnx(sequence.to(device), temp, height, width, exporter=exporter)
 
     extra = {"exporter": exporter, "torch_version": torch.__version__, "weights_description": info.description}
     ensure_artifact(path, key, export, info=extra, label="ONNX graph")
     return path, info
+
+
+def export_device(fp16: bool, exporter: str) -> torch.device:
+    """Where a graph is exported: the CPU, except the fp16 graph with the TorchScript exporter.
+
+    That exporter runs the model once, and PyTorch's fp16 CPU kernels are slow (an fp16 512x512, 12-update
+    trace took 11 minutes on a busy 2-core CPU, the fp32 one 21 s), so it traces on the current CUDA device
+    when there is one. The ``torch.export``-based exporter traces with fake tensors (no kernels run: 12 s for
+    the same fp16 graph), so it stays on the CPU.
+    """
+    if not (fp16 and exporter == "torchscript"):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    logger.warning(
+        "exporting the fp16 ONNX graph with the TorchScript exporter on the CPU: PyTorch's fp16 CPU kernels are "
+        "slow, so this can take minutes at large sizes (pip install onnxscript for the faster exporter)."
+    )
+    return torch.device("cpu")
 
 
 def export_onnx_cached(
@@ -191,20 +239,23 @@ def export_onnx_cached(
 ) -> Path:
     """Path of the cached ONNX graph for ``height`` x ``width`` (exported now if needed; no TensorRT needed).
 
-    ``max_pairs``, ``fp16`` and ``device`` are accepted so callers can pass :func:`prebuild_engine`'s
-    arguments unchanged; they do not change the graph (fp32, dynamic frame axis, exported on the CPU).
+    ``fp16=True`` gives the fp16 graph (the one an fp16 engine is built from), ``False`` or ``None`` the fp32
+    one. ``max_pairs`` and ``device`` are accepted so callers can pass :func:`prebuild_engine`'s arguments
+    unchanged; they do not change the graph (dynamic frame axis; where it is exported: :func:`export_device`).
     """
     _check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
         _check_positive("max_pairs", max_pairs)
-    return ensure_onnx(plugin_models_dir(models_dir), height, width, num_flow_updates, weights, model)[0]
+    directory = plugin_models_dir(models_dir)
+    return ensure_onnx(directory, height, width, num_flow_updates, weights, fp16=bool(fp16), model=model)[0]
 
 
 # -- engines --------------------------------------------------------------------------------------------
 
 
 def write_engine_with_tensorrt(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
-    """The real :data:`EngineBuilder`: polygraphy/TensorRT build, bytes written to ``destination``."""
+    """The real :data:`EngineBuilder`: polygraphy/TensorRT build of a strongly typed network, bytes written to
+    ``destination`` (``onnx`` is the graph of ``spec``'s precision)."""
     device = torch.device("cuda", torch.cuda.current_device())
     data = build_engine_bytes(
         onnx, height=spec.height, width=spec.width, fp16=spec.fp16, max_frames=spec.max_frames,
@@ -226,7 +277,8 @@ def ensure_engine(
     """
     build = builder or write_engine_with_tensorrt
     with locked(directory):
-        onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights, spec.model)
+        onnx, info = ensure_onnx(directory, spec.height, spec.width, spec.num_flow_updates, weights, fp16=spec.fp16,
+                                 model=spec.model)
         sidecar = read_sidecar(onnx) or {}
         key = engine_key(spec, info.identity, target, str(sidecar.get("sha256", "")))
         path = engine_path(directory, key)

@@ -1,14 +1,25 @@
-"""TensorRT 10 specifics: importing it, describing the GPU, building an engine from ONNX with polygraphy.
+"""TensorRT 10 and 11 specifics: importing it, describing the GPU, building an engine from ONNX with polygraphy.
 
 Nothing here is imported unless the TensorRT backend or an engine build is used. The build is polygraphy's
-lazy loader chain ``engine_bytes_from_network(network_from_onnx_path(...), config=CreateConfig(...))`` with
-one optimization profile over the frame axis (min 2 frames, opt = max = ``max_pairs + 1``), so a whole
-chunk of pairs runs in one engine call.
+lazy loader chain ``engine_bytes_from_network(network_from_onnx_path(path, strongly_typed=True),
+config=CreateConfig(profiles=..., memory_pool_limits=..., progress_monitor=...))`` with one optimization
+profile over the frame axis (min 2 frames, opt = max = ``max_pairs + 1``), so a whole chunk of pairs runs in
+one engine call.
+
+The network is strongly typed: every tensor has the type the ONNX graph gives it, so the graph decides the
+precision (``core.onnx_export`` writes an fp32 and an fp16 graph). No precision builder flags
+(``BuilderFlag.FP16``, ``OBEY/PREFER_PRECISION_CONSTRAINTS``) and no per-layer ``precision`` /
+``set_output_type`` calls: TensorRT 11 removed them, and TensorRT 10 does not allow per-layer precision on
+strongly typed networks. TensorRT 10 honours the ``STRONGLY_TYPED`` creation flag polygraphy sets; TensorRT
+11 keeps that flag (deprecated, ignored) because every network is strongly typed there. polygraphy's
+``CreateConfig`` leaves TF32 off, so fp32 tensors (the whole fp32 graph, the correlation of the fp16 one)
+run in full fp32.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +29,7 @@ from typing import Any
 import torch
 
 from .log import logger
-from .onnx_export import INPUT_NAME
+from .onnx_export import INPUT_NAME, read_precision
 
 TENSORRT_INSTALL_HINT = (
     "pip install tensorrt (from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
@@ -27,6 +38,13 @@ TENSORRT_INSTALL_HINT = (
 # TensorRT's scratch memory for tactics; capped at half the GPU's memory on small cards.
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 MIN_FRAMES = 2
+# Goes into the engine cache key: engines built by an older recipe (weakly typed, fp16 builder flag with the
+# correlation layers pinned to fp32) are rebuilt, never loaded.
+BUILD_RECIPE = "strongly-typed-v1"
+# The first polygraphy release on PyPI whose default build path (CreateConfig, the build-config log) touches
+# none of the APIs TensorRT 11 removed (0.49.x reads ILayer.precision_is_set unguarded while configuring);
+# strongly_typed itself exists since polygraphy 0.48.
+POLYGRAPHY_FOR_TENSORRT_11 = (0, 50, 3)
 
 
 def import_tensorrt() -> ModuleType:
@@ -78,15 +96,19 @@ def build_engine_bytes(
     workspace_bytes: int,
     device: torch.device,
 ) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine (takes minutes; progress goes to the log)."""
+    """Parse ``onnx_path`` as a strongly typed network and build a serialized engine (takes minutes; progress
+    goes to the log). The precision comes from the graph's types: ``fp16`` says which graph ``onnx_path`` must
+    be (its recorded precision is checked, so an fp32 graph never becomes an "fp16" engine)."""
+    wanted = "fp16" if fp16 else "fp32"
+    recorded = read_precision(onnx_path)
+    if recorded != wanted:
+        raise RuntimeError(
+            f"{onnx_path} is {'an ' + recorded if recorded else 'an unlabelled'} graph, but an {wanted} engine was "
+            "requested; delete it (or run clear_cache()) so it is exported again."
+        )
     trt = import_tensorrt()
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        PostprocessNetwork,
-        Profile,
-        engine_bytes_from_network,
-        network_from_onnx_path,
-    )
+    check_polygraphy(str(trt.__version__))
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     opt_frames = max(MIN_FRAMES, max_frames)
     profile = Profile().add(
@@ -95,20 +117,15 @@ def build_engine_bytes(
         opt=(opt_frames, 3, height, width),
         max=(opt_frames, 3, height, width),
     )
-    network = network_from_onnx_path(str(onnx_path))
-    if fp16:
-        network = PostprocessNetwork(network, _keep_correlation_fp32, name="KeepCorrelationFp32")
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
     config = CreateConfig(
-        fp16=fp16,
-        # "prefer": layers pinned to fp32 above stay fp32 unless TensorRT has no fp32 kernel for them.
-        precision_constraints="prefer" if fp16 else None,
         profiles=[profile],
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)},
         progress_monitor=_progress_monitor(trt),
     )
     logger.warning(
         "building a TensorRT engine for RAFT at %dx%d (%s, up to %d frames per call). A first build takes "
-        "several minutes; it is cached afterwards.", height, width, "fp16" if fp16 else "fp32", opt_frames,
+        "several minutes; it is cached afterwards.", height, width, wanted, opt_frames,
     )
     started = time.monotonic()
     with torch.cuda.device(device):
@@ -119,25 +136,30 @@ def build_engine_bytes(
     return bytes(serialized)
 
 
-def _keep_correlation_fp32(network: Any) -> Any:
-    """Pin the correlation volume (matmul), its pyramid (pooling) and its lookup (grid sample) to fp32.
+def check_polygraphy(tensorrt_version: str) -> None:
+    """Raise ``RuntimeError`` when the installed polygraphy is too old to build with this TensorRT."""
+    import polygraphy
 
-    The PyTorch backend keeps that part in fp32 too: fp16 correlation values lose the small differences the
-    lookup relies on. The encoders and the update block (the bulk of the work) still run in fp16.
-    """
-    import tensorrt as trt
+    if _version_tuple(tensorrt_version)[:1] < (11,):
+        return
+    installed = str(getattr(polygraphy, "__version__", "0"))
+    if _version_tuple(installed) < POLYGRAPHY_FOR_TENSORRT_11:
+        needed = ".".join(map(str, POLYGRAPHY_FOR_TENSORRT_11))
+        raise RuntimeError(
+            f"TensorRT {tensorrt_version} needs polygraphy >= {needed} to build engines (older releases call "
+            f"APIs TensorRT 11 removed), but polygraphy {installed} is installed. Fix: pip install -U polygraphy."
+        )
 
-    pinned = {trt.LayerType.MATRIX_MULTIPLY, trt.LayerType.POOLING, trt.LayerType.GRID_SAMPLE}
-    count = 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type in pinned:
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                layer.set_output_type(output, trt.float32)
-            count += 1
-    logger.info("TensorRT network: %d correlation layers kept in fp32, the rest may use fp16", count)
-    return network
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"11.4.0.post1"`` -> ``(11, 4, 0)``: the leading numeric release parts."""
+    parts: list[int] = []
+    for part in version.split(".")[:3]:
+        match = re.match(r"\d+", part)
+        if match is None:
+            break
+        parts.append(int(match.group()))
+    return tuple(parts)
 
 
 def _progress_monitor(trt: ModuleType) -> Any:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from filelock import FileLock
 
 from scope_optical_flow_tensorrt.core import engine_cache, engine_manager
@@ -34,7 +35,8 @@ from scope_optical_flow_tensorrt.core.engine_manager import (
     load_engine,
     prebuild_engine,
 )
-from scope_optical_flow_tensorrt.core.trt_build import BuildTarget
+from scope_optical_flow_tensorrt.core.onnx_export import EXPORT_RECIPE, check_onnx
+from scope_optical_flow_tensorrt.core.trt_build import BUILD_RECIPE, BuildTarget
 
 SIZE = 128
 SPEC = EngineSpec(height=SIZE, width=SIZE, fp16=True, num_flow_updates=1, max_pairs=4)
@@ -61,11 +63,12 @@ def fast_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def onnx_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder holding the ONNX graph (exported once per module, copied into each test's folder)."""
+    """A cache folder holding the fp32 and fp16 ONNX graphs (exported once per module, copied into each test's folder)."""
     folder = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine_manager, "resolve_exporter", lambda exporter="auto": "torchscript")
-        export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=folder)
+        for fp16 in (False, True):  # SPEC's engines are built from the fp16 graph
+            export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=folder, fp16=fp16)
     return folder
 
 
@@ -101,7 +104,49 @@ def test_engine_is_built_once_then_reused_with_named_file_and_metadata(cache_dir
     assert key["precision"] == "fp16" and key["num_flow_updates"] == 1
     assert key["profile_frames"] == [2, 5, 5] and key["weights"] == "random-seed0"
     assert key["package_version"] and len(key["onnx_sha256"]) == 64
+    assert key["build_recipe"] == BUILD_RECIPE
     assert not list(cache_dir.glob("*.tmp-*"))
+
+
+def test_each_precision_builds_from_its_own_graph(cache_dir: Path) -> None:
+    """An fp16 engine is built from the fp16 graph, an fp32 one from the fp32 graph; both graphs are checked."""
+    seen: dict[bool, Path] = {}
+
+    def builder(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
+        seen[spec.fp16] = onnx
+        destination.write_bytes(b"engine" * 100)
+
+    for fp16 in (True, False):
+        spec = EngineSpec(SIZE, SIZE, fp16=fp16, num_flow_updates=1, max_pairs=4)
+        path, _ = ensure_engine(cache_dir, spec, None, TARGET, builder)
+        key = json.loads(sidecar_path(path).read_text())["key"]
+        graph = seen[fp16]
+        graph_key = json.loads(sidecar_path(graph).read_text())["key"]
+        assert key["precision"] == graph_key["precision"] == ("fp16" if fp16 else "fp32")
+        assert key["onnx_sha256"] == json.loads(sidecar_path(graph).read_text())["sha256"]
+        assert graph_key["export_recipe"] == EXPORT_RECIPE
+        check_onnx(graph, SIZE, SIZE, "fp16" if fp16 else "fp32")  # recorded precision and weight types agree
+    assert seen[True].name.startswith(f"raft_small_{SIZE}x{SIZE}_fp16-") and seen[True] != seen[False]
+    assert seen[False].name.startswith(f"raft_small_{SIZE}x{SIZE}-")
+
+
+def test_graphs_and_engines_of_the_old_recipe_are_rebuilt_not_loaded(cache_dir: Path) -> None:
+    """Files whose keys lack the export/build recipe (the weakly typed fp16 build) are rebuilt in place."""
+    builder = FakeBuilder()
+    engine, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    graph = export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=cache_dir, fp16=False)
+    for path, fields in ((engine, ["build_recipe"]), (graph, ["export_recipe", "precision"])):
+        sidecar = json.loads(sidecar_path(path).read_text())
+        for field in fields:  # keys written before graphs carried their precision lack these
+            del sidecar["key"][field]
+        sidecar_path(path).write_text(json.dumps(sidecar))
+    again, _ = ensure_engine(cache_dir, SPEC, None, TARGET, builder)
+    assert again == engine and len(builder.calls) == 2  # same name, rebuilt
+    assert json.loads(sidecar_path(engine).read_text())["key"]["build_recipe"] == BUILD_RECIPE
+    mtime = graph.stat().st_mtime_ns
+    assert export_onnx_cached(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=cache_dir) == graph
+    assert graph.stat().st_mtime_ns != mtime  # the fp32 graph keeps its old name and is re-exported in place
+    assert json.loads(sidecar_path(graph).read_text())["key"]["export_recipe"] == EXPORT_RECIPE
 
 
 @pytest.mark.parametrize(
@@ -149,8 +194,9 @@ def test_flow_updates_change_reexports_onnx_and_builds_new_engine(cache_dir: Pat
     two = EngineSpec(SIZE, SIZE, fp16=True, num_flow_updates=2, max_pairs=4)
     second, _ = ensure_engine(cache_dir, two, None, TARGET, builder)
     assert first != second and len(builder.calls) == 2
-    onnx_keys = sorted(row["num_flow_updates"] for row in list_cached_engines(cache_dir) if row["kind"] == "onnx")
-    assert onnx_keys == [1, 2]
+    onnx_keys = sorted((row["precision"], row["num_flow_updates"]) for row in list_cached_engines(cache_dir)
+                       if row["kind"] == "onnx")
+    assert onnx_keys == [("fp16", 1), ("fp16", 2), ("fp32", 1)]  # fp32 graph from the template, untouched
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_sidecar", "bad_sidecar", "other_key"])
@@ -294,14 +340,14 @@ def test_list_and_clear_cache(cache_dir: Path) -> None:
     (cache_dir / "raft_small_128x128-deadbeef.onnx.tmp-1-2").write_bytes(b"left by a crash")
     (cache_dir / "my_weights.pth").write_bytes(b"not ours")
     rows = list_cached_engines(cache_dir)
-    assert sorted(row["kind"] for row in rows) == ["onnx", "tensorrt"]
+    assert sorted(row["kind"] for row in rows) == ["onnx", "onnx", "tensorrt"]  # fp32 and fp16 graphs, one engine
     for row in rows:
         assert row["path"].is_file() and row["size_bytes"] == row["path"].stat().st_size > 0
         assert row["valid_metadata"] and row["key"]["height"] == SIZE and row["height"] == SIZE
     engine_row = next(row for row in rows if row["kind"] == "tensorrt")
     assert engine_row["precision"] == "fp16" and engine_row["tensorrt_version"] == "10.3.0"
 
-    assert clear_cache(cache_dir) == 5  # onnx + sidecar, engine + sidecar, temp leftover
+    assert clear_cache(cache_dir) == 7  # 2 graphs + sidecars, engine + sidecar, temp leftover
     assert list_cached_engines(cache_dir) == []
     assert (cache_dir / "my_weights.pth").is_file()
     assert clear_cache(cache_dir) == 0
@@ -326,3 +372,20 @@ def test_export_onnx_cached_rebuilds_stale_graph(cache_dir: Path, monkeypatch: p
     assert json.loads(sidecar_path(path).read_text())["key"]["package_version"] == "99.0"
     assert created  # sidecar carries build information
     assert engine_cache.check_artifact(path, json.loads(sidecar_path(path).read_text())["key"]) is None
+
+
+def test_fp16_torchscript_export_traces_on_cuda_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PyTorch's fp16 CPU kernels make a TorchScript trace of the fp16 graph take minutes at 512x512."""
+    from scope_optical_flow_tensorrt.core.engine_manager import export_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert export_device(False, "torchscript").type == export_device(True, "dynamo").type == "cpu"
+    with caplog.at_level(logging.WARNING, logger="scope_optical_flow_tensorrt"):
+        assert export_device(True, "torchscript").type == "cpu"
+    assert "pip install onnxscript" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert export_device(True, "torchscript") == torch.device("cuda", 1)
+    assert export_device(True, "dynamo").type == export_device(False, "torchscript").type == "cpu"

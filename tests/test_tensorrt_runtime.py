@@ -6,13 +6,19 @@ with the real PyTorch model. This checks what the backend does with TensorRT's A
 once, ``set_input_shape`` and output (re)allocation only when the frame count changes, addresses bound,
 ``execute_async_v3`` given torch's stream handle, results not aliasing the reused output buffer, and the
 engine found in the cache on the next construction. Real TensorRT runs are in test_onnx_export.py (marked).
+
+The engine build runs polygraphy's real loaders against a strict stand-in of TensorRT's builder API in a
+TensorRT 10 and a TensorRT 11 mode (the latter without the weak-typing API TensorRT 11 removed), checking the
+network is strongly typed and no precision flag or per-layer precision call is made.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import hashlib
+import importlib
 import json
 import sys
 import types
@@ -198,71 +204,320 @@ def test_tensorrt_backend_reuses_cached_engine_and_rebuilds_unreadable_one(fake_
     assert setup.deserialized.count(bad) == 1
 
 
-def test_engine_build_assembles_polygraphy_loaders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """build_engine_bytes: one batch profile (min 2, opt = max = max_frames), fp16 with the correlation pinned
-    to fp32, workspace limit and a progress monitor, all handed to polygraphy's loaders."""
-    import polygraphy.backend.trt as polygraphy_trt
+# -- engine build: polygraphy's real loaders against a stand-in TensorRT 10 or 11 builder surface -----------
 
-    from scope_optical_flow_tensorrt.core import trt_build
+# TensorRT 11 removed weak typing ("Migrating from TensorRT 10.x to 11.x", "Removed Python APIs"): these
+# BuilderFlag members, IBuilderConfig's calibrator/quantization API, the EXPLICIT_BATCH creation flag and
+# ILayer's precision API are absent from the TensorRT 11 stand-in, so touching them raises AttributeError.
+WEAK_TYPING_FLAGS = {"FP16": 0, "INT8": 1, "OBEY_PRECISION_CONSTRAINTS": 9, "PREFER_PRECISION_CONSTRAINTS": 10,
+                     "DIRECT_IO": 11, "FP8": 15, "BF16": 17}
+COMMON_FLAGS = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
+                "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8, "VERSION_COMPATIBLE": 13, "EXCLUDE_LEAN_RUNTIME": 14,
+                "ERROR_ON_TIMING_CACHE_MISS": 16, "DISABLE_COMPILATION_CACHE": 18, "STRIP_PLAN": 19,
+                "WEIGHT_STREAMING": 21}
+LAYER_TYPES = ("CONVOLUTION", "MATRIX_MULTIPLY", "POOLING", "GRID_SAMPLE", "CAST", "SHAPE")
 
+
+def standin_tensorrt(major: int, record: dict) -> types.ModuleType:
+    """A strict stand-in for TensorRT's builder API (``major`` 10 or 11); what the build does lands in ``record``."""
     trt = types.ModuleType("tensorrt")
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.LayerType = types.SimpleNamespace(MATRIX_MULTIPLY="matmul", POOLING="pool", GRID_SAMPLE="grid", CONVOLUTION="conv")
-    trt.float32 = "FLOAT"
+    trt.__version__ = f"{major}.99.0"
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", COMMON_FLAGS | (WEAK_TYPING_FLAGS if major == 10 else {}))
+    creation = {"STRONGLY_TYPED": 1} | ({"EXPLICIT_BATCH": 0} if major == 10 else {})
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", creation)
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1})
+    trt.TacticSource = enum.IntEnum("TacticSource", {"EDGE_MASK_CONVOLUTIONS": 3, "JIT_CONVOLUTIONS": 4})
+    trt.PreviewFeature = enum.IntEnum("PreviewFeature", {"PROFILE_SHARING_0806": 0})
+    trt.DeviceType = enum.IntEnum("DeviceType", {"GPU": 0, "DLA": 1})
+    trt.ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
+    trt.EngineCapability = enum.IntEnum("EngineCapability", {"STANDARD": 0})
+    trt.LayerType = enum.IntEnum("LayerType", {name: index for index, name in enumerate(LAYER_TYPES)})
+    trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1})
+    trt.float32, trt.float16 = trt.DataType.FLOAT, trt.DataType.HALF
+    if major == 10:
+        trt.QuantizationFlag = enum.IntEnum("QuantizationFlag", {"CALIBRATE_BEFORE_FUSION": 0})
+
+    class ILogger:
+        Severity = enum.IntEnum("Severity", {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4})
+
+        def __init__(self) -> None:
+            pass
+
+    class Logger(ILogger):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = ILogger.Severity
 
     class IProgressMonitor:
         def __init__(self) -> None:
             pass
 
-    trt.IProgressMonitor = IProgressMonitor
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    seen: dict[str, object] = {}
+    class Tensor:
+        __slots__ = ("name", "shape", "dtype", "is_shape_tensor")
+
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            self.name, self.shape, self.dtype, self.is_shape_tensor = name, shape, trt.float32, False
 
     class Layer:
-        def __init__(self, kind: str) -> None:
-            self.type, self.num_outputs, self.precision, self.output_types = kind, 1, None, {}
+        __slots__ = ("name", "type")
+        num_outputs = 1
 
-        def set_output_type(self, index: int, dtype: str) -> None:
-            self.output_types[index] = dtype
+        def __init__(self, name: str, kind: str) -> None:
+            self.name, self.type = name, trt.LayerType[kind]
 
-    layers = [Layer(kind) for kind in ("conv", "matmul", "pool", "grid", "conv")]
-    network = types.SimpleNamespace(num_layers=len(layers), get_layer=lambda index: layers[index])
+    class WeaklyTypedLayer(Layer):  # TensorRT 10 still has the weak-typing calls (disallowed when strongly typed)
+        __slots__ = ()
 
-    monkeypatch.setattr(polygraphy_trt, "network_from_onnx_path", lambda path: seen.setdefault("onnx", path) and "net")
+        @property
+        def precision_is_set(self) -> bool:
+            return False
 
-    def postprocess(net: object, func, name=None) -> str:
-        func(network=network)
-        return "postprocessed"
+        @property
+        def precision(self) -> object:
+            return trt.float32
 
-    def create_config(**kwargs: object) -> dict:
-        seen["config"] = kwargs
-        return kwargs
+        @precision.setter
+        def precision(self, value: object) -> None:
+            record["per_layer_precision"].append(self.name)
 
-    def engine_bytes(net: object, config: object) -> bytes:
-        seen["network"] = net
-        monitor = config["progress_monitor"]
-        monitor.phase_start("Building", None, 2)
-        assert monitor.step_complete("Building", 0) is True
-        monitor.phase_finish("Building")
-        return b"PLAN"
+        def set_output_type(self, index: int, dtype: object) -> None:
+            record["per_layer_precision"].append(self.name)
 
-    monkeypatch.setattr(polygraphy_trt, "PostprocessNetwork", postprocess)
-    monkeypatch.setattr(polygraphy_trt, "CreateConfig", create_config)
-    monkeypatch.setattr(polygraphy_trt, "engine_bytes_from_network", engine_bytes)
+    class Network:
+        def __init__(self, flags: int) -> None:
+            self.flags = flags
+            self.layers: list[Layer] = []
+            self.inputs: list[Tensor] = []
 
-    plan = trt_build.build_engine_bytes(tmp_path / "g.onnx", height=256, width=320, fp16=True, max_frames=9,
-                                        workspace_bytes=123, device=torch.device("cpu"))
-    assert plan == b"PLAN" and seen["onnx"] == str(tmp_path / "g.onnx") and seen["network"] == "postprocessed"
-    config = seen["config"]
-    assert config["fp16"] is True and config["precision_constraints"] == "prefer"
-    assert config["memory_pool_limits"] == {"WORKSPACE": 123}
-    (profile,) = config["profiles"]
-    shapes = profile["frames"]
-    assert (tuple(shapes.min), tuple(shapes.opt), tuple(shapes.max)) == ((2, 3, 256, 320), (9, 3, 256, 320), (9, 3, 256, 320))
-    assert [layer.precision for layer in layers] == [None, "FLOAT", "FLOAT", "FLOAT", None]
+        def get_flag(self, flag: enum.IntEnum) -> bool:
+            return bool(self.flags & (1 << int(flag)))
 
-    seen.clear()
-    trt_build.build_engine_bytes(tmp_path / "g.onnx", height=128, width=128, fp16=False, max_frames=2,
-                                 workspace_bytes=1, device=torch.device("cpu"))
-    assert seen["network"] == "net" and seen["config"]["fp16"] is False  # fp32: no pinning step
+        @property
+        def num_layers(self) -> int:
+            return len(self.layers)
+
+        def get_layer(self, index: int) -> Layer:
+            return self.layers[index]
+
+        def __len__(self) -> int:
+            return len(self.layers)
+
+        def __getitem__(self, index: int) -> Layer:
+            return self.layers[index]
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, index: int) -> Tensor:
+            return self.inputs[index]
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger: ILogger) -> None:
+            self.network, self.num_errors, self.flags = network, 0, 0
+
+        def parse_from_file(self, path: str) -> bool:
+            record["parsed"] = path
+            layer_class = WeaklyTypedLayer if major == 10 else Layer
+            self.network.inputs = [Tensor("frames", (-1, 3, 256, 320))]
+            self.network.layers = [layer_class(f"layer{index}", kind) for index, kind in enumerate(LAYER_TYPES[:5])]
+            return True
+
+    class OptimizationProfile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple] = {}
+
+        def set_shape(self, name: str, min: tuple, opt: tuple, max: tuple) -> None:
+            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+        def __bool__(self) -> bool:
+            return bool(self.shapes)
+
+    class BuilderConfig:
+        # __slots__: setting an attribute TensorRT does not have (e.g. int8_calibrator on 11) raises too
+        __slots__ = ("flags", "pools", "profiles", "timing_cache", "profiling_verbosity", "progress_monitor",
+                     "DLA_core", "default_device_type", "engine_capability") + (
+                        ("int8_calibrator",) if major == 10 else ())
+
+        def __init__(self) -> None:
+            self.flags = {trt.BuilderFlag.TF32}  # TensorRT's default
+            self.pools: dict = {}
+            self.profiles: list = []
+            self.timing_cache = None
+            self.profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
+            self.progress_monitor = None
+            self.DLA_core, self.default_device_type = -1, trt.DeviceType.GPU
+            self.engine_capability = trt.EngineCapability.STANDARD
+            if major == 10:
+                self.int8_calibrator = None
+
+        def set_flag(self, flag: enum.IntEnum) -> None:
+            self.flags.add(flag)
+
+        def clear_flag(self, flag: enum.IntEnum) -> None:
+            self.flags.discard(flag)
+
+        def get_flag(self, flag: enum.IntEnum) -> bool:
+            return flag in self.flags
+
+        def set_memory_pool_limit(self, pool: enum.IntEnum, size: int) -> None:
+            self.pools[pool] = size
+
+        def get_memory_pool_limit(self, pool: enum.IntEnum) -> int:
+            return self.pools.get(pool, 0)
+
+        def get_tactic_sources(self) -> int:
+            return 0
+
+        def get_preview_feature(self, feature: enum.IntEnum) -> bool:
+            return False
+
+        def add_optimization_profile(self, profile: OptimizationProfile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return len(self.profiles)
+
+        def create_timing_cache(self, data: bytes) -> object:
+            return object()
+
+        def set_timing_cache(self, cache: object, ignore_mismatch: bool) -> bool:
+            self.timing_cache = cache
+            return True
+
+    class Builder:
+        def __init__(self, logger: ILogger) -> None:
+            assert isinstance(logger, ILogger)
+
+        def create_network(self, flags: int = 0) -> Network:
+            record["network_flags"] = flags
+            return Network(flags)
+
+        def create_builder_config(self) -> BuilderConfig:
+            return BuilderConfig()
+
+        def create_optimization_profile(self) -> OptimizationProfile:
+            return OptimizationProfile()
+
+        def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes:
+            record["config"], record["network"] = config, network
+            monitor = config.progress_monitor
+            monitor.phase_start("Building engine", None, 2)
+            assert monitor.step_complete("Building engine", 0) is True
+            monitor.phase_finish("Building engine")
+            return b"PLAN"
+
+    trt.ILogger, trt.Logger, trt.IProgressMonitor = ILogger, Logger, IProgressMonitor
+    trt.Builder, trt.OnnxParser = Builder, OnnxParser
+    trt.init_libnvinfer_plugins = lambda logger, namespace: True
+    return trt
+
+
+@pytest.fixture
+def standin_builder(monkeypatch: pytest.MonkeyPatch):
+    """Install a stand-in TensorRT of the requested major version where trt_build and polygraphy import it."""
+    # by module path: the package's `config` attribute is polygraphy's global config, not this module
+    polygraphy_loader, polygraphy_config, polygraphy_util = (
+        importlib.import_module(f"polygraphy.backend.trt.{name}") for name in ("loader", "config", "util")
+    )
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+
+    def install(major: int) -> dict:
+        record: dict = {"per_layer_precision": []}
+        trt = standin_tensorrt(major, record)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        for module in (polygraphy_loader, polygraphy_config, polygraphy_util):  # polygraphy's lazy `trt` handles
+            monkeypatch.setattr(module, "trt", trt)
+        monkeypatch.setattr(polygraphy_util, "TRT_LOGGER", None)  # rebuilt from the stand-in's ILogger
+        record["trt"] = trt
+        return record
+
+    return install
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_engine_build_is_strongly_typed_without_precision_flags(standin_builder, tmp_path: Path, major: int) -> None:
+    """build_engine_bytes through polygraphy's real loaders: a strongly typed network, one batch profile
+    (min 2, opt = max = max_frames), the workspace limit and a progress monitor; no precision builder flag and
+    no per-layer precision call, for the fp16 graph as for the fp32 one, on TensorRT 10 and 11 alike."""
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    for fp16 in (True, False):
+        record = standin_builder(major)
+        trt = record["trt"]
+        graph = labelled_graph(tmp_path / "g.onnx", "fp16" if fp16 else "fp32")  # parsed by the stand-in
+        plan = trt_build.build_engine_bytes(graph, height=256, width=320, fp16=fp16, max_frames=9,
+                                            workspace_bytes=123, device=torch.device("cpu"))
+        assert plan == b"PLAN" and record["parsed"] == str(graph)
+        assert record["network"].get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        config = record["config"]
+        assert config.flags == set()  # no FP16/BF16/INT8/precision-constraint flag; TF32 cleared by polygraphy
+        assert config.pools == {trt.MemoryPoolType.WORKSPACE: 123}
+        (profile,) = config.profiles
+        assert profile.shapes == {"frames": ((2, 3, 256, 320), (9, 3, 256, 320), (9, 3, 256, 320))}
+        assert record["per_layer_precision"] == []
+
+
+def test_engine_build_refuses_a_graph_of_the_other_precision(standin_builder, tmp_path: Path) -> None:
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    record = standin_builder(11)
+    for path, fp16, label in ((labelled_graph(tmp_path / "a.onnx", "fp32"), True, "an fp32 graph"),
+                              (labelled_graph(tmp_path / "b.onnx", None), False, "an unlabelled graph")):
+        with pytest.raises(RuntimeError, match=f"{label}, but an fp(16|32) engine was requested"):
+            trt_build.build_engine_bytes(path, height=128, width=128, fp16=fp16, max_frames=2, workspace_bytes=1,
+                                         device=torch.device("cpu"))
+    assert "parsed" not in record  # refused before TensorRT saw it
+
+
+def labelled_graph(path: Path, precision: str | None) -> Path:
+    """A tiny ONNX file carrying the precision label core.onnx_export writes (the stand-in never reads its nodes)."""
+    import onnx
+
+    from scope_optical_flow_tensorrt.core.onnx_export import PRECISION_METADATA_KEY
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    if precision is not None:
+        onnx.helper.set_model_props(model, {PRECISION_METADATA_KEY: precision})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tensorrt11_standin_lacks_weak_typing_and_rejects_the_old_build(standin_builder) -> None:
+    """The TensorRT 11 stand-in really lacks what TensorRT 11 removed: the old recipe (polygraphy's
+    CreateConfig(fp16=True, precision_constraints="prefer"), per-layer pinning) fails against it."""
+    from polygraphy.backend.trt import CreateConfig
+    from polygraphy.exception import PolygraphyException
+
+    record = standin_builder(11)
+    trt = record["trt"]
+    for name in ("FP16", "BF16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"):
+        with pytest.raises(AttributeError):
+            getattr(trt.BuilderFlag, name)
+    builder = trt.Builder(trt.Logger())
+    network = builder.create_network(0)
+    trt.OnnxParser(network, trt.Logger()).parse_from_file("g.onnx")
+    layer = network.get_layer(1)
+    with pytest.raises(AttributeError):
+        layer.precision = trt.float32
+    with pytest.raises(AttributeError):
+        layer.set_output_type(0, trt.float32)
+    with pytest.raises(AttributeError):
+        builder.create_builder_config().int8_calibrator = None
+    with pytest.raises(PolygraphyException, match="fp16"):
+        CreateConfig(fp16=True)(builder, network)
+    with pytest.raises(PolygraphyException, match="prefer_precision_constraints"):
+        CreateConfig(precision_constraints="prefer")(builder, network)
+
+
+def test_tensorrt11_needs_a_polygraphy_that_avoids_removed_apis(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polygraphy
+
+    from scope_optical_flow_tensorrt.core import trt_build
+
+    monkeypatch.setattr(polygraphy, "__version__", "0.49.27")  # reads the removed int8_calibrator / precision API
+    trt_build.check_polygraphy("10.13.3")  # fine on TensorRT 10
+    with pytest.raises(RuntimeError, match=r"polygraphy >= 0\.50\.3.*pip install -U polygraphy"):
+        trt_build.check_polygraphy("11.4.0")
+    monkeypatch.setattr(polygraphy, "__version__", "0.53.6")
+    trt_build.check_polygraphy("11.4.0")

@@ -3,6 +3,11 @@
 Its job is proof and portability: flow through it matches the PyTorch backend (see tests/test_onnx_export.py),
 which shows the exported graph is right. CUDA execution provider when the device is CUDA and onnxruntime has
 it (tensors bound in place through I/O binding), else the CPU provider.
+
+Which graph: the fp16 one (the file an fp16 TensorRT engine is built from) when ``fp16=True`` and the CUDA
+provider runs it; otherwise the fp32 one. This follows the PyTorch backend's rule (fp16 applies on CUDA
+only): onnxruntime's CPU provider lacks most float16 kernels and would wrap them in casts to float32, slower
+than the fp32 graph and no closer to what a GPU computes.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeFlowBackend:
-    """RAFT (Small or Large) from the cached fp32 ONNX graph (``fp16`` does not apply: the graph is fp32)."""
+    """RAFT (Small or Large) from a cached ONNX graph: fp16 with ``fp16=True`` on the CUDA provider, else fp32."""
 
     name = "onnxruntime"
 
@@ -45,17 +50,19 @@ class OnnxRuntimeFlowBackend:
         self.config = config
         self.device = config.device
         self.max_pairs = config.max_pairs
-        directory = plugin_models_dir(config.models_dir)
-        self.onnx_path, self.weights_info = ensure_onnx(
-            directory, config.height, config.width, config.num_flow_updates, weights, model=config.model
-        )
         self.on_cuda = config.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
         if config.device.type == "cuda" and not self.on_cuda:
             log_once(
                 "onnxruntime-cpu",
-                "onnxruntime has no CUDA execution provider here: the onnxruntime backend runs on the CPU "
-                "(pip install onnxruntime-gpu for the GPU).",
+                "onnxruntime has no CUDA execution provider here: the onnxruntime backend runs the fp32 graph on "
+                "the CPU (pip install onnxruntime-gpu for the GPU).",
             )
+        self.fp16 = config.fp16 and self.on_cuda
+        directory = plugin_models_dir(config.models_dir)
+        self.onnx_path, self.weights_info = ensure_onnx(
+            directory, config.height, config.width, config.num_flow_updates, weights, fp16=self.fp16,
+            model=config.model,
+        )
         providers: list[Any] = (
             [("CUDAExecutionProvider", {"device_id": config.device.index or 0}), "CPUExecutionProvider"]
             if self.on_cuda else ["CPUExecutionProvider"]
