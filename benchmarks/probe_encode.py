@@ -23,6 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--presets", default="ultrafast,superfast,veryfast,faster")
+    parser.add_argument("--threads", default="SLICE:0,FRAME:0,FRAME:4,FRAME:8,FRAME:16",
+                        help="thread type:count pairs (count 0: FFmpeg's automatic choice)")
     args = parser.parse_args()
     use_this_checkout()
     import av
@@ -35,8 +38,9 @@ def main() -> None:
     yuv = [av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray() for frame in maps]
     folder = Path(tempfile.mkdtemp(prefix="probe_encode_"))
     print(f"{os.cpu_count()} cores, PyAV {av.__version__}, {args.frames} frames {args.size}x{args.size}")
-    for preset in ("ultrafast", "superfast", "veryfast", "faster"):
-        for thread_type, threads in (("SLICE", 0), ("FRAME", 0), ("FRAME", 4), ("FRAME", 8), ("FRAME", 16)):
+    settings = [(kind, int(count)) for kind, _, count in (pair.partition(":") for pair in args.threads.split(","))]
+    for preset in args.presets.split(","):
+        for thread_type, threads in settings:
             for source in ("rgb24", "yuv420p"):
                 path = folder / f"{preset}_{thread_type}_{threads}_{source}.mp4"
                 started = time.perf_counter()
