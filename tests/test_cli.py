@@ -516,7 +516,8 @@ def test_model_choice_through_prebuild_and_unknown_models(tmp_path: Path, run_ma
                               "1", "--weights", "untrained", "--models-dir", tmp_path)
     assert code == 0, err
     onnx_path = Path(out.strip().split(": ", 1)[1])
-    assert onnx_path.parent == tmp_path and onnx_path.name.startswith("raft_large_128x128-")
+    # fp16 is prebuild's default: the fp16 graph, the one an fp16 engine is built from
+    assert onnx_path.parent == tmp_path and onnx_path.name.startswith("raft_large_128x128_fp16-")
     for command in (["run", tmp_path, "--flow-npy", tmp_path / "x.npy"], ["prebuild", "--size", "128"],
                     ["bench"], ["info"]):
         code, _, err = run_main(*command, "--model", "raft_huge")

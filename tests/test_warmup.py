@@ -101,9 +101,12 @@ def pipeline_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> types.Mo
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(weights))
 
     class SmallPreprocessor(OpticalFlowTensorRTPreprocessor):
-        def __init__(self, **options: Any) -> None:
-            super().__init__(height=COMPUTE_SIZE, width=COMPUTE_SIZE, num_flow_updates=UPDATES, device="cpu",
-                             backend="torch", **options)
+        """The pipeline's preprocessor at 128x128, few updates, on the CPU (the config's size and updates are
+        replaced; its other settings, such as the model, pass through)."""
+
+        def __init__(self, height: int = COMPUTE_SIZE, width: int = COMPUTE_SIZE, **options: Any) -> None:
+            options["num_flow_updates"] = UPDATES
+            super().__init__(COMPUTE_SIZE, COMPUTE_SIZE, device="cpu", backend="torch", **options)
 
     monkeypatch.setattr(module, "OpticalFlowTensorRTPreprocessor", SmallPreprocessor)
     return module
@@ -169,7 +172,7 @@ def test_node_loads_and_compiles_with_its_progress_bar_moving_and_logs_the_time(
     node_flow.clear_cache()
     settings = node_flow.ModelSettings(compute_height=COMPUTE_SIZE, compute_width=COMPUTE_SIZE, precision="fp32",
                                        flow_updates=UPDATES, backend="torch", weights=node_flow.WEIGHTS_UNTRAINED,
-                                       device="cpu", models_dir=str(tmp_path))
+                                       model="raft_small", device="cpu", models_dir=str(tmp_path))
     try:
         flow = node_flow.get_preprocessor(settings)
         assert flow.loaded and flow.warmup_routes == [ROUTE_BUILT]
