@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .colour import yuv_to_rgb
+from .colour import rgb_to_yuv420p, yuv_to_rgb
 from .errors import EXIT_FAILURE, CliError, UsageError
 from .inputs import FrameChunk, nvdec_available, open_inputs
 from .options import build_preprocessor, load_model
@@ -183,14 +183,20 @@ def process_clip(
 
 @dataclass
 class _Sink:
-    """One output: its writer, which kind of array it takes (``"images"`` or ``"flow"``), a short name."""
+    """One output: its writer, which kind of array it takes (``"images"``: RGB, ``"yuv420p"``: video planes,
+    ``"flow"``), a short name."""
 
     writer: Any
     takes: str
     kind: str
 
+    def takes_for(self, height: int, width: int) -> str:
+        if self.kind == "video" and self.writer.input_format(height, width) == "yuv420p":
+            return "yuv420p"
+        return self.takes
+
     def write(self, chunk: HostChunk) -> None:
-        self.writer.write(chunk.array(self.takes))
+        self.writer.write(chunk.array(self.takes_for(chunk.height, chunk.width)))
 
 
 def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: WriteSettings) -> list[_Sink]:
@@ -238,7 +244,6 @@ def _compute(
     from ..core.resize import resize_flow
 
     device = flow.device
-    wanted = {sink.takes for sink in sinks}
     copier = DeviceToHost(device)
     timer = StageTimer()
     gpu_timer = GpuTimer(device)
@@ -248,6 +253,7 @@ def _compute(
     first_chunk_seconds = 0.0
     for chunk in chunks:  # RGB [F, H, W, 3] or YUV planes, uint8, pinned on CUDA
         size = (chunk.height, chunk.width)
+        wanted = {sink.takes_for(*size) for sink in sinks}
 
         def work() -> HostChunk:
             with gpu_timer:
@@ -256,14 +262,18 @@ def _compute(
                     frames = yuv_to_rgb(frames.to(device, non_blocking=True), chunk.yuv, *size)
                 raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
                 outputs: dict[str, Any] = {}
-                if "images" in wanted:
-                    outputs["images"] = to_uint8_images(flow.flow_to_image(raw, size=size))
+                if wanted & {"images", "yuv420p"}:
+                    images = to_uint8_images(flow.flow_to_image(raw, size=size))
+                    if "images" in wanted:
+                        outputs["images"] = images
+                    if "yuv420p" in wanted:  # the video encoder's input, converted here rather than in its thread
+                        outputs["yuv420p"] = rgb_to_yuv420p(images)
                 if "flow" in wanted:
                     vectors = resize_flow(raw[0], *size) if settings.flow_size == "input" else raw[0]
                     outputs["flow"] = vectors.float().contiguous()
             # The frames stay referenced until the writers have the outputs: their pinned memory must not be
             # reused while the asynchronous copy to the device may still read it.
-            return copier.copy(outputs, keep=chunk.data)
+            return copier.copy(outputs, size, keep=chunk.data)
 
         host = timer.time(work)
         for thread in threads:

@@ -72,3 +72,36 @@ def yuv_to_rgb(planes: Any, yuv: YuvFormat, height: int, width: int) -> Any:
     green = (luma - kr * red - kb * blue) / (1.0 - kr - kb)
     rgb = torch.cat([red, green, blue], dim=1).mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
     return rgb.permute(0, 2, 3, 1).contiguous()
+
+
+# BT.601 limited range, what FFmpeg's swscale writes for untagged 4:2:0 video: rows are the Y, Cb, Cr weights of
+# R, G, B in [0, 255] (Y' = 16 + 219 * luma / 255, chroma = 128 + 224 * colour difference / 255).
+_BT601_LIMITED = (
+    (65.481 / 255, 128.553 / 255, 24.966 / 255),
+    (-37.797 / 255, -74.203 / 255, 112.0 / 255),
+    (112.0 / 255, -93.786 / 255, -18.214 / 255),
+)
+
+
+_weights: dict[Any, Any] = {}
+
+
+def rgb_to_yuv420p(images: Any) -> Any:
+    """``[F, H, W, 3]`` uint8 RGB (H, W even) -> ``[F, H * 3 / 2, W]`` uint8 yuv420p planes (BT.601 limited range,
+    chroma from 2x2 averages), on the images' device, laid out as PyAV's ``VideoFrame.from_ndarray`` takes them.
+
+    Encoders want 4:2:0 YUV; converting here (a whole chunk on the GPU) instead of in the writer thread (swscale,
+    one frame at a time) is what lets libx264 run at its own speed."""
+    import torch
+    import torch.nn.functional as F
+
+    frames, height, width, _ = images.shape
+    rgb = images.permute(0, 3, 1, 2).float()  # [F, 3, H, W]
+    weights = _weights.get(images.device)
+    if weights is None:  # once per device: a tensor built from a list is a host-to-device copy
+        weights = _weights[images.device] = torch.tensor(_BT601_LIMITED, dtype=torch.float32, device=images.device)
+    luma = torch.einsum("fchw,c->fhw", rgb, weights[0]) + 16.0
+    rgb_half = F.avg_pool2d(rgb, 2)  # [F, 3, H/2, W/2]
+    chroma = torch.einsum("fchw,kc->fkhw", rgb_half, weights[1:]) + 128.0
+    planes = torch.cat([luma.reshape(frames, -1), chroma.reshape(frames, -1)], dim=1)
+    return planes.round_().clamp_(0.0, 255.0).to(torch.uint8).reshape(frames, height * 3 // 2, width)

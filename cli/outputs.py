@@ -112,7 +112,7 @@ class StagedOutputs:
 
 
 class VideoWriter:
-    """Encodes ``[F, H, W, 3]`` uint8 chunks to a video; the stream opens on the first chunk (size known).
+    """Encodes uint8 chunks (RGB frames or yuv420p planes) to a video; the stream opens on the first chunk.
 
     ``preset`` is libx264's speed/size trade-off (ignored by other codecs)."""
 
@@ -127,14 +127,24 @@ class VideoWriter:
         self._stream = None
         self.frames_written = 0
 
+    @staticmethod
+    def input_format(height: int, width: int) -> str:
+        """What :meth:`write` should be given for frames of this size: ``"yuv420p"`` planes when the stream is
+        4:2:0 (even sizes; convert with ``cli.colour.rgb_to_yuv420p``, on the GPU), else ``"rgb24"``."""
+        return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "rgb24"
+
     def write(self, frames: np.ndarray) -> None:
+        """Encode ``[F, H, W, 3]`` uint8 RGB, or ``[F, H * 3 / 2, W]`` uint8 yuv420p planes (see :meth:`input_format`),
+        which the encoder takes without a colour conversion of its own."""
         import av
 
+        planes = frames.ndim == 3
+        pixel_format = "yuv420p" if planes else "rgb24"
         try:
             if self._container is None:
-                self._open(frames.shape[2], frames.shape[1])
+                self._open(frames.shape[2], frames.shape[1] * 2 // 3 if planes else frames.shape[1])
             for frame_array in frames:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_array), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_array), format=pixel_format)
                 frame.pts = self.frames_written
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)

@@ -31,8 +31,11 @@ def host_allocator(device: Any) -> Callable[[tuple[int, ...]], np.ndarray]:
 class HostChunk:
     """One chunk's outputs in host memory (``"images"``, ``"flow"``), readable once :meth:`array` returns."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], ready: Any = None, keep: Any = None) -> None:
+    def __init__(
+        self, arrays: dict[str, np.ndarray], size: tuple[int, int], ready: Any = None, keep: Any = None
+    ) -> None:
         self._arrays = arrays
+        self.height, self.width = size  # of the frames (outputs at the input size)
         self._ready = ready  # a CUDA event recorded after the copies, or None when nothing is in flight
         self._keep = keep  # buffers that must outlive the copies (the pinned input chunk)
 
@@ -52,11 +55,11 @@ class DeviceToHost:
         self.device = device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def copy(self, outputs: dict[str, Any], keep: Any = None) -> HostChunk:
+    def copy(self, outputs: dict[str, Any], size: tuple[int, int], keep: Any = None) -> HostChunk:
         import torch
 
         if self._stream is None:
-            return HostChunk({name: tensor.numpy() for name, tensor in outputs.items()}, keep=keep)
+            return HostChunk({name: tensor.numpy() for name, tensor in outputs.items()}, size, keep=keep)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         arrays: dict[str, np.ndarray] = {}
         with torch.cuda.stream(self._stream):
@@ -67,7 +70,7 @@ class DeviceToHost:
                 arrays[name] = host.numpy()
             ready = torch.cuda.Event()
             ready.record(self._stream)
-        return HostChunk(arrays, ready, keep)
+        return HostChunk(arrays, size, ready, keep)
 
 
 class GpuTimer:

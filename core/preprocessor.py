@@ -54,8 +54,9 @@ class OpticalFlowTensorRTPreprocessor:
             turn off to debug or to save the graphs' memory.
         torch_compile: on CUDA, compile the PyTorch model with torch.compile (a first call of tens of
             seconds, cached on disk; falls back to eager if compiling fails).
-        fused_lookup: on CUDA with Triton, the PyTorch backend's correlation lookup runs as one fused Triton
-            kernel instead of grid_sample per pyramid level (same numbers; turn off to compare or debug).
+        fused_lookup: on CUDA with Triton, run the PyTorch backend's correlation lookup as one fused Triton
+            kernel instead of grid_sample per pyramid level (same numbers). Off by default: on an H200 at
+            512x512 the compiled model was faster with grid_sample (benchmarks/NOTES.md).
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -84,7 +85,7 @@ class OpticalFlowTensorRTPreprocessor:
         models_dir: str | os.PathLike[str] | None = None,
         cuda_graphs: bool = True,
         torch_compile: bool = True,
-        fused_lookup: bool = True,
+        fused_lookup: bool = False,
     ) -> None:
         self.model = model_spec(model).name
         check_compute_size(height, width)

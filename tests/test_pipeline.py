@@ -21,7 +21,7 @@ pytest.importorskip("PIL")
 from PIL import Image
 from scope_optical_flow_tensorrt.cli import clips as clips_module
 from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
-from scope_optical_flow_tensorrt.cli.colour import YuvFormat, yuv_to_rgb
+from scope_optical_flow_tensorrt.cli.colour import YuvFormat, rgb_to_yuv420p, yuv_to_rgb
 from scope_optical_flow_tensorrt.cli.errors import InputError, OutputError
 from scope_optical_flow_tensorrt.cli.inputs import FrameChunk, FrameSource, open_inputs
 from scope_optical_flow_tensorrt.cli.outputs import (
@@ -71,7 +71,7 @@ def serial_reference(source_path: Path, folder: Path) -> dict[str, Path]:
     for frames in source.chunks(CHUNK):
         raw = flow.compute_flow(torch.from_numpy(frames), layout="FHWC")
         images = to_uint8_frames(flow.flow_to_image(raw, size=frames.shape[1:3]))
-        video.write(images)
+        video.write(rgb_to_yuv420p(torch.from_numpy(images)).numpy())  # the encoder's input, as the pipeline makes it
         pngs.write(images)
         vectors = resize_flow(raw[0], *frames.shape[1:3]).float().numpy()
         for writer in flows:
@@ -329,3 +329,28 @@ def test_yuv_matrix_and_range_follow_the_tags() -> None:
     assert yuv_to_rgb(planes(63, 102, 240), YuvFormat("yuv420p", "bt709", True), 2, 2)[0, 0, 0].tolist() != red
     nv12 = torch.tensor([63, 63, 63, 63, 102, 240], dtype=torch.uint8).reshape(1, 3, 2)
     assert yuv_to_rgb(nv12, YuvFormat("nv12", "bt709", False), 2, 2)[0, 0, 0].tolist() == red
+
+
+def test_video_planes_made_for_the_encoder_match_ffmpegs_conversion(tmp_path: Path) -> None:
+    """rgb_to_yuv420p (run on the GPU in the pipeline) writes the planes swscale would, within rounding, and a
+    video written from them decodes to the same frames as one written from RGB."""
+    images = moving_frames(5, 48, 64, seed=9)
+    planes = rgb_to_yuv420p(torch.from_numpy(images)).numpy()
+    assert planes.shape == (5, 72, 64) and planes.dtype == np.uint8
+    swscale = np.stack([av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p").to_ndarray()
+                        for f in images])
+    difference = np.abs(planes.astype(int) - swscale.astype(int))
+    assert difference.mean() < 0.5 and difference.max() <= 4
+    for name, frames in (("rgb.mp4", images), ("planes.mp4", planes)):
+        writer = VideoWriter(tmp_path / name, Fraction(24), codec=DETERMINISTIC_CODEC)
+        writer.write(frames[:3])
+        writer.write(frames[3:])
+        writer.close()
+    from_rgb, _ = read_video(tmp_path / "rgb.mp4")
+    from_planes, rate = read_video(tmp_path / "planes.mp4")
+    assert from_planes.shape == (5, 48, 64, 3) and rate == 24
+    # Lossy coding moves both by a few levels; from the planes it is as faithful to the images as from RGB.
+    error_planes = np.abs(from_planes.astype(int) - images.astype(int)).mean()
+    error_rgb = np.abs(from_rgb.astype(int) - images.astype(int)).mean()
+    assert error_planes < error_rgb + 0.25, (error_planes, error_rgb)
+    assert VideoWriter.input_format(48, 64) == "yuv420p" and VideoWriter.input_format(49, 64) == "rgb24"
