@@ -69,7 +69,8 @@ class WriteSettings:
     preset: str = DEFAULT_X264_PRESET  # libx264's preset for video outputs
     decoder: str = "auto"  # video decoding: "auto", "cpu" or "nvdec"
     queue_depth: int = QUEUE_DEPTH  # chunks in flight between two stages (bounds host memory)
-    png_threads: int | None = None  # threads compressing PNGs; None: up to 8, by core count
+    png_threads: int | None = None  # threads compressing PNGs; None: half the cores, at most 16
+    codec_threads: int | None = None  # threads of each video decoder and encoder; None: FFmpeg's choice (all cores)
 
 
 @dataclass
@@ -123,7 +124,8 @@ def process_clip(
         decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
         # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
         chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), _image_readers(),
-                                       decoder or "cpu", keep_yuv=flow.device.type == "cuda")
+                                       decoder or "cpu", keep_yuv=flow.device.type == "cuda",
+                                       threads=settings.codec_threads or 0)
         reader = Prefetcher(chunks, settings.queue_depth, stop)
         threads: list[WriterThread] = []
         try:
@@ -204,10 +206,10 @@ def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: Writ
     if job.output is not None:
         if is_video_path(job.output):
             writer = VideoWriter(staged.add(job.output, folder=False), source.frame_rate, settings.codec,
-                                 settings.preset)
+                                 settings.preset, threads=settings.codec_threads or 0)
             sinks.append(_Sink(writer, "images", "video"))
         else:
-            threads = settings.png_threads or png_threads()
+            threads = settings.png_threads or png_threads(settings.codec_threads)
             sinks.append(_Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
     if job.flow_npy is not None:
         if job.flow_npy.suffix.lower() == ".npy":
@@ -318,9 +320,10 @@ def choose_decoder(requested: str, source: Any, device: Any) -> str:
     return decoder
 
 
-def png_threads() -> int:
-    """Threads compressing PNGs by default: half the cores (the other stages need the rest), 1 to 16."""
-    return max(1, min(16, (os.cpu_count() or 1) // 2))
+def png_threads(cores: int | None = None) -> int:
+    """Threads compressing PNGs by default: half the cores (of the machine, or ``cores`` when a worker shares it
+    with others; the other stages need the rest), 1 to 16."""
+    return max(1, min(16, (cores or os.cpu_count() or 1) // 2))
 
 
 def _image_readers() -> int:

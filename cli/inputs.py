@@ -74,12 +74,14 @@ class FrameSource:
         readers: int = 1,
         decoder: str = "cpu",
         keep_yuv: bool = False,
+        threads: int = 0,
     ) -> Iterator[FrameChunk]:
         """As :meth:`chunks`, as :class:`FrameChunk` s; with ``keep_yuv`` a video that decodes to 4:2:0 YUV of
-        even size stays YUV (planes ``[F, H * 3 / 2, W]``), for conversion to RGB on the compute device."""
+        even size stays YUV (planes ``[F, H * 3 / 2, W]``), for conversion to RGB on the compute device.
+        ``threads``: the video decoder's threads (0: FFmpeg's choice)."""
         allocate = allocate or _allocate_numpy
         if self.kind == "video":
-            frames = self._video_frames(decoder, keep_yuv)
+            frames = self._video_frames(decoder, keep_yuv, threads)
         else:
             frames = ((image, None) for image in self._image_frames(readers))
         size: tuple[int, int] | None = None
@@ -108,7 +110,9 @@ class FrameSource:
             what = "video" if self.kind == "video" else "image sequence"
             raise InputError(f"{self.path}: the {what} has no frames; give a video or images with at least one frame.")
 
-    def _video_frames(self, decoder: str = "cpu", keep_yuv: bool = False) -> Iterator[tuple[np.ndarray, YuvFormat | None]]:
+    def _video_frames(
+        self, decoder: str = "cpu", keep_yuv: bool = False, threads: int = 0
+    ) -> Iterator[tuple[np.ndarray, YuvFormat | None]]:
         """Decoded frames as RGB arrays, or (``keep_yuv``, when the first frame is 4:2:0 YUV of even size) as YUV
         planes in the first frame's layout, each with its :class:`YuvFormat` (None for RGB)."""
         import av
@@ -117,6 +121,7 @@ class FrameSource:
             with av.open(self.path, **_decoder_options(decoder)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = threads
                 yuv: YuvFormat | None = None
                 first = True
                 for frame in container.decode(stream):

@@ -114,15 +114,21 @@ class StagedOutputs:
 class VideoWriter:
     """Encodes uint8 chunks (RGB frames or yuv420p planes) to a video; the stream opens on the first chunk.
 
-    ``preset`` is libx264's speed/size trade-off (ignored by other codecs)."""
+    ``preset`` is libx264's speed/size trade-off (ignored by other codecs); ``threads`` the encoder's threads."""
 
     def __init__(
-        self, path: Path, frame_rate: Fraction, codec: str | None = None, preset: str = DEFAULT_X264_PRESET
+        self,
+        path: Path,
+        frame_rate: Fraction,
+        codec: str | None = None,
+        preset: str = DEFAULT_X264_PRESET,
+        threads: int = 0,
     ) -> None:
         self.path = path
         self.frame_rate = frame_rate
         self.codec = codec or _default_codec(path)
         self.preset = preset
+        self.threads = threads  # the encoder's threads; 0: FFmpeg's choice
         self._container = None
         self._stream = None
         self.frames_written = 0
@@ -198,6 +204,7 @@ class VideoWriter:
             stream.codec_context.thread_type = "FRAME"
         elif self.codec == "mpeg4":
             stream.codec_context.options = {"qscale": "3"}
+        stream.codec_context.thread_count = self.threads
         self._stream = stream
 
 

@@ -9,6 +9,7 @@ report frames done through a queue for the combined progress bar.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 from collections.abc import Callable
@@ -43,6 +44,10 @@ def run_pool(
     frames_queue = context.Queue()
     stop = context.Event()  # set when the run ends early: queued clips return at once, running ones abort
     threads = threads_per_worker(len(devices))
+    if threads is not None and len(devices) > 1 and write.codec_threads is None:
+        # Each worker's video decoder and encoder get its share of the cores: with FFmpeg's default every one
+        # of them starts a thread per core, and the workers' threads crowd each other out.
+        write = dataclasses.replace(write, codec_threads=threads)
     pool = ProcessPoolExecutor(
         max_workers=len(devices),
         mp_context=context,

@@ -185,7 +185,7 @@ class LongSource:
             self.alive -= 1
 
     def decoded_chunks(self, chunk_size: int, allocate, readers: int = 1, decoder: str = "cpu",
-                       keep_yuv: bool = False) -> Iterator[FrameChunk]:
+                       keep_yuv: bool = False, threads: int = 0) -> Iterator[FrameChunk]:
         frames = moving_frames(2, self.height, self.width, seed=6)
         for _ in range(self.total_chunks):
             batch = allocate((2, self.height, self.width, 3))
