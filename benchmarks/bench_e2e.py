@@ -277,6 +277,7 @@ def describe_environment(device: str) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else "cpu",
         "gpus": torch.cuda.device_count(),
         "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "pyav": av.__version__,
@@ -303,7 +304,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# End to end: `scope-optical-flow run`, a video file in, flow out",
         "",
-        f"{env['device']}, {env['cpu_cores']} CPU cores; torch {env['torch']} (CUDA {env['cuda']}), PyAV "
+        f"{env['device']}, {env.get('cpu_cores_usable', env['cpu_cores'])} of {env['cpu_cores']} CPU cores; torch {env['torch']} (CUDA {env['cuda']}), PyAV "
         f"{env['pyav']}, Python {env['python']}; {env['date']}. Clip: {result['clip']['frames']} frames "
         f"{result['clip']['size'][1]}x{result['clip']['size'][0]} H.264; compute "
         f"{result['settings']['compute_size']}x{result['settings']['compute_size']}, "
