@@ -91,8 +91,10 @@ _FRESH_PROCESS = textwrap.dedent(
     flow = OpticalFlowTensorRTPreprocessor(256, 256, device="cuda", weights=None, strict_device=True,
                                            backend="torch", models_dir=sys.argv[1])
     flow.load(warmup=4)
-    clip = make_frames(9, 240, 320)
-    out = torch.cat([flow(clip[i : i + 4]) for i in range(0, 8, 4)] + [flow(clip[8:])], dim=2)
+    clip = make_frames(8, 240, 320)
+    # Only 4-frame calls, the shapes the warm-up covered (a 1-frame call would be a new window shape, compiled
+    # on the spot and not part of the entry).
+    out = torch.cat([flow(clip[i : i + 4]) for i in range(0, 8, 4)], dim=2)
     torch.save(out.cpu(), sys.argv[2])
     print(json.dumps({"routes": flow.warmup_routes, "compiled": flow.load().compiled,
                       "hits": counters["inductor"]["fxgraph_cache_hit"],
@@ -124,7 +126,7 @@ def test_fresh_process_reuses_the_compiled_entry_with_parity_to_fp32_eager(tmp_p
     assert second["compiled"] and second["routes"] == ["cache-entry"], second
     assert second["misses"] == 0 and second["hits"] >= 2, second  # encode and update_step from the entry
 
-    clip = make_frames(9, 240, 320)
+    clip = make_frames(8, 240, 320)
     reference = make(fp16=False, cuda_graphs=False, torch_compile=False)(clip).cpu()
     for name in ("first.pt", "second.pt"):
         out = torch.load(tmp_path / name)
