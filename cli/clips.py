@@ -354,16 +354,19 @@ def run_job(
     options: dict[str, Any],
     on_frames: Callable[[int], None] | None = None,
     verbose: bool = False,
+    worker_device: str | None = None,
 ) -> ClipResult:
     """:func:`process_clip` with this process's preprocessor; never raises for a clip's own failure.
 
-    A failure to build or load the preprocessor is marked ``fatal`` (it is not the clip's fault)."""
-    label = str(options.get("device", ""))
+    A failure to build or load the preprocessor is marked ``fatal`` (it is not the clip's fault).
+    ``worker_device`` names the worker's device in results (a pool worker that sees only its GPU runs on
+    ``cuda:0`` whichever GPU it is)."""
+    label = worker_device or str(options.get("device", ""))
     try:
         flow = worker_preprocessor(options)
     except Exception as error:
         return _failed(job, error, label, verbose, fatal=True)
-    label = f"{flow.device} pid {os.getpid()}"
+    label = f"{worker_device or flow.device} pid {os.getpid()}"
     try:
         result = process_clip(flow, job, settings, on_frames or (lambda frames: None))
     except Exception as error:

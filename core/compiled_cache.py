@@ -66,7 +66,8 @@ ROUTE_BUILT = "compiled-and-saved"  # compiled now (no valid entry) and saved as
 ROUTE_NOT_SAVED = "compiled-not-saved"  # compiled now, but torch recorded nothing to save
 ROUTE_EAGER = "eager"  # compiling failed (or is off): the model runs eagerly
 
-_NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup", "wrapper")
+_NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup", "wrapper",
+                "device_index")
 
 
 class CompileUnavailable(RuntimeError):
@@ -117,6 +118,8 @@ def compiled_key(
 ) -> dict[str, Any]:
     """The full key of the compiled kernels for one window shape (``pairs`` frame pairs per model call)."""
     gpu_name, capability = device_identity(device)
+    # torch's compiled graphs are keyed by device index too: kernels compiled on cuda:0 do not serve cuda:1.
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 0
     return {
         "format": CACHE_FORMAT,
         "kind": KIND,
@@ -131,6 +134,7 @@ def compiled_key(
         "wrapper": wrapper,
         "gpu_name": gpu_name,
         "compute_capability": capability,
+        "device_index": index,
         "torch_version": torch.__version__,
         "triton_version": _version("triton"),
         "package_version": _version(PACKAGE_NAME) or "unknown",

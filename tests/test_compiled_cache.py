@@ -77,6 +77,7 @@ def test_key_names_everything_the_kernels_depend_on() -> None:
     assert entry_path(Path("/m"), {**key, "pairs": 16}) != path
     assert entry_path(Path("/m"), {**key, "wrapper": "cpp"}) != path
     assert entry_path(Path("/m"), {**key, "lookup": "fused"}) != path
+    assert key["device_index"] == 0 and entry_path(Path("/m"), {**key, "device_index": 1}) != path
     large = entry_path(Path("/m"), {**key, "model": "raft_large"})
     assert large != path and large.name.startswith("raft_large_512x384_cpu-")
     assert entry_path(Path("/m"), {**key, "torch_version": "9.9"}) == path

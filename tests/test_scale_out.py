@@ -310,3 +310,15 @@ def test_every_gpu_matches_one_process_on_cuda(tmp_path: Path, clips: Path, run_
     assert sorted(spread) == sorted(single) == ["clip0.npy", "clip1.npy", "clip2.npy"]
     for name in single:  # fp32 on GPUs of one model; TF32/cuDNN choices may differ slightly between processes
         np.testing.assert_allclose(spread[name], single[name], atol=5e-2)
+
+
+def test_pool_workers_see_only_their_gpu_as_cuda_0() -> None:
+    """Each --devices worker is shown only its GPU (so all compile for, and share the kernels of, cuda:0)."""
+    from scope_optical_flow_tensorrt.cli.pool import worker_visible_devices
+
+    assert worker_visible_devices("cuda:1", None) == ("1", "cuda:0")
+    assert worker_visible_devices("cuda:0", "") == ("0", "cuda:0")
+    assert worker_visible_devices("cuda:1", "2,3") == ("3", "cuda:0")  # N counts the GPUs the user made visible
+    assert worker_visible_devices("cuda:1", "GPU-ab12, GPU-cd34") == ("GPU-cd34", "cuda:0")
+    assert worker_visible_devices("cuda:5", "2,3") == (None, "cuda:5")  # out of range: CUDA's own error
+    assert worker_visible_devices("cpu", "0,1") == (None, "cpu")
