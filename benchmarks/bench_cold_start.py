@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="compute height and width")
     parser.add_argument("--chunk", type=int, default=4, help="frames per call (Scope: 4, CLI: 16)")
     parser.add_argument("--updates", type=int, default=12, help="RAFT flow updates")
-    parser.add_argument("--routes", default="python,cpp", help="comma-separated: python (default wrapper), cpp")
+    parser.add_argument("--routes", default="python", help="comma-separated: python (default wrapper), cpp")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
