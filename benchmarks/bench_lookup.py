@@ -14,7 +14,6 @@ machine::
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
@@ -23,6 +22,7 @@ from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
 from _checkout import use_this_checkout  # noqa: E402  (same folder)
+from _timing import event_ms, graphed  # noqa: E402  (same folder)
 
 use_this_checkout()
 
@@ -32,35 +32,6 @@ from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
 
 LOOKUPS = 12
 FEATURES = 128  # RAFT Small's feature channels
-
-
-def event_ms(fn: Callable[[], object], repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` captured in a CUDA graph (after warm-up on a side stream), returned as its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def setup(pairs: int, cells: int, radius: int, dtype: torch.dtype, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -11,29 +11,13 @@ call. Usage on a GPU machine::
 from __future__ import annotations
 
 import argparse
-import statistics
-from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_flow import moving_texture  # noqa: E402  (same folder; also registers the package)
+from _timing import event_ms  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-
-
-def event_ms(fn: Callable[[], object], repeats: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -56,8 +40,8 @@ def main() -> None:
         window = torch.cat([pre._previous_frames, pre._previous_frames.expand(args.chunk, -1, -1, -1)])  # shape only
         sequence = torch.rand_like(window) if "noise" in name else texture[0].permute(1, 0, 2, 3).contiguous()
         flow = pre.compute_flow(body)
-        print(f"{name}: whole call {event_ms(lambda: pre(body)):.2f} ms | compute_flow {event_ms(lambda: pre.compute_flow(body)):.2f} ms"
-              f" | model {event_ms(lambda: backend.flow(sequence)):.2f} ms | flow_to_image {event_ms(lambda: pre.flow_to_image(flow)):.2f} ms"
+        print(f"{name}: whole call {event_ms(lambda: pre(body), 10):.2f} ms | compute_flow {event_ms(lambda: pre.compute_flow(body), 10):.2f} ms"
+              f" | model {event_ms(lambda: backend.flow(sequence), 10):.2f} ms | flow_to_image {event_ms(lambda: pre.flow_to_image(flow), 10):.2f} ms"
               f" | flow magnitude mean {flow[0, 1:].norm(dim=1).mean().item():.1f} px", flush=True)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         pre(inputs["moving texture, float [1,3,F,H,W]"][1])

@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_flow import moving_texture  # noqa: E402  (same folder)
+from _timing import event_ms, graphed  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
 from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
@@ -44,24 +45,7 @@ def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) ->
 
 def replay_ms(fn: Callable[[], object], repeats: int = 20) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph (captured after warm-up on a side stream)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return event_ms(graphed(fn), repeats)
 
 
 def stages(size: int, pairs: int) -> None:
