@@ -80,7 +80,9 @@ def prebuild_command(
                      "model": raft_model}
         if torch_path:
             try:
-                paths = manager.prebuild_compiled(height, width, chunk_frames=chunks, **arguments)
+                from ..core.prebuild import prebuild_compiled
+
+                paths = prebuild_compiled(height, width, chunk_frames=chunks, **arguments)
             except RuntimeError as error:
                 raise CliError(str(error)) from error
             for path in paths:

@@ -243,9 +243,9 @@ def export_onnx_cached(
     one. ``max_pairs`` and ``device`` are accepted so callers can pass :func:`prebuild_engine`'s arguments
     unchanged; they do not change the graph (dynamic frame axis; where it is exported: :func:`export_device`).
     """
-    _check_positive("num_flow_updates", num_flow_updates)
+    check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
-        _check_positive("max_pairs", max_pairs)
+        check_positive("max_pairs", max_pairs)
     directory = plugin_models_dir(models_dir)
     return ensure_onnx(directory, height, width, num_flow_updates, weights, fp16=bool(fp16), model=model)[0]
 
@@ -331,50 +331,17 @@ def prebuild_engine(
     settings finds this engine. Raises ``RuntimeError`` (with the install hint) without TensorRT or CUDA.
     """
     check_compute_size(height, width)
-    _check_positive("num_flow_updates", num_flow_updates)
+    check_positive("num_flow_updates", num_flow_updates)
     if max_pairs is not None:
-        _check_positive("max_pairs", max_pairs)
+        check_positive("max_pairs", max_pairs)
     name = model_spec(model).name
     spec = EngineSpec(height, width, bool(fp16), num_flow_updates, max_pairs or default_max_pairs(height, width, name),
                       model=name)
     import_tensorrt()  # first, so a machine without TensorRT gets the install hint
-    resolved = _cuda_device(device)
+    resolved = cuda_device(device)
     target = build_target(resolved)
     with torch.cuda.device(resolved):
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, target)[0]
-
-
-def prebuild_compiled(
-    height: int,
-    width: int,
-    *,
-    chunk_frames: tuple[int, ...] = (4, 16),
-    fp16: bool = True,
-    num_flow_updates: int = 12,
-    max_pairs: int | None = None,
-    weights: WeightsSpec = "DEFAULT",
-    models_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cuda",
-    model: str = DEFAULT_MODEL,
-) -> list[Path]:
-    """Compile the PyTorch path (torch.compile) for streams fed ``chunk_frames`` frames per call and keep the
-    kernels as cache entries (``.torchcache``), so later processes load them instead of compiling; returns the
-    entries' paths. Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
-    check_compute_size(height, width)
-    _check_positive("num_flow_updates", num_flow_updates)
-    resolved = _cuda_device(device, "compiling the PyTorch path's kernels", "")
-    from .preprocessor import OpticalFlowTensorRTPreprocessor  # here: the preprocessor imports the backends
-
-    flow = OpticalFlowTensorRTPreprocessor(
-        height, width, device=resolved, fp16=fp16, num_flow_updates=num_flow_updates, backend="torch",
-        weights=weights, strict_device=True, max_batch_pairs=max_pairs, models_dir=models_dir, model=model,
-    )
-    flow.warm_up(chunk_frames)
-    backend = flow.load()
-    cache = getattr(backend, "kernel_cache", None)
-    if cache is None or not backend.compiled:
-        raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
-    return sorted({cache.path(pairs) for pairs in backend.warmed_shapes if cache.path(pairs).is_file()})
 
 
 # -- listing and clearing -------------------------------------------------------------------------------
@@ -421,7 +388,7 @@ def engine_status(path: Path, key: dict[str, Any]) -> str | None:
     return check_artifact(path, key)
 
 
-def _cuda_device(
+def cuda_device(
     device: str | torch.device,
     what: str = "building a TensorRT engine",
     hint: str = f" TensorRT: {TENSORRT_INSTALL_HINT}.",
@@ -437,6 +404,6 @@ def _cuda_device(
     return torch.device("cuda", resolved.index if resolved.index is not None else torch.cuda.current_device())
 
 
-def _check_positive(name: str, value: object) -> None:
+def check_positive(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")

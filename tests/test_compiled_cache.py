@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.cli.app import cli, main
-from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager
+from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager, prebuild
 from scope_optical_flow_tensorrt.core import log as core_log
 from scope_optical_flow_tensorrt.core.backends import torch_backend
 from scope_optical_flow_tensorrt.core.compiled_cache import (
@@ -324,7 +324,7 @@ def test_prebuild_torch_without_cuda_is_a_clear_error(tmp_path: Path, capfd: pyt
 def test_prebuild_torch_writes_the_entries_a_preprocessor_then_loads(
     fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_manager, "_cuda_device", lambda *args: torch.device("cpu"))
+    monkeypatch.setattr(prebuild, "cuda_device", lambda *args: torch.device("cpu"))
     result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
                                       "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
                                       "--models-dir", str(tmp_path)])

@@ -1,0 +1,50 @@
+"""Compiled PyTorch kernels ahead of time (the CLI's ``prebuild --torch``): a preprocessor warmed up for the
+chunk sizes a stream will use, its kernels kept as cache entries (:mod:`.compiled_cache`).
+
+A module of its own above the preprocessor: the engine manager stays below it (the backends import the engine
+manager, and the preprocessor imports the backends).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .compute_size import check_compute_size
+from .engine_manager import check_positive, cuda_device
+from .models import DEFAULT_MODEL
+from .preprocessor import OpticalFlowTensorRTPreprocessor
+from .weights import WeightsSpec
+
+
+def prebuild_compiled(
+    height: int,
+    width: int,
+    *,
+    chunk_frames: tuple[int, ...] = (4, 16),
+    fp16: bool = True,
+    num_flow_updates: int = 12,
+    max_pairs: int | None = None,
+    weights: WeightsSpec = "DEFAULT",
+    models_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cuda",
+    model: str = DEFAULT_MODEL,
+) -> list[Path]:
+    """Compile the PyTorch path (torch.compile) for streams fed ``chunk_frames`` frames per call and keep the
+    kernels as cache entries (``.torchcache``), so later processes load them instead of compiling; returns the
+    entries' paths. Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
+    check_compute_size(height, width)
+    check_positive("num_flow_updates", num_flow_updates)
+    resolved = cuda_device(device, "compiling the PyTorch path's kernels", "")
+    flow = OpticalFlowTensorRTPreprocessor(
+        height, width, device=resolved, fp16=fp16, num_flow_updates=num_flow_updates, backend="torch",
+        weights=weights, strict_device=True, max_batch_pairs=max_pairs, models_dir=models_dir, model=model,
+    )
+    flow.warm_up(chunk_frames)
+    backend = flow.load()
+    cache = getattr(backend, "kernel_cache", None)
+    if cache is None or not backend.compiled:
+        raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
+    return sorted({cache.path(pairs) for pairs in backend.warmed_shapes if cache.path(pairs).is_file()})
