@@ -4,8 +4,10 @@ pretrained weights are found in ``../shared/weights/`` (then tests marked ``pret
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -81,3 +83,16 @@ def make_frames(num_frames: int = 4, height: int = 96, width: int = 112, seed: i
     base = torch.nn.functional.avg_pool2d(base[None], 3, stride=1, padding=1)[0]
     frames = [base[:, i * 2 : i * 2 + height, i : i + width] for i in range(num_frames)]
     return torch.stack(frames).permute(0, 2, 3, 1).contiguous()
+
+
+def run_in_two_processes(target: Any, *args: Any) -> None:
+    """Run ``target(*args, barrier)`` in two forked processes that pass a barrier together (so they ask for the
+    same cached artifact at the same moment); both must exit cleanly within a minute."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    processes = [context.Process(target=target, args=(*args, barrier)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]

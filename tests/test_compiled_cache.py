@@ -9,7 +9,6 @@ backend, keys, files, locking and rebuild rules are real. One test uses the real
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ from scope_optical_flow_tensorrt.core.compiled_cache import (
 )
 from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
 
-from conftest import COMPUTE_SIZE, make_frames
+from conftest import COMPUTE_SIZE, make_frames, run_in_two_processes
 if TYPE_CHECKING:
     from fake_compile import FakeTorchCompile
 
@@ -269,16 +268,8 @@ def _warm_in_process(folder: str, log: str, barrier: Any) -> None:
 
 
 def test_two_processes_compile_the_same_entry_once(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("fork")
     log = tmp_path / "log.txt"
-    barrier = context.Barrier(2)
-    processes = [context.Process(target=_warm_in_process, args=(str(tmp_path), str(log), barrier))
-                 for _ in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-    assert [process.exitcode for process in processes] == [0, 0]
+    run_in_two_processes(_warm_in_process, str(tmp_path), str(log))
     lines = log.read_text().split()
     # one process compiled and saved; the other waited for the lock, loaded the entry and ran with it
     assert sorted(lines) == sorted(["compiled", "compiled", ROUTE_BUILT, ROUTE_LOADED])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import shutil
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 from filelock import FileLock
 
+from conftest import run_in_two_processes
 from scope_optical_flow_tensorrt.core import engine_cache, engine_manager
 from scope_optical_flow_tensorrt.core.engine_cache import (
     LOCK_NAME,
@@ -292,16 +292,8 @@ def _build_in_process(folder: str, counter: str, barrier) -> None:
 
 
 def test_two_processes_build_the_same_engine_once(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("fork")
     counter = tmp_path / "builds.txt"
-    barrier = context.Barrier(2)
-    processes = [context.Process(target=_build_in_process, args=(str(tmp_path), str(counter), barrier))
-                 for _ in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-    assert [process.exitcode for process in processes] == [0, 0]
+    run_in_two_processes(_build_in_process, str(tmp_path), str(counter))
     assert counter.read_text().count("built") == 1
     assert (tmp_path / "raft_small_128x128_gpu-0000.trt").read_bytes() == b"engine bytes"
 
