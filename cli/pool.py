@@ -139,12 +139,12 @@ def worker_visible_devices(device: str, visible: str | None) -> tuple[str | None
     if not device.startswith("cuda"):
         return None, device
     index = int(device.partition(":")[2] or 0)
-    if visible is not None and visible.strip() != "":
-        entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-        if index >= len(entries):
-            return None, device  # let CUDA report the bad index as it would
-        return entries[index], "cuda:0"
-    return str(index), "cuda:0"
+    if visible is None:
+        return str(index), "cuda:0"
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if index >= len(entries):  # includes an empty value (no GPU visible): let CUDA report it as it would
+        return None, device
+    return entries[index], "cuda:0"
 
 
 class Stopped(Exception):

@@ -317,7 +317,7 @@ def test_pool_workers_see_only_their_gpu_as_cuda_0() -> None:
     from scope_optical_flow_tensorrt.cli.pool import worker_visible_devices
 
     assert worker_visible_devices("cuda:1", None) == ("1", "cuda:0")
-    assert worker_visible_devices("cuda:0", "") == ("0", "cuda:0")
+    assert worker_visible_devices("cuda:0", "") == (None, "cuda:0")  # the user hid every GPU: nothing to map
     assert worker_visible_devices("cuda:1", "2,3") == ("3", "cuda:0")  # N counts the GPUs the user made visible
     assert worker_visible_devices("cuda:1", "GPU-ab12, GPU-cd34") == ("GPU-cd34", "cuda:0")
     assert worker_visible_devices("cuda:5", "2,3") == (None, "cuda:5")  # out of range: CUDA's own error
