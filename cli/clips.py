@@ -19,7 +19,7 @@ from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
 from .errors import EXIT_FAILURE, CliError, UsageError
-from .inputs import FrameChunk, nvdec_available, open_inputs
+from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
 from .options import build_preprocessor, load_model
 from .outputs import (
     DEFAULT_X264_PRESET,
@@ -305,7 +305,7 @@ def to_uint8_frames(maps: Any) -> Any:
 
 def choose_decoder(requested: str, source: Any, device: Any) -> str:
     """``"auto"`` -> ``"cpu"`` (FFmpeg's threaded software decoder; measured faster end to end than NVDEC with
-    frames downloaded to host memory, see benchmarks/results/e2e.md); ``"nvdec"`` needs a CUDA device and a
+    frames downloaded to host memory, see benchmarks/NOTES.md); ``"nvdec"`` needs a CUDA device and a
     PyAV/FFmpeg with the CUDA hardware device."""
     if requested in ("auto", "cpu"):
         decoder = "cpu"
@@ -315,7 +315,7 @@ def choose_decoder(requested: str, source: Any, device: Any) -> str:
                              "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
         decoder = "nvdec"
     else:
-        raise UsageError(f"--decoder {requested!r} is not supported; use auto, cpu or nvdec.")
+        raise UsageError(f"--decoder {requested!r} is not supported; use one of {', '.join(DECODER_CHOICES)}.")
     logger.info("decoding %s with the %s decoder", source.path, decoder)
     return decoder
 

@@ -165,6 +165,7 @@ def _allocate_numpy(shape: tuple[int, ...]) -> np.ndarray:
 
 
 DECODERS = ("cpu", "nvdec")
+DECODER_CHOICES = ("auto", *DECODERS)  # what --decoder takes; auto picks cpu (measured faster)
 
 
 def _decoder_options(decoder: str) -> dict[str, Any]:

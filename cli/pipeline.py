@@ -74,7 +74,6 @@ class StageTimer:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.items = 0
 
     def time(self, work: Callable[[], Item]) -> Item:
         started = time.perf_counter()
@@ -82,7 +81,6 @@ class StageTimer:
             return work()
         finally:
             self.seconds += time.perf_counter() - started
-            self.items += 1
 
 
 class Prefetcher(Generic[Item]):

@@ -11,7 +11,7 @@ import click
 
 from .clips import WriteSettings, process_clip
 from .errors import UsageError
-from .inputs import IMAGE_SUFFIXES
+from .inputs import DECODER_CHOICES, IMAGE_SUFFIXES
 from .outputs import DEFAULT_X264_PRESET, X264_PRESETS
 from .report import write_report
 from .options import build_preprocessor, display_options, model_options, weights_spec
@@ -36,7 +36,7 @@ from .state import say, timeline
 @click.option("--codec", default=None, help="Video codec [default: libx264 for .mp4/.mkv/.mov, libvpx-vp9 for .webm].")
 @click.option("--preset", type=click.Choice(X264_PRESETS), default=DEFAULT_X264_PRESET, show_default=True,
               help="libx264 preset for video outputs: slower ones make smaller files at about the same quality (crf 18).")
-@click.option("--decoder", type=click.Choice(["auto", "cpu", "nvdec"]), default="auto", show_default=True,
+@click.option("--decoder", type=click.Choice(DECODER_CHOICES), default="auto", show_default=True,
               help="Video decoding: FFmpeg's threaded CPU decoder, or the GPU's NVDEC (needs CUDA and a PyAV with "
                    "FFmpeg's CUDA device); auto picks the faster, cpu (see the README).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
