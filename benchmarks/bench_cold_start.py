@@ -1,14 +1,15 @@
 """Cold start of the PyTorch fast path: seconds from constructing the preprocessor to its first flow map.
 
-Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (Inductor's default
-Python wrapper, and ``cpp``: Inductor's C++ wrapper through ``SCOPE_OPTICAL_FLOW_CPP_WRAPPER=1``):
+Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (``aot``, the
+default: ahead-of-time packages, ``core.aot_package``; ``jit``: torch.compile with its ``.torchcache`` entries and
+Inductor's default Python wrapper; ``cpp``: torch.compile with Inductor's C++ wrapper):
 
-1. **cold**: an empty temporary models folder, so an empty compiled-kernel cache and an empty torch/Inductor
-   cache (this package points Inductor's cache into the models folder), a fresh ``TRITON_HOME`` and
-   ``CUDA_CACHE_PATH``: a new machine. The warm-up compiles and saves the cache entry.
-2. **warm** (``--warm-runs`` times): the same folders: the entry and torch's cache exist.
-3. **entry only**: torch's cache folder deleted, only the ``.torchcache`` entry kept (as after a wiped
-   /tmp or a copied models folder): shows that the entry alone serves the kernels.
+1. **cold**: an empty temporary models folder, so no cache entries and an empty torch/Inductor cache (this
+   package points Inductor's cache into the models folder), a fresh ``TRITON_HOME`` and ``CUDA_CACHE_PATH``: a
+   new machine. The warm-up compiles and keeps the cache entries.
+2. **warm** (``--warm-runs`` times): the same folders: the entries and torch's cache exist.
+3. **entry only**: torch's cache folder deleted, only the entries (``.pt2`` packages or ``.torchcache``) kept
+   (as after a wiped /tmp or a copied models folder): shows that the entries alone serve the kernels.
 
 Each child constructs ``OpticalFlowTensorRTPreprocessor`` (backend torch, CUDA, fp16, random weights), calls
 ``load()`` (model, and the entry's artifacts hot-loaded), ``warm_up([chunk])`` and one real call of ``chunk``
@@ -16,10 +17,10 @@ uint8 frames, and reports the breakdown (import, model load, artifact load, warm
 warm-up took, and torch's cache hit/miss counters. Writes ``cold_start.json`` (the issue's shape: ``environment``,
 ``size``, ``warm_process_first_map_s``, ``cold_first_call_s`` for the default route, plus every run)::
 
-    python benchmarks/bench_cold_start.py                  # 512x512, 4-frame chunks (Scope's), both routes
-    python benchmarks/bench_cold_start.py --routes python  # default route only (about half the time)
+    python benchmarks/bench_cold_start.py                # 512x512, 4-frame chunks (Scope's), routes aot and jit
+    python benchmarks/bench_cold_start.py --routes aot   # default route only
 
-Takes about 2-4 minutes on one H100/H200 (a cold compile at 512x512 is 20-30 s per route).
+Takes a few minutes on one H100/H200 (a cold compile at 512x512 is 20-60 s per route).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ PROCESS_START = time.perf_counter()
 
 from _checkout import ROOT, use_this_checkout  # noqa: E402  (same folder)
 
-ROUTE_ENV = {"python": {}, "cpp": {"SCOPE_OPTICAL_FLOW_CPP_WRAPPER": "1"}}
-CHILD_TIMEOUT_S = 240
+COMPILE = "SCOPE_OPTICAL_FLOW_COMPILE"
+ROUTE_ENV = {"aot": {COMPILE: "aot"}, "jit": {COMPILE: "jit"},
+             "cpp": {COMPILE: "jit", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER": "1"}}
+CHILD_TIMEOUT_S = 480
 
 
 def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: str) -> dict[str, Any]:
@@ -107,7 +110,7 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
         raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = round(wall, 2)
-    entries = sorted(models_dir.glob("*.torchcache"))
+    entries = sorted([*models_dir.glob("*.torchcache"), *models_dir.glob("*.pt2")])
     result["entries"] = {path.name: path.stat().st_size for path in entries}
     print(f"  {label:<11} construct->first map {result['construct_to_first_map_s']:6.2f} s  (import "
           f"{result['import_s']:.1f}, load {result['model_load_s']:.2f}, artifacts {result['artifact_load_s']}, "
@@ -120,7 +123,7 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
 def measure_route(args: argparse.Namespace, route: str, work: Path) -> dict[str, Any]:
     models_dir = work / route / "models"
     env = {key: value for key, value in os.environ.items()
-           if key not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER")}
+           if key not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER", COMPILE)}
     env.update(ROUTE_ENV[route])
     env["TRITON_HOME"] = str(work / route / "triton_home")  # Triton's own ~/.triton, fresh for this route
     env["CUDA_CACHE_PATH"] = str(work / route / "cuda_cache")
@@ -145,7 +148,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="compute height and width")
     parser.add_argument("--chunk", type=int, default=4, help="frames per call (Scope: 4, CLI: 16)")
     parser.add_argument("--updates", type=int, default=12, help="RAFT flow updates")
-    parser.add_argument("--routes", default="python", help="comma-separated: python (default wrapper), cpp")
+    parser.add_argument("--routes", default="aot,jit", help="comma-separated: aot (default), jit, cpp")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
@@ -160,7 +163,7 @@ def main() -> int:
     routes = [route.strip() for route in args.routes.split(",") if route.strip()]
     unknown = sorted(set(routes) - set(ROUTE_ENV))
     if unknown:
-        parser.error(f"unknown route(s) {unknown}; use python and/or cpp")
+        parser.error(f"unknown route(s) {unknown}; use {', '.join(ROUTE_ENV)}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cold-start-") as temp:
         results = {route: measure_route(args, route, Path(temp)) for route in routes}

@@ -20,7 +20,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,28 @@ class Result:
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
     model: str = "raft_small"
+
+
+# Variants that differ from the default by a setting outside the preprocessor's arguments (variant_settings).
+JIT_ROUTE = "torch.compile route (SCOPE_OPTICAL_FLOW_COMPILE=jit)"
+CUDNN_BENCHMARK = "cudnn.benchmark"
+
+
+@contextmanager
+def variant_settings(name: str) -> Iterator[None]:
+    """The compile route and cuDNN's autotuner as a variant's name asks, restored afterwards."""
+    route, benchmark = os.environ.get("SCOPE_OPTICAL_FLOW_COMPILE"), torch.backends.cudnn.benchmark
+    if JIT_ROUTE in name:
+        os.environ["SCOPE_OPTICAL_FLOW_COMPILE"] = "jit"
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        if route is None:
+            os.environ.pop("SCOPE_OPTICAL_FLOW_COMPILE", None)
+        else:
+            os.environ["SCOPE_OPTICAL_FLOW_COMPILE"] = route
 
 
 def onnxruntime_on_cuda() -> bool:
@@ -129,6 +152,7 @@ def measure_variant(
     body = clip[:, :, 1 : chunk + 1]
     start = time.perf_counter()
     pre = make()
+    pre.warm_up([chunk])  # as a user would (load(warmup=chunk)): ahead-of-time packages are built or loaded here
     pre(first)
     pre(body)
     torch.cuda.synchronize()
@@ -171,6 +195,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="subset of variant names to run")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow first call)")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json and results.md")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="cache folder for compiled packages (default: the plugin's models folder)")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -186,7 +212,8 @@ def main() -> None:
     def ours(**options: object) -> Callable[[], OpticalFlowTensorRTPreprocessor]:
         def make() -> OpticalFlowTensorRTPreprocessor:
             return OpticalFlowTensorRTPreprocessor(size, size, device="cuda", weights=spec, num_flow_updates=UPDATES,
-                                                   model=model, **options)  # type: ignore[arg-type]
+                                                   model=model, models_dir=args.models_dir,
+                                                   **options)  # type: ignore[arg-type]
         return make
 
     results: list[Result] = []
@@ -217,6 +244,9 @@ def main() -> None:
                     ("ours torch fp16 + compile + CUDA graphs, fused Triton lookup (opt-in)",
                      ours(backend="torch", fused_lookup=True)),
                     ("ours torch fp16 + compile + CUDA graphs (default)", ours(backend="torch")),
+                    # the same model through torch.compile instead of the ahead-of-time packages
+                    (f"ours torch fp16 + compile + CUDA graphs, {JIT_ROUTE}", ours(backend="torch")),
+                    (f"ours torch fp16 + compile + CUDA graphs, {CUDNN_BENCHMARK}", ours(backend="torch")),
                 ]
                 if onnxruntime_on_cuda():
                     variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))
@@ -229,8 +259,9 @@ def main() -> None:
                     if args.variants is not None and not any(v in name for v in args.variants):
                         continue
                     try:
-                        result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup,
-                                                          args.repeats)
+                        with variant_settings(name):
+                            result, outputs = measure_variant(name, make, clip, chunk, reference, args.warmup,
+                                                              args.repeats)
                     except Exception as error:  # report and go on: one backend failing must not hide the others
                         print(f"[{model} {size} x{chunk}] {name}: FAILED {type(error).__name__}: {error}", flush=True)
                         continue

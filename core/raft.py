@@ -19,6 +19,8 @@ for the last flow update, and these differences, all for speed, export and graph
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,10 @@ from .fast_update import FastUpdateBlock
 # torchvision's CorrBlock needs 2 pixels at the coarsest of its 4 levels: feature maps >= 16, images >= 128.
 MIN_SIZE = 128
 DOWNSAMPLE = 8
+
+# encode(frames) -> (pyramid, hidden, context); update_step(pyramid, context, hidden, coords0, coords1)
+EncodeFn = Callable[[Tensor], tuple[list[Tensor], Tensor, Tensor]]
+UpdateStepFn = Callable[[list[Tensor], Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class RaftSequenceFlow(nn.Module):
@@ -86,12 +92,17 @@ class RaftSequenceFlow(nn.Module):
                 part.to(memory_format=torch.channels_last)
 
     def forward(self, frames: Tensor) -> Tensor:
+        return self.forward_with(frames, self.encode, self.update_step)
+
+    def forward_with(self, frames: Tensor, encode: EncodeFn, update_step: UpdateStepFn) -> Tensor:
+        """:meth:`forward` with other implementations of :meth:`encode` and :meth:`update_step` (e.g. the
+        ahead-of-time compiled ones of :mod:`.aot_package`); the final upsampling runs here."""
         num_frames, _, height, width = frames.shape
-        pyramid, hidden, context = self.encode(frames)
+        pyramid, hidden, context = encode(frames)
         coords0 = self._coords_grid(num_frames - 1, height // DOWNSAMPLE, width // DOWNSAMPLE, frames.device)
         coords1 = coords0.clone()  # not an alias: torch.compile would guard on "coords1 is coords0" and compile twice
         for _ in range(self.num_flow_updates):
-            hidden, coords1 = self.update_step(pyramid, context, hidden, coords0, coords1)
+            hidden, coords1 = update_step(pyramid, context, hidden, coords0, coords1)
         flow_low = coords1 - coords0
         if self.mask_predictor is not None:
             return self.convex_upsample(flow_low, self.mask_predictor(hidden).float())

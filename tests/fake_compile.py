@@ -71,4 +71,5 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTorchCompile:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so the value the backend sets is undone after
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.delenv(torch_backend.CPP_WRAPPER_ENV, raising=False)
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "jit")  # torch.compile's entries (packages: test_aot_package)
     return fake

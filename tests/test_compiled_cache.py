@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.cli.app import cli, main
-from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager, prebuild
+from scope_optical_flow_tensorrt.core import aot_package, compiled_cache, engine_manager, prebuild
 from scope_optical_flow_tensorrt.core import log as core_log
 from scope_optical_flow_tensorrt.core.backends import torch_backend
 from scope_optical_flow_tensorrt.core.compiled_cache import (
@@ -212,8 +212,9 @@ def test_other_settings_entries_are_not_loaded(fake: FakeTorchCompile, tmp_path:
 # -- compile failure ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("route", ["jit", "aot"])
 def test_compile_failure_falls_back_to_eager_with_one_log_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, route: str
 ) -> None:
     def broken_compile(fn: Callable[..., Any], **_: Any) -> Callable[..., Any]:
         def compiled(*args: Any) -> Any:
@@ -221,9 +222,14 @@ def test_compile_failure_falls_back_to_eager_with_one_log_line(
 
         return compiled
 
+    def broken_package(exported: Any, path: Path) -> None:
+        raise RuntimeError("InductorError: no working C compiler")
+
     monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
     monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(aot_package, "compile_package", broken_package)
     monkeypatch.setattr(core_log, "_said", set())
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, route)
     flow = make(tmp_path)
     assert set(flow.warm_up([4, 16])) == {ROUTE_EAGER}
     frames = make_frames(5, 64, 80)
@@ -231,6 +237,9 @@ def test_compile_failure_falls_back_to_eager_with_one_log_line(
     failures = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(failures) == 1 and "no working C compiler" in failures[0].getMessage()
     assert entries(tmp_path) == []
+    packages = [r for r in caplog.records if "ahead-of-time compiled model could not be built" in r.getMessage()]
+    assert len(packages) == (1 if route == "aot" else 0)  # tried first on the aot route, then torch.compile
+    assert list(tmp_path.glob("*.pt2*")) == []  # nothing half-built is left behind
 
 
 def test_unwritable_models_folder_still_compiles(fake: FakeTorchCompile, tmp_path: Path) -> None:

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
+from ..aot_package import (
+    ROUTE_AOT_BUILT,
+    ROUTE_AOT_LOADED,
+    AotPackageCache,
+    AotParts,
+    aot_available,
+)
+from ..compiled_cache import (
+    ROUTE_EAGER,
+    ROUTE_NOT_SAVED,
+    CompiledKernelCache,
+    compiled_key,
+    point_torch_caches_at,
+)
 from ..corr_lookup import fused_lookup_available
-from ..compiled_cache import ROUTE_EAGER, ROUTE_NOT_SAVED, CompiledKernelCache, compiled_key, point_torch_caches_at
 from ..log import log_once, logger
+from ..models import model_spec
 from ..paths import plugin_models_dir
 from ..raft import RaftSequenceFlow
-from ..models import model_spec
 from ..weights import WeightsSpec, load_raft
 from .base import BackendConfig
 from .cuda_graph import CudaGraphRunner
-
 
 # Measured on an H200 at 512x512 (benchmarks/profile_flow.py --shapes): dynamic shapes compiled in 60 s and ran
 # 2x slower than static ones (19 s per shape). So shapes stay static, and window lengths are padded up to a few
@@ -33,6 +45,22 @@ COMPILE_DEVICE_TYPES = ("cuda",)
 # "1": Inductor's C++ wrapper (cpp_wrapper) instead of generated Python, which a warm process otherwise spends
 # seconds re-compiling with Python's compile(); measured by benchmarks/bench_cold_start.py.
 CPP_WRAPPER_ENV = "SCOPE_OPTICAL_FLOW_CPP_WRAPPER"
+# How compiled kernels reach a process (core.aot_package, core.compiled_cache):
+# "aot": ahead-of-time packages, loaded if cached, else built (and kept) by a warm-up; a shape first met on a live
+#        call uses its packages if they exist, else torch.compile; settings the packages do not cover (fused
+#        lookup, cpp_wrapper) use torch.compile;
+# "jit": torch.compile only (its kernels kept as .torchcache entries).
+COMPILE_ROUTE_ENV = "SCOPE_OPTICAL_FLOW_COMPILE"
+COMPILE_ROUTES = ("aot", "jit")
+DEFAULT_COMPILE_ROUTE = "aot"
+
+
+def compile_route() -> str:
+    """The compile route the environment asks for (:data:`COMPILE_ROUTE_ENV`), checked."""
+    route = os.environ.get(COMPILE_ROUTE_ENV, "").strip().lower() or DEFAULT_COMPILE_ROUTE
+    if route not in COMPILE_ROUTES:
+        raise ValueError(f"{COMPILE_ROUTE_ENV}={route!r} is not a compile route; use one of {', '.join(COMPILE_ROUTES)}.")
+    return route
 
 
 def _raise_recompile_limit() -> None:
@@ -99,12 +127,19 @@ class TorchFlowBackend:
         self.cpp_wrapper = os.environ.get(CPP_WRAPPER_ENV, "") == "1"
         self.kernel_cache: CompiledKernelCache | None = None
         self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its warm-up
+        self._warming: set[int] = set()  # shapes whose warm-up is running (its own calls must not warm again)
         if self.compiled:
             try:
                 self.kernel_cache = self._kernel_cache()
             except OSError as error:  # e.g. a read-only models folder: compile as before, without entries
                 log_once("compiled-cache-unavailable", f"compiled kernels are not cached on disk ({error}).")
             self._compile()
+        # ahead-of-time packages per warmed window shape (pairs), used before the torch.compile'd methods
+        self.aot_packages: AotPackageCache | None = None
+        self.aot_parts: dict[int, AotParts] = {}
+        if (self.kernel_cache is not None and compile_route() == "aot" and not self.model.fused_lookup
+                and not self.cpp_wrapper and aot_available()):
+            self.aot_packages = AotPackageCache(self.kernel_cache.directory, self.kernel_cache.base_key)
         self.graphs = CudaGraphRunner(self._forward, config.device) if config.cuda_graphs and on_cuda else None
 
     def _compile(self) -> None:
@@ -133,11 +168,12 @@ class TorchFlowBackend:
         cache.load_existing()
         return cache
 
-    def warm_up(self, pair_counts: Iterable[int]) -> list[str]:
+    def warm_up(self, pair_counts: Iterable[int], build_packages: bool = True) -> list[str]:
         """Run every window shape the stream will use (``pair_counts``: pairs per model call) once, so that
         compiling and CUDA-graph capture happen now, not on a live call. Compiled kernels come from their cache
-        entries or are compiled and saved as entries. Returns the route of each shape warmed now (``ROUTE_*``;
-        shapes this backend has run before are skipped)."""
+        entries (ahead-of-time packages first) or are compiled and kept as entries; ``build_packages=False``
+        compiles a shape without packages with torch.compile instead of building its packages (quicker, for a
+        live call). Returns the route of each shape warmed now (``ROUTE_*``; shapes run before are skipped)."""
         shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
         routes: list[str] = []
         for pairs in shapes:
@@ -148,18 +184,69 @@ class TorchFlowBackend:
             def run(frames: Tensor = frames) -> None:
                 self.flow(frames)
 
-            if self.compiled and self.kernel_cache is not None:
-                try:
-                    routes.append(self.kernel_cache.warm(pairs, run, lambda: self.compiled))
-                except OSError as error:  # the entry could not be written: the kernels are compiled all the same
-                    log_once("compiled-cache-unwritable", f"compiled kernels not saved ({error}).")
-                    run()
-                    routes.append(ROUTE_NOT_SAVED)
-            else:
-                run()
-                routes.append(ROUTE_NOT_SAVED if self.compiled else ROUTE_EAGER)
+            self._warming.add(pairs)
+            try:
+                routes.append(self._warm_shape(pairs, run, build_packages))
+            finally:
+                self._warming.discard(pairs)
             self.warmed_shapes[pairs] = routes[-1]
         return routes
+
+    def _warm_shape(self, pairs: int, run: Callable[[], None], build_packages: bool) -> str:
+        """Warm one window shape: ahead-of-time packages, else torch.compile (its cache entry), else eager."""
+        aot_route = self._warm_aot(pairs, run, build_packages) if self.aot_packages is not None else None
+        if aot_route is not None:
+            return aot_route
+        if self.compiled and self.kernel_cache is not None:
+            try:
+                return self.kernel_cache.warm(pairs, run, lambda: self.compiled)
+            except OSError as error:  # the entry could not be written: the kernels are compiled all the same
+                log_once("compiled-cache-unwritable", f"compiled kernels not saved ({error}).")
+                run()
+                return ROUTE_NOT_SAVED
+        run()
+        return ROUTE_NOT_SAVED if self.compiled else ROUTE_EAGER
+
+    def _warm_aot(self, pairs: int, run: Callable[[], None], build: bool) -> str | None:
+        """Run one window shape on its ahead-of-time packages, loading them or (``build``) building them first;
+        the route taken, or ``None`` when no packages serve it (torch.compile does then)."""
+        assert self.aot_packages is not None
+        device = self.config.device
+        route = ROUTE_AOT_LOADED
+        parts = self.aot_packages.load(pairs, device)
+        if parts is None and not build:
+            return None
+        if parts is None:
+            route = ROUTE_AOT_BUILT
+            logger.info("compiling %s ahead of time for windows of %d pairs on this GPU (once per GPU model, size and "
+                        "setting; later processes load it in about a second)", model_spec(self.config.model).title,
+                        pairs)
+            try:
+                with torch.inference_mode(False):  # export traces ordinary tensors (this may run inside flow())
+                    self.aot_packages.build(self.model, pairs, device)
+            except Exception as error:  # export, compiler or check failures: torch.compile serves the shape
+                self._drop_aot(pairs, error, "could not be built")
+                return None
+            parts = self.aot_packages.load(pairs, device)
+            if parts is None:
+                return None
+        self.aot_parts[pairs] = parts
+        try:
+            run()
+        except Exception as error:
+            self._drop_aot(pairs, error, "failed to run")
+            return None
+        return route
+
+    def _drop_aot(self, pairs: int, error: Exception, what: str) -> None:
+        log_once(
+            f"aot-{what}",
+            f"the ahead-of-time compiled model {what} ({type(error).__name__}: {str(error)[:300]}); "
+            "using torch.compile instead.",
+        )
+        self.aot_parts.pop(pairs, None)
+        if self.graphs is not None:  # a failed capture leaves nothing usable behind
+            self.graphs = CudaGraphRunner(self._forward, self.config.device)
 
     @property
     def needs_warm_up(self) -> bool:
@@ -187,12 +274,15 @@ class TorchFlowBackend:
             self.graphs = CudaGraphRunner(self._forward, self.config.device)
 
     def _forward(self, frames: Tensor) -> Tensor:
+        parts = self.aot_parts.get(frames.shape[0] - 1)
+        if parts is not None:
+            return self.model.forward_with(frames, parts.encode, parts.update_step).float()
         return self.model(frames).float()
 
     @torch.inference_mode()
     def flow(self, frames: Tensor) -> Tensor:
-        run = self.graphs if self.graphs is not None else self._forward
         if not self.compiled:
+            run = self.graphs if self.graphs is not None else self._forward
             try:
                 return run(frames)
             except Exception as error:
@@ -201,7 +291,13 @@ class TorchFlowBackend:
                 self._drop_fused_lookup(error)
                 return self.flow(frames)
         pairs = frames.shape[0] - 1
-        padding = bucket_pairs(pairs, self.max_pairs) - pairs
+        bucket = bucket_pairs(pairs, self.max_pairs)
+        if bucket not in self.warmed_shapes and bucket not in self._warming:
+            # A shape no warm-up covered: its packages are loaded if they exist, else torch.compile compiles it
+            # (quicker than building packages, which only warm-ups do: that is where hosts show waiting).
+            self.warm_up([bucket], build_packages=False)
+        padding = bucket - pairs
+        run = self.graphs if self.graphs is not None else self._forward
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
             frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
         if not (frames.is_inference() and frames.is_contiguous()):
@@ -211,7 +307,9 @@ class TorchFlowBackend:
         try:
             flow = run(frames)
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
-            if self.model.fused_lookup:  # first without the fused lookup, then without compiling
+            if frames.shape[0] - 1 in self.aot_parts:  # first without the ahead-of-time package
+                self._drop_aot(frames.shape[0] - 1, error, "failed to run")
+            elif self.model.fused_lookup:  # then without the fused lookup, then without compiling
                 self._drop_fused_lookup(error)
             else:
                 self._uncompile(error)

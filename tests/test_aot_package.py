@@ -1,0 +1,331 @@
+"""Ahead-of-time packages (core.aot_package): the default compile route's cache entries.
+
+One module-scoped build runs the real thing on the CPU (torch.export + AOTInductor, 128x128, 2 updates, one pair
+per window; about a minute on two cores): the packages are checked in a fresh process, a new backend loads them
+and matches the eager model. The rules around them (stale, corrupt or unloadable packages, a failing check, two
+processes, live calls, prebuild) use stand-ins for the compiler and loader with eager callables, so they are fast;
+the backend, keys, files, sidecars and locks are real. On CUDA, tests/test_gpu.py loads packages in a fresh
+process and checks parity with fp32 eager.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.cli.app import cli
+from scope_optical_flow_tensorrt.core import aot_package, engine_manager, prebuild
+from scope_optical_flow_tensorrt.core.aot_package import (
+    PACKAGE_SUFFIX,
+    PROGRAMS,
+    ROUTE_AOT_BUILT,
+    ROUTE_AOT_LOADED,
+    AotPackageCache,
+    check_in_fresh_process,
+)
+from scope_optical_flow_tensorrt.core.backends import torch_backend
+from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, compiled_key
+from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError, file_sha256, sidecar_path
+from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
+
+from conftest import COMPUTE_SIZE, make_frames, run_in_two_processes
+
+pytest_plugins = ("fake_compile",)  # the `fake` fixture (torch.compile stand-in, jit route)
+UPDATES = 2
+
+
+def make(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
+    settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
+                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
+    settings.update(options)
+    return OpticalFlowTensorRTPreprocessor(**settings)
+
+
+def packages(models_dir: Path) -> list[Path]:
+    return sorted(models_dir.glob(f"*{PACKAGE_SUFFIX}"))
+
+
+def eager(models_dir: Path, frames: torch.Tensor) -> torch.Tensor:
+    return make(models_dir, torch_compile=False)(frames)
+
+
+# -- the real compiler on the CPU ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A models folder whose packages (1 pair per window) a real warm-up built: aot route, compiling on the CPU."""
+    models_dir = tmp_path_factory.mktemp("aot-models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
+        patch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(models_dir / "inductor"))
+        flow = make(models_dir)
+        started = time.perf_counter()
+        routes = flow.warm_up([1])  # one frame per call: windows of 1 pair (the first call has none)
+        print(f"built the packages in {time.perf_counter() - started:.0f} s")
+    assert routes == [ROUTE_AOT_BUILT]
+    yield models_dir
+
+
+def test_warm_up_builds_checked_packages_with_full_keys(built_models_dir: Path) -> None:
+    paths = packages(built_models_dir)
+    assert [path.name.rsplit("-", 1)[-1] for path in paths] == ["encode.pt2", "update_step.pt2"]
+    for path, program in zip(paths, PROGRAMS):
+        sidecar = json.loads(sidecar_path(path).read_text())
+        key = sidecar["key"]
+        assert (key["kind"], key["program"], key["pairs"]) == ("aot_inductor", program, 1)
+        assert (key["height"], key["width"], key["num_flow_updates"], key["precision"]) == (128, 128, UPDATES, "fp32")
+        assert key["torch_version"] == torch.__version__ and key["model_code"] and key["weights"]
+        assert sidecar["info"]["checked_in_fresh_process"] is True
+        assert sidecar["size_bytes"] == path.stat().st_size > 0
+
+
+def test_a_new_backend_loads_the_packages_and_matches_eager(
+    built_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
+
+    def no_compiling(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("packages were built again")
+
+    monkeypatch.setattr(aot_package, "compile_package", no_compiling)
+    flow = make(built_models_dir)
+    assert flow.warm_up([1]) == [ROUTE_AOT_LOADED]
+    backend = flow.load()
+    assert sorted(backend.aot_parts) == [1]  # type: ignore[attr-defined]
+    frames = make_frames(5, 64, 80)
+    # 1-frame calls: every window is the 1-pair shape the packages hold (5 calls, no torch.compile needed)
+    streamed = torch.cat([flow(frames[i : i + 1]) for i in range(5)], dim=2)
+    reference = make(built_models_dir, torch_compile=False)
+    expected = torch.cat([reference(frames[i : i + 1]) for i in range(5)], dim=2)
+    torch.testing.assert_close(streamed, expected, atol=1e-4, rtol=0)
+    assert backend.warmed_shapes == {1: ROUTE_AOT_LOADED}  # type: ignore[attr-defined]
+
+
+def test_info_lists_packages_and_cache_clear_removes_them(built_models_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "models"
+    shutil.copytree(built_models_dir, copy)
+    rows = [row for row in engine_manager.list_cached_engines(copy) if row["kind"] == "aot_inductor"]
+    assert sorted(row["program"] for row in rows) == list(PROGRAMS)
+    assert all(row["valid_metadata"] and row["pairs"] == 1 for row in rows)
+    text = CliRunner().invoke(cli, ["info", "--models-dir", str(copy)]).output
+    assert "aot_inductor" in text and "program=update_step" in text
+    result = CliRunner().invoke(cli, ["cache", "clear", "--models-dir", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert packages(copy) == [] and list(copy.glob("*.json")) == []
+
+
+def test_fresh_process_check_rejects_a_package_that_cannot_load(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"not a zip archive")
+    with pytest.raises(ArtifactBuildError, match="fresh process could not load and run"):
+        check_in_fresh_process({broken: ((torch.zeros(2, 3, 128, 128),), [torch.zeros(1)])}, torch.device("cpu"))
+
+
+def test_fresh_process_check_rejects_wrong_outputs(built_models_dir: Path) -> None:
+    [encode, _] = packages(built_models_dir)
+    frames = torch.rand(2, 3, 128, 128)
+    raft = make(built_models_dir, torch_compile=False).load().model  # type: ignore[attr-defined]
+    with torch.no_grad():
+        pyramid, hidden, context = RaftSequenceFlow.encode(raft, frames)
+    right = [*pyramid, hidden, context]
+    check_in_fresh_process({encode: ((frames,), right)}, torch.device("cpu"))  # passes with the true outputs
+    wrong = [*right[:-1], right[-1] + 1.0]
+    with pytest.raises(ArtifactBuildError, match="output 5 differs from the eager model"):
+        check_in_fresh_process({encode: ((frames,), wrong)}, torch.device("cpu"))
+
+
+# -- the rules, with stand-ins for the compiler and the loader --------------------------------------------
+
+
+class FakePackages:
+    """Stand-ins for :func:`aot_package.compile_package` (writes the program's name), :func:`load_runner`
+    (an eager callable of that program on the backend's model) and the fresh-process check (passes unless told
+    otherwise). Counts builds and loads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.builds: list[str] = []
+        self.loads: list[str] = []
+        self.check_error: str | None = None
+        self.model: RaftSequenceFlow | None = None
+        monkeypatch.setattr(aot_package, "compile_package", self.compile)
+        monkeypatch.setattr(aot_package, "load_runner", self.load)
+        monkeypatch.setattr(aot_package, "check_in_fresh_process", self.check)
+        monkeypatch.setattr(aot_package, "export_program", self.export)
+        monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
+
+    def export(self, model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...]) -> str:
+        self.model = model
+        return program
+
+    def compile(self, exported: str, path: Path) -> None:
+        self.builds.append(exported)
+        path.write_text(exported)
+
+    def load(self, path: Path, device: torch.device) -> Callable[..., Any]:
+        program = path.read_text()  # raises on a file compile() did not write
+        if program not in PROGRAMS:
+            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: {path.name}")
+        self.loads.append(program)
+
+        def run(*args: Any) -> Any:
+            assert self.model is not None
+            with torch.no_grad():
+                if program == "encode":
+                    pyramid, hidden, context = RaftSequenceFlow.encode(self.model, *args)
+                    return [*pyramid, hidden, context]
+                return list(RaftSequenceFlow.update_step(self.model, *args))
+
+        return run
+
+    def check(self, packages: dict[Path, Any], device: torch.device) -> None:
+        if self.check_error:
+            raise ArtifactBuildError(self.check_error)
+
+
+@pytest.fixture
+def fake_packages(fake: Any, monkeypatch: pytest.MonkeyPatch) -> FakePackages:
+    """Compiling enabled on the CPU (torch.compile faked by ``fake``), aot route, packages faked."""
+    return FakePackages(monkeypatch)
+
+
+def test_packages_come_first_and_a_second_backend_loads_them(fake_packages: FakePackages, fake: Any,
+                                                             tmp_path: Path) -> None:
+    first = make(tmp_path)
+    assert first.warm_up([4]) == [ROUTE_AOT_BUILT]  # Scope's 4-frame chunks: one bucket of 4 pairs
+    assert fake_packages.builds == ["encode", "update_step"] and fake.compiles == []  # no torch.compile
+    frames = make_frames(4, 64, 80)
+    torch.testing.assert_close(first(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+    second = make(tmp_path)
+    second.load(warmup=4)
+    assert second.warmup_routes == [ROUTE_AOT_LOADED] and len(fake_packages.builds) == 2
+    assert not list(tmp_path.glob("*.torchcache"))  # no torch.compile entry
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "stale", "unloadable", "sidecar"])
+def test_damaged_or_stale_packages_are_rebuilt_never_loaded(
+    fake_packages: FakePackages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    make(tmp_path).warm_up([1])
+    update = packages(tmp_path)[1]
+    if damage == "corrupt":
+        update.write_text("encode_step")  # same size as a valid one would not be; sha256 differs anyway
+    elif damage == "truncated":
+        update.write_text(update.read_text()[:3])
+    elif damage == "stale":
+        monkeypatch.setattr(aot_package.torch, "__version__", "99.0")  # torch upgraded: every key changes
+    elif damage == "unloadable":  # passes its checks but torch cannot load it
+        update.write_text("garbage!!!!")
+        sidecar = json.loads(sidecar_path(update).read_text())
+        sidecar.update(size_bytes=update.stat().st_size, sha256=file_sha256(update))
+        sidecar_path(update).write_text(json.dumps(sidecar))
+    else:
+        sidecar_path(update).unlink()
+    flow = make(tmp_path)
+    assert flow.warm_up([1]) == [ROUTE_AOT_BUILT]
+    rebuilt = ["update_step"] if damage != "stale" else list(PROGRAMS)
+    assert fake_packages.builds == [*PROGRAMS, *rebuilt]
+    assert [p.read_text() for p in packages(tmp_path)] == list(PROGRAMS)
+    frames = make_frames(2, 64, 80)
+    torch.testing.assert_close(flow(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+
+
+def test_a_failed_check_keeps_nothing_and_torch_compile_serves(
+    fake_packages: FakePackages, fake: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_packages.check_error = "a fresh process could not load and run the new packages (exit code -11)"
+    flow = make(tmp_path)
+    assert flow.warm_up([1, 4]) == [ROUTE_BUILT, ROUTE_BUILT]  # torch.compile's entries instead
+    assert packages(tmp_path) == [] and list(tmp_path.glob("*.pt2*")) == []
+    said = [r.getMessage() for r in caplog.records if "ahead-of-time compiled model could not be built" in r.getMessage()]
+    assert len(said) == 1 and "exit code -11" in said[0]  # once, though two shapes failed
+    frames = make_frames(4, 64, 80)
+    torch.testing.assert_close(flow(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+
+
+def test_live_calls_use_packages_when_they_exist_and_never_build_them(
+    fake_packages: FakePackages, fake: Any, tmp_path: Path
+) -> None:
+    flow = make(tmp_path)
+    frames = make_frames(3, 64, 80)
+    flow(frames)  # no warm-up: 2 pairs (bucket 2) compiled by torch.compile on the spot, no packages built
+    assert fake_packages.builds == [] and packages(tmp_path) == [] and fake.compiles
+    make(tmp_path).warm_up([2])  # another stream warms 2-frame chunks: packages for 1 and 2 pairs
+    assert len(packages(tmp_path)) == 4
+    fake.new_process()
+    fresh = make(tmp_path)
+    compiles = len(fake.compiles)
+    torch.testing.assert_close(fresh(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+    assert fresh.load().warmed_shapes == {2: ROUTE_AOT_LOADED}  # type: ignore[attr-defined]
+    assert len(fake.compiles) == compiles and len(fake_packages.builds) == 4
+
+
+def test_jit_route_and_fused_lookup_do_not_use_packages(fake_packages: FakePackages, fake: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "jit")
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
+    monkeypatch.setattr(torch_backend, "fused_lookup_available", lambda device: True)
+    assert make(tmp_path, fused_lookup=True).load().aot_packages is None  # type: ignore[attr-defined]
+    assert fake_packages.builds == [] and packages(tmp_path) == []
+
+
+def test_unknown_compile_route_is_a_clear_error(fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "ahead")
+    with pytest.raises(ValueError, match="SCOPE_OPTICAL_FLOW_COMPILE='ahead' is not a compile route; use one of aot, jit"):
+        make(tmp_path).load()
+
+
+def _build_in_process(folder: str, log: str, barrier: Any) -> None:
+    def compile_package(exported: str, path: Path) -> None:
+        with open(log, "a") as handle:
+            handle.write(f"built {exported}\n")
+        time.sleep(0.5)
+        path.write_text(exported)
+
+    # Nothing here may run torch's CPU kernels: a forked child of a process that has used its thread pools can
+    # deadlock in them. So no model and no example inputs: the lock and the files are what is tested.
+    aot_package.compile_package = compile_package  # type: ignore[assignment]
+    aot_package.export_program = lambda model, program, inputs: program  # type: ignore[assignment]
+    aot_package.example_inputs = lambda *args: {program: () for program in PROGRAMS}  # type: ignore[assignment]
+    key = compiled_key(model="raft_small", fused_lookup=False, height=128, width=128, pairs=0, fp16=False,
+                       num_flow_updates=UPDATES, weights="w", device=torch.device("cpu"))
+    cache = AotPackageCache(Path(folder), key)
+    barrier.wait()
+    cache.build(None, 1, torch.device("cpu"), check=False)  # type: ignore[arg-type]
+    with open(log, "a") as handle:
+        handle.write(f"ready {cache.ready(1)}\n")
+
+
+def test_two_processes_build_the_same_packages_once(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    run_in_two_processes(_build_in_process, str(tmp_path), str(log))
+    lines = log.read_text().splitlines()
+    assert sorted(lines) == ["built encode", "built update_step", "ready True", "ready True"]
+    assert len(packages(tmp_path)) == 2
+
+
+def test_prebuild_torch_writes_packages_a_preprocessor_then_loads(
+    fake_packages: FakePackages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prebuild, "cuda_device", lambda *args: torch.device("cpu"))
+    result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
+                                      "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
+                                      "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    paths = packages(tmp_path)
+    assert len(paths) == 4 and all(str(path) in result.output for path in paths)  # buckets 4 and 16, 2 programs
+    flow = make(tmp_path, fp16=False)
+    assert flow.warm_up([4, 16]) == [ROUTE_AOT_LOADED, ROUTE_AOT_LOADED] and len(fake_packages.builds) == 4
+
