@@ -49,8 +49,15 @@ CHILD_TIMEOUT_S = 480
 
 def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: str) -> dict[str, Any]:
     """One fresh process's start: construct, load, warm up, first map (and one more call for reference)."""
+    import logging
+
     import torch
     from torch._dynamo.utils import counters
+
+    handler = logging.StreamHandler(sys.stderr)  # the package's log, timestamped, for the parent's report
+    handler.setFormatter(logging.Formatter("%(relativeCreated)8.0f ms  %(message)s"))
+    logging.getLogger("scope_optical_flow_tensorrt").addHandler(handler)
+    logging.getLogger("scope_optical_flow_tensorrt").setLevel(logging.INFO)
 
     from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 
@@ -88,6 +95,7 @@ def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: st
         "construct_to_first_map_s": round(first - started, 2),
         "second_call_ms": round((second - first) * 1e3, 2),
         "routes": routes,
+        "aot_failures": dict(getattr(backend, "aot_failures", {})),
         "compiled": bool(getattr(backend, "compiled", False)),
         "inductor_counters": {name: int(value) for name, value in counters["inductor"].items()
                               if name.startswith("fxgraph_cache")},
@@ -110,6 +118,7 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
         raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = round(wall, 2)
+    result["log"] = [line for line in done.stderr.splitlines() if " ms  " in line][-40:]
     entries = sorted([*models_dir.glob("*.torchcache"), *models_dir.glob("*.pt2")])
     result["entries"] = {path.name: path.stat().st_size for path in entries}
     print(f"  {label:<11} construct->first map {result['construct_to_first_map_s']:6.2f} s  (import "
@@ -117,6 +126,11 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
           f"warm-up {result['warmup_s']:.2f}, first map {result['first_map_s'] * 1e3:.0f} ms; next call "
           f"{result['second_call_ms']:.1f} ms)  route {','.join(result['routes']) or '-'}  "
           f"{result['inductor_counters']}", flush=True)
+    for pairs, reason in result["aot_failures"].items():
+        print(f"    packages for {pairs} pairs not used: {reason}", flush=True)
+    if args.show_log:
+        for line in result["log"]:
+            print(f"    {line[:300]}", flush=True)
     return result
 
 
@@ -152,6 +166,7 @@ def main() -> int:
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
+    parser.add_argument("--show-log", action="store_true", help="print each child's log lines")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -38,9 +38,12 @@ from .engine_cache import (
     ArtifactBuildError,
     build_artifact,
     check_artifact,
+    failure_record_path,
     invalidate,
     key_hash,
     locked,
+    record_failure,
+    recorded_failure,
     sanitize_gpu_name,
 )
 from .log import logger
@@ -272,9 +275,23 @@ class AotPackageCache:
     def build(self, model: RaftSequenceFlow, pairs: int, device: torch.device, check: bool = True) -> list[Path]:
         """Export and compile the packages of one window shape that have no valid entry, check them in one fresh
         process (``check``) and keep them; returns both paths. Holds the folder's lock, so two processes that
-        need the same packages build them once."""
+        need the same packages build them once. A failure is recorded beside the packages (and raised): later
+        processes with the same key raise at once instead of paying for it again, until ``cache clear``."""
+        record, record_key = self.path(pairs, PROGRAMS[0]), self.key(pairs, "*")
+        with locked(self.directory):
+            earlier = recorded_failure(record, record_key)
+            if earlier is not None:
+                raise ArtifactBuildError(f"building them failed before with these settings ({earlier}); "
+                                         f"'cache clear' removes {failure_record_path(record).name} to try again")
+            try:
+                return self._build(model, pairs, device, check)
+            except Exception as error:
+                record_failure(record, record_key, f"{type(error).__name__}: {str(error)[:600]}")
+                raise
+
+    def _build(self, model: RaftSequenceFlow, pairs: int, device: torch.device, check: bool) -> list[Path]:
         height, width = self.base_key["height"], self.base_key["width"]
-        with locked(self.directory), tempfile.TemporaryDirectory(prefix="raft-aot-build-") as temp:
+        with tempfile.TemporaryDirectory(prefix="raft-aot-build-") as temp:
             missing = [program for program in PROGRAMS
                        if check_artifact(self.path(pairs, program), self.key(pairs, program)) is not None]
             if not missing:

@@ -33,7 +33,7 @@ from scope_optical_flow_tensorrt.core.aot_package import (
     check_in_fresh_process,
 )
 from scope_optical_flow_tensorrt.core.backends import torch_backend
-from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, compiled_key
+from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, ROUTE_LOADED, compiled_key
 from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError, file_sha256, sidecar_path
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 
@@ -247,11 +247,22 @@ def test_a_failed_check_keeps_nothing_and_torch_compile_serves(
     fake_packages.check_error = "a fresh process could not load and run the new packages (exit code -11)"
     flow = make(tmp_path)
     assert flow.warm_up([1, 4]) == [ROUTE_BUILT, ROUTE_BUILT]  # torch.compile's entries instead
-    assert packages(tmp_path) == [] and list(tmp_path.glob("*.pt2*")) == []
+    assert packages(tmp_path) == [] and list(tmp_path.glob("*.pt2.json")) == []  # no package, no sidecar
+    assert len(list(tmp_path.glob("*.pt2.failed.json"))) == 2  # the failure of each shape, recorded
     said = [r.getMessage() for r in caplog.records if "ahead-of-time compiled model could not be built" in r.getMessage()]
     assert len(said) == 1 and "exit code -11" in said[0]  # once, though two shapes failed
     frames = make_frames(4, 64, 80)
     torch.testing.assert_close(flow(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+    # The failure is recorded: a later process does not pay for the build again, until `cache clear`.
+    fake_packages.check_error = None
+    builds = len(fake_packages.builds)
+    later = make(tmp_path)
+    assert later.warm_up([1]) == [ROUTE_LOADED] and len(fake_packages.builds) == builds
+    assert "failed before with these settings" in later.load().aot_failures[1]  # type: ignore[attr-defined]
+    assert "exit code -11" in later.load().aot_failures[1]  # type: ignore[attr-defined]
+    assert CliRunner().invoke(cli, ["cache", "clear", "--models-dir", str(tmp_path)]).exit_code == 0
+    assert list(tmp_path.glob("*.failed.json")) == []
+    assert make(tmp_path).warm_up([1]) == [ROUTE_AOT_BUILT]
 
 
 def test_live_calls_use_packages_when_they_exist_and_never_build_them(

@@ -239,7 +239,7 @@ def test_compile_failure_falls_back_to_eager_with_one_log_line(
     assert entries(tmp_path) == []
     packages = [r for r in caplog.records if "ahead-of-time compiled model could not be built" in r.getMessage()]
     assert len(packages) == (1 if route == "aot" else 0)  # tried first on the aot route, then torch.compile
-    assert list(tmp_path.glob("*.pt2*")) == []  # nothing half-built is left behind
+    assert list(tmp_path.glob("*.pt2")) == [] and list(tmp_path.glob("*.pt2.json")) == []  # nothing half-built
 
 
 def test_unwritable_models_folder_still_compiles(fake: FakeTorchCompile, tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ class TorchFlowBackend:
         # ahead-of-time packages per warmed window shape (pairs), used before the torch.compile'd methods
         self.aot_packages: AotPackageCache | None = None
         self.aot_parts: dict[int, AotParts] = {}
+        self.aot_failures: dict[int, str] = {}  # window pairs -> why its packages could not serve it
         if (self.kernel_cache is not None and compile_route() == "aot" and not self.model.fused_lookup
                 and not self.cpp_wrapper and aot_available()):
             self.aot_packages = AotPackageCache(self.kernel_cache.directory, self.kernel_cache.base_key)
@@ -239,6 +240,7 @@ class TorchFlowBackend:
         return route
 
     def _drop_aot(self, pairs: int, error: Exception, what: str) -> None:
+        self.aot_failures[pairs] = f"{what}: {type(error).__name__}: {str(error)[:1000]}"
         log_once(
             f"aot-{what}",
             f"the ahead-of-time compiled model {what} ({type(error).__name__}: {str(error)[:300]}); "
