@@ -1,8 +1,8 @@
 """Cold start of the PyTorch fast path: seconds from constructing the preprocessor to its first flow map.
 
-Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (``aot``, the
-default: ahead-of-time packages, ``core.aot_package``; ``jit``: torch.compile with its ``.torchcache`` entries and
-Inductor's default Python wrapper; ``cpp``: torch.compile with Inductor's C++ wrapper):
+Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (``jit``, the
+default: torch.compile with its ``.torchcache`` entries and Inductor's default Python wrapper; ``aot``:
+ahead-of-time packages, ``core.aot_package``; ``cpp``: torch.compile with Inductor's C++ wrapper):
 
 1. **cold**: an empty temporary models folder, so no cache entries and an empty torch/Inductor cache (this
    package points Inductor's cache into the models folder), a fresh ``TRITON_HOME`` and ``CUDA_CACHE_PATH``: a
@@ -17,8 +17,8 @@ uint8 frames, and reports the breakdown (import, model load, artifact load, warm
 warm-up took, and torch's cache hit/miss counters. Writes ``cold_start.json`` (the issue's shape: ``environment``,
 ``size``, ``warm_process_first_map_s``, ``cold_first_call_s`` for the default route, plus every run)::
 
-    python benchmarks/bench_cold_start.py                # 512x512, 4-frame chunks (Scope's), routes aot and jit
-    python benchmarks/bench_cold_start.py --routes aot   # default route only
+    python benchmarks/bench_cold_start.py                    # 512x512, 4-frame chunks (Scope's), default route
+    python benchmarks/bench_cold_start.py --routes jit,aot   # both routes
 
 Takes a few minutes on one H100/H200 (a cold compile at 512x512 is 20-60 s per route).
 """
@@ -162,7 +162,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="compute height and width")
     parser.add_argument("--chunk", type=int, default=4, help="frames per call (Scope: 4, CLI: 16)")
     parser.add_argument("--updates", type=int, default=12, help="RAFT flow updates")
-    parser.add_argument("--routes", default="aot,jit", help="comma-separated: aot (default), jit, cpp")
+    parser.add_argument("--routes", default="jit", help="comma-separated: jit (the default route), aot, cpp")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")

@@ -58,26 +58,19 @@ class Result:
     model: str = "raft_small"
 
 
-# Variants that differ from the default by a setting outside the preprocessor's arguments (variant_settings).
-JIT_ROUTE = "torch.compile route (SCOPE_OPTICAL_FLOW_COMPILE=jit)"
+# A variant that differs from the default by a setting outside the preprocessor's arguments (variant_settings).
 CUDNN_BENCHMARK = "cudnn.benchmark"
 
 
 @contextmanager
 def variant_settings(name: str) -> Iterator[None]:
-    """The compile route and cuDNN's autotuner as a variant's name asks, restored afterwards."""
-    route, benchmark = os.environ.get("SCOPE_OPTICAL_FLOW_COMPILE"), torch.backends.cudnn.benchmark
-    if JIT_ROUTE in name:
-        os.environ["SCOPE_OPTICAL_FLOW_COMPILE"] = "jit"
+    """cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on for a variant whose name asks, restored after."""
+    benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = benchmark
-        if route is None:
-            os.environ.pop("SCOPE_OPTICAL_FLOW_COMPILE", None)
-        else:
-            os.environ["SCOPE_OPTICAL_FLOW_COMPILE"] = route
 
 
 def onnxruntime_on_cuda() -> bool:
@@ -244,8 +237,6 @@ def main() -> None:
                     ("ours torch fp16 + compile + CUDA graphs, fused Triton lookup (opt-in)",
                      ours(backend="torch", fused_lookup=True)),
                     ("ours torch fp16 + compile + CUDA graphs (default)", ours(backend="torch")),
-                    # the same model through torch.compile instead of the ahead-of-time packages
-                    (f"ours torch fp16 + compile + CUDA graphs, {JIT_ROUTE}", ours(backend="torch")),
                     (f"ours torch fp16 + compile + CUDA graphs, {CUDNN_BENCHMARK}", ours(backend="torch")),
                 ]
                 if onnxruntime_on_cuda():

@@ -165,6 +165,9 @@ _CHECK_SCRIPT = """
 import sys, torch, torch._inductor
 device = torch.device(sys.argv[1])
 index = device.index if device.type == "cuda" else -1
+if device.type == "cuda":  # a CUDA context first, as in the processes that use packages
+    torch.cuda.set_device(device)
+    torch.zeros(1, device=device)
 for package, inputs_file, outputs_file in zip(*[iter(sys.argv[2:])] * 3):
     runner = torch._inductor.aoti_load_package(package, run_single_threaded=True, device_index=index)
     inputs = torch.load(inputs_file, map_location=device)

@@ -294,7 +294,7 @@ def test_jit_route_and_fused_lookup_do_not_use_packages(fake_packages: FakePacka
 
 def test_unknown_compile_route_is_a_clear_error(fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "ahead")
-    with pytest.raises(ValueError, match="SCOPE_OPTICAL_FLOW_COMPILE='ahead' is not a compile route; use one of aot, jit"):
+    with pytest.raises(ValueError, match="SCOPE_OPTICAL_FLOW_COMPILE='ahead' is not a compile route; use one of jit, aot"):
         make(tmp_path).load()
 
 

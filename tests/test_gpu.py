@@ -97,6 +97,7 @@ _FRESH_PROCESS = textwrap.dedent(
     out = torch.cat([flow(clip[i : i + 4]) for i in range(0, 8, 4)], dim=2)
     torch.save(out.cpu(), sys.argv[2])
     print(json.dumps({"routes": flow.warmup_routes, "compiled": flow.load().compiled,
+                      "aot_failures": flow.load().aot_failures,
                       "hits": counters["inductor"]["fxgraph_cache_hit"],
                       "misses": counters["inductor"]["fxgraph_cache_miss"]}))
     """
@@ -107,7 +108,9 @@ _FRESH_PROCESS = textwrap.dedent(
 def test_fresh_process_reuses_the_compiled_entry_with_parity_to_fp32_eager(tmp_path: Path, route: str) -> None:
     """Process 1 compiles and keeps the cache entries (``aot``: the two ahead-of-time packages; ``jit``: the
     .torchcache entry); torch's own cache is then deleted, so process 2 can only get its kernels from the
-    entries: it must compile nothing and match fp32 eager within the usual bar."""
+    entries: it must compile nothing and match fp32 eager within the usual bar. Where this torch cannot load
+    CUDA packages at all, the ``aot`` case checks the safe fallback instead: nothing kept, the failure recorded
+    and not paid again by process 2, torch.compile serving both processes with the same parity."""
     package_parent = str(Path(scope_optical_flow_tensorrt.__file__).parents[1])  # not resolved: it may be a link
     env = {name: value for name, value in os.environ.items()
            if name not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER")}
@@ -121,17 +124,27 @@ def test_fresh_process_reuses_the_compiled_entry_with_parity_to_fp32_eager(tmp_p
         assert done.returncode == 0, done.stderr[-4000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    built, loaded, suffix, count = {"aot": ("aot-built", "aot-package", ".pt2", 2),
-                                    "jit": ("compiled-and-saved", "cache-entry", ".torchcache", 1)}[route]
     first = fresh_process(tmp_path / "first.pt")
-    assert first["compiled"] and first["routes"] == [built], first
-    assert len(list(models.glob(f"*{suffix}"))) == count
-    shutil.rmtree(models / "torch-compile-cache", ignore_errors=True)
-    second = fresh_process(tmp_path / "second.pt")
-    assert second["compiled"] and second["routes"] == [loaded], second
-    assert second["misses"] == 0, second  # nothing compiled
-    if route == "jit":
-        assert second["hits"] >= 2, second  # encode and update_step from the entry
+    if route == "aot" and first["routes"] != ["aot-built"]:
+        # This torch cannot load its own CUDA packages (torch 2.11+cu130 crashed loading any): the check in a
+        # child process caught it, nothing was kept, the failure is recorded, torch.compile served the shape.
+        assert first["compiled"] and first["routes"] == ["compiled-and-saved"], first
+        assert "a fresh process could not load and run" in first["aot_failures"]["4"], first
+        assert list(models.glob("*.pt2")) == [] and len(list(models.glob("*.pt2.failed.json"))) == 1
+        second = fresh_process(tmp_path / "second.pt")
+        assert "failed before with these settings" in second["aot_failures"]["4"], second  # not built again
+        assert second["compiled"] and second["routes"][0] in ("cache-entry", "compiled-and-saved"), second
+    else:
+        built, loaded, suffix, count = {"aot": ("aot-built", "aot-package", ".pt2", 2),
+                                        "jit": ("compiled-and-saved", "cache-entry", ".torchcache", 1)}[route]
+        assert first["compiled"] and first["routes"] == [built], first
+        assert len(list(models.glob(f"*{suffix}"))) == count
+        shutil.rmtree(models / "torch-compile-cache", ignore_errors=True)
+        second = fresh_process(tmp_path / "second.pt")
+        assert second["compiled"] and second["routes"] == [loaded], second
+        assert second["misses"] == 0, second  # nothing compiled
+        if route == "jit":
+            assert second["hits"] >= 2, second  # encode and update_step from the entry
 
     clip = make_frames(8, 240, 320)
     reference = make(fp16=False, cuda_graphs=False, torch_compile=False)(clip).cpu()

@@ -45,14 +45,16 @@ COMPILE_DEVICE_TYPES = ("cuda",)
 # "1": Inductor's C++ wrapper (cpp_wrapper) instead of generated Python, which a warm process otherwise spends
 # seconds re-compiling with Python's compile(); measured by benchmarks/bench_cold_start.py.
 CPP_WRAPPER_ENV = "SCOPE_OPTICAL_FLOW_CPP_WRAPPER"
-# How compiled kernels reach a process (core.aot_package, core.compiled_cache):
-# "aot": ahead-of-time packages, loaded if cached, else built (and kept) by a warm-up; a shape first met on a live
-#        call uses its packages if they exist, else torch.compile; settings the packages do not cover (fused
-#        lookup, cpp_wrapper) use torch.compile;
-# "jit": torch.compile only (its kernels kept as .torchcache entries).
+# How compiled kernels reach a process (core.compiled_cache, core.aot_package):
+# "jit" (default): torch.compile, its kernels kept as .torchcache entries in the models folder;
+# "aot": ahead-of-time packages, loaded if cached, else built (checked in a fresh process, kept) by a warm-up; a shape
+#        first met on a live call uses its packages if they exist, else torch.compile; settings the packages do not
+#        cover (fused lookup, cpp_wrapper) use torch.compile. Not the default: on torch 2.11+cu130 (H200) loading any
+#        CUDA package, even a one-convolution model, crashed the loading process (benchmarks/NOTES.md); the
+#        fresh-process check catches that, records it and falls back, but only after a compile of about two minutes.
 COMPILE_ROUTE_ENV = "SCOPE_OPTICAL_FLOW_COMPILE"
-COMPILE_ROUTES = ("aot", "jit")
-DEFAULT_COMPILE_ROUTE = "aot"
+COMPILE_ROUTES = ("jit", "aot")
+DEFAULT_COMPILE_ROUTE = "jit"
 
 
 def compile_route() -> str:
