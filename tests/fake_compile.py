@@ -11,15 +11,31 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import COMPUTE_SIZE
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import aot_package, compiled_cache
+from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core.aot_package import PROGRAMS
+from scope_optical_flow_tensorrt.core.backends import torch_backend
+from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError
+from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 from torch._dynamo.utils import counters
 
-from scope_optical_flow_tensorrt.core import compiled_cache
-from scope_optical_flow_tensorrt.core import log as core_log
-from scope_optical_flow_tensorrt.core.backends import torch_backend
+# Settings of the small CPU preprocessors these tests compile (128x128, 2 flow updates, seeded random weights).
+UPDATES = 2
+
+
+def make_preprocessor(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
+    """A small CPU preprocessor on the PyTorch backend caching into ``models_dir`` (``options`` override)."""
+    settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
+                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
+    settings.update(options)
+    return OpticalFlowTensorRTPreprocessor(**settings)
 
 
 class FakeTorchCompile:
@@ -73,3 +89,54 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTorchCompile:
     monkeypatch.delenv(torch_backend.CPP_WRAPPER_ENV, raising=False)
     monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "jit")  # torch.compile's entries (packages: test_aot_package)
     return fake
+
+
+class FakePackages:
+    """Stand-ins for :func:`aot_package.compile_package` (writes the program's name), :func:`load_runner`
+    (an eager callable of that program on the backend's model) and the fresh-process check (passes unless told
+    otherwise). Counts builds and loads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.builds: list[str] = []
+        self.loads: list[str] = []
+        self.check_error: str | None = None
+        self.model: RaftSequenceFlow | None = None
+        monkeypatch.setattr(aot_package, "compile_package", self.compile)
+        monkeypatch.setattr(aot_package, "load_runner", self.load)
+        monkeypatch.setattr(aot_package, "check_in_fresh_process", self.check)
+        monkeypatch.setattr(aot_package, "export_program", self.export)
+        monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
+
+    def export(self, model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...]) -> str:
+        self.model = model
+        return program
+
+    def compile(self, exported: str, path: Path) -> None:
+        self.builds.append(exported)
+        path.write_text(exported)
+
+    def load(self, path: Path, device: torch.device) -> Callable[..., Any]:
+        program = path.read_text()  # raises on a file compile() did not write
+        if program not in PROGRAMS:
+            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: {path.name}")
+        self.loads.append(program)
+
+        def run(*args: Any) -> Any:
+            assert self.model is not None
+            with torch.no_grad():
+                if program == "encode":
+                    pyramid, hidden, context = RaftSequenceFlow.encode(self.model, *args)
+                    return [*pyramid, hidden, context]
+                return list(RaftSequenceFlow.update_step(self.model, *args))
+
+        return run
+
+    def check(self, packages: dict[Path, Any], device: torch.device) -> None:
+        if self.check_error:
+            raise ArtifactBuildError(self.check_error)
+
+
+@pytest.fixture
+def fake_packages(fake: Any, monkeypatch: pytest.MonkeyPatch) -> FakePackages:
+    """Compiling enabled on the CPU (torch.compile faked by ``fake``), aot route, packages faked."""
+    return FakePackages(monkeypatch)

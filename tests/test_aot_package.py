@@ -1,19 +1,19 @@
-"""Ahead-of-time packages (core.aot_package): the default compile route's cache entries.
+"""Ahead-of-time packages (core.aot_package): the opt-in compile route's cache entries.
 
 One module-scoped build runs the real thing on the CPU (torch.export + AOTInductor, 128x128, 2 updates, one pair
 per window; about a minute on two cores): the packages are checked in a fresh process, a new backend loads them
 and matches the eager model. The rules around them (stale, corrupt or unloadable packages, a failing check, two
-processes, live calls, prebuild) use stand-ins for the compiler and loader with eager callables, so they are fast;
-the backend, keys, files, sidecars and locks are real. On CUDA, tests/test_gpu.py loads packages in a fresh
-process and checks parity with fp32 eager.
+processes, live calls; ``prebuild`` is in test_compiled_cache.py) use stand-ins for the compiler and loader with
+eager callables (tests/fake_compile.py), so they are fast; the backend, keys, files, sidecars and locks are real.
+On CUDA, tests/test_gpu.py builds packages and loads them in a fresh process (or checks the safe fallback where
+this torch cannot load them).
 """
-
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.cli.app import cli
-from scope_optical_flow_tensorrt.core import aot_package, engine_manager, prebuild
+from scope_optical_flow_tensorrt.core import aot_package, engine_manager
 from scope_optical_flow_tensorrt.core.aot_package import (
     PACKAGE_SUFFIX,
     PROGRAMS,
@@ -37,17 +36,10 @@ from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, ROUTE_L
 from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError, file_sha256, sidecar_path
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 
-from conftest import COMPUTE_SIZE, make_frames, run_in_two_processes
+from conftest import make_frames, run_in_two_processes
+from fake_compile import UPDATES, FakePackages, make_preprocessor
 
-pytest_plugins = ("fake_compile",)  # the `fake` fixture (torch.compile stand-in, jit route)
-UPDATES = 2
-
-
-def make(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
-    settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
-                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
-    settings.update(options)
-    return OpticalFlowTensorRTPreprocessor(**settings)
+make = make_preprocessor
 
 
 def packages(models_dir: Path) -> list[Path]:
@@ -147,57 +139,6 @@ def test_fresh_process_check_rejects_wrong_outputs(built_models_dir: Path) -> No
 
 
 # -- the rules, with stand-ins for the compiler and the loader --------------------------------------------
-
-
-class FakePackages:
-    """Stand-ins for :func:`aot_package.compile_package` (writes the program's name), :func:`load_runner`
-    (an eager callable of that program on the backend's model) and the fresh-process check (passes unless told
-    otherwise). Counts builds and loads."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.builds: list[str] = []
-        self.loads: list[str] = []
-        self.check_error: str | None = None
-        self.model: RaftSequenceFlow | None = None
-        monkeypatch.setattr(aot_package, "compile_package", self.compile)
-        monkeypatch.setattr(aot_package, "load_runner", self.load)
-        monkeypatch.setattr(aot_package, "check_in_fresh_process", self.check)
-        monkeypatch.setattr(aot_package, "export_program", self.export)
-        monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
-
-    def export(self, model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...]) -> str:
-        self.model = model
-        return program
-
-    def compile(self, exported: str, path: Path) -> None:
-        self.builds.append(exported)
-        path.write_text(exported)
-
-    def load(self, path: Path, device: torch.device) -> Callable[..., Any]:
-        program = path.read_text()  # raises on a file compile() did not write
-        if program not in PROGRAMS:
-            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: {path.name}")
-        self.loads.append(program)
-
-        def run(*args: Any) -> Any:
-            assert self.model is not None
-            with torch.no_grad():
-                if program == "encode":
-                    pyramid, hidden, context = RaftSequenceFlow.encode(self.model, *args)
-                    return [*pyramid, hidden, context]
-                return list(RaftSequenceFlow.update_step(self.model, *args))
-
-        return run
-
-    def check(self, packages: dict[Path, Any], device: torch.device) -> None:
-        if self.check_error:
-            raise ArtifactBuildError(self.check_error)
-
-
-@pytest.fixture
-def fake_packages(fake: Any, monkeypatch: pytest.MonkeyPatch) -> FakePackages:
-    """Compiling enabled on the CPU (torch.compile faked by ``fake``), aot route, packages faked."""
-    return FakePackages(monkeypatch)
 
 
 def test_packages_come_first_and_a_second_backend_loads_them(fake_packages: FakePackages, fake: Any,
@@ -325,18 +266,3 @@ def test_two_processes_build_the_same_packages_once(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert sorted(lines) == ["built encode", "built update_step", "ready True", "ready True"]
     assert len(packages(tmp_path)) == 2
-
-
-def test_prebuild_torch_writes_packages_a_preprocessor_then_loads(
-    fake_packages: FakePackages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(prebuild, "cuda_device", lambda *args: torch.device("cpu"))
-    result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
-                                      "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
-                                      "--models-dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    paths = packages(tmp_path)
-    assert len(paths) == 4 and all(str(path) in result.output for path in paths)  # buckets 4 and 16, 2 programs
-    flow = make(tmp_path, fp16=False)
-    assert flow.warm_up([4, 16]) == [ROUTE_AOT_LOADED, ROUTE_AOT_LOADED] and len(fake_packages.builds) == 4
-

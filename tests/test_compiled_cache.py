@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.cli.app import cli, main
 from scope_optical_flow_tensorrt.core import aot_package, compiled_cache, engine_manager, prebuild
 from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core.aot_package import ROUTE_AOT_LOADED
 from scope_optical_flow_tensorrt.core.backends import torch_backend
 from scope_optical_flow_tensorrt.core.compiled_cache import (
     ENTRY_SUFFIX,
@@ -41,19 +41,10 @@ from scope_optical_flow_tensorrt.core.compiled_cache import (
 )
 from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
 
-from conftest import COMPUTE_SIZE, make_frames, run_in_two_processes
-if TYPE_CHECKING:
-    from fake_compile import FakeTorchCompile
+from conftest import make_frames, run_in_two_processes
+from fake_compile import UPDATES, FakePackages, FakeTorchCompile, make_preprocessor
 
-pytest_plugins = ("fake_compile",)  # the `fake` fixture
-UPDATES = 2
-
-
-def make(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
-    settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
-                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
-    settings.update(options)
-    return OpticalFlowTensorRTPreprocessor(**settings)
+make = make_preprocessor
 
 
 def entries(models_dir: Path) -> list[Path]:
@@ -321,19 +312,26 @@ def test_prebuild_torch_without_cuda_is_a_clear_error(tmp_path: Path, capfd: pyt
     assert "compiling the PyTorch path's kernels needs a CUDA GPU" in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("route", ["jit", "aot"])
 def test_prebuild_torch_writes_the_entries_a_preprocessor_then_loads(
-    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
     monkeypatch.setattr(prebuild, "cuda_device", lambda *args: torch.device("cpu"))
+    packages = FakePackages(monkeypatch) if route == "aot" else None  # sets the aot route
     result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
                                       "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
                                       "--models-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    paths = entries(tmp_path)
-    assert len(paths) == 2 and all(str(path) in result.output for path in paths)
+    # jit: one .torchcache entry per bucket (4 and 16); aot: two packages (encode, update_step) per bucket
+    paths = entries(tmp_path) if packages is None else sorted(tmp_path.glob("*.pt2"))
+    assert len(paths) == (2 if packages is None else 4) and all(str(path) in result.output for path in paths)
     fake.new_process()
     flow = make(tmp_path, fp16=False)
-    assert flow.warm_up([4, 16]) == [ROUTE_LOADED, ROUTE_LOADED] and len(fake.loads) == 2
+    if packages is None:
+        assert flow.warm_up([4, 16]) == [ROUTE_LOADED, ROUTE_LOADED] and len(fake.loads) == 2
+    else:
+        assert flow.warm_up([4, 16]) == [ROUTE_AOT_LOADED, ROUTE_AOT_LOADED] and len(packages.builds) == 4
+        assert fake.compiles == [] and entries(tmp_path) == []  # torch.compile never ran
 
 
 # -- the real thing on the CPU: torch's portable artifacts serve a fresh process ---------------------------

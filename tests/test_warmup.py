@@ -29,7 +29,6 @@ from conftest import COMPUTE_SIZE, make_frames
 if TYPE_CHECKING:
     from fake_compile import FakeTorchCompile
 
-pytest_plugins = ("fake_compile",)  # the `fake` fixture
 UPDATES = 2
 
 
