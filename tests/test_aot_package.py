@@ -8,6 +8,7 @@ eager callables (tests/fake_compile.py), so they are fast; the backend, keys, fi
 On CUDA, tests/test_gpu.py builds packages and loads them in a fresh process (or checks the safe fallback where
 this torch cannot load them).
 """
+
 from __future__ import annotations
 
 import json
