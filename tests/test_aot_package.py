@@ -234,6 +234,17 @@ def test_jit_route_and_fused_lookup_do_not_use_packages(fake_packages: FakePacka
     assert fake_packages.builds == [] and packages(tmp_path) == []
 
 
+def test_torch_without_the_ahead_of_time_api_uses_torch_compile(
+    fake_packages: FakePackages, fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch_backend, "aot_available", lambda: False)  # e.g. a torch without torch.export
+    flow = make(tmp_path)
+    assert flow.warm_up([1]) == [ROUTE_BUILT] and flow.load().aot_packages is None  # type: ignore[attr-defined]
+    assert fake_packages.builds == [] and packages(tmp_path) == [] and fake.compiles
+    frames = make_frames(2, 64, 80)
+    torch.testing.assert_close(flow(frames), eager(tmp_path, frames), atol=1e-4, rtol=0)
+
+
 def test_unknown_compile_route_is_a_clear_error(fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "ahead")
     with pytest.raises(ValueError, match="SCOPE_OPTICAL_FLOW_COMPILE='ahead' is not a compile route; use one of jit, aot"):
