@@ -140,8 +140,14 @@ def export_program(model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...
 def compile_package(exported: Any, path: Path) -> None:
     """AOTInductor compile of an exported program into a ``.pt2`` package at ``path`` (any file name)."""
     import torch._inductor
+    import torch._inductor.config
 
-    with tempfile.TemporaryDirectory(prefix="raft-aot-") as temp, torch.backends.cudnn.flags(enabled=False):
+    # AOTInductor writes its package metadata into the global config dict aot_inductor.metadata, which is part of
+    # the key of every graph torch.compile compiles afterwards in this process: torch.compile's cache entries
+    # written after a package build then missed in a fresh process. A fresh dict for the build keeps it apart.
+    isolated = {"aot_inductor.metadata": {}} if hasattr(torch._inductor.config.aot_inductor, "metadata") else {}
+    with (tempfile.TemporaryDirectory(prefix="raft-aot-") as temp, torch.backends.cudnn.flags(enabled=False),
+          torch._inductor.config.patch(isolated)):
         package = Path(temp) / "package.pt2"  # the compiler wants a name ending in .pt2
         torch._inductor.aoti_compile_and_package(exported, package_path=str(package))
         path.write_bytes(package.read_bytes())

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +140,49 @@ def test_fresh_process_check_rejects_wrong_outputs(built_models_dir: Path) -> No
     wrong = [*right[:-1], right[-1] + 1.0]
     with pytest.raises(ArtifactBuildError, match="output 5 differs from the eager model"):
         check_in_fresh_process({encode: ((frames,), wrong)}, torch.device("cpu"))
+
+
+_COMPILE_AFTER_A_PACKAGE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    from torch._dynamo.utils import counters
+    from scope_optical_flow_tensorrt.core import compiled_cache
+    from scope_optical_flow_tensorrt.core.aot_package import compile_package
+
+    step, artifacts = sys.argv[1], Path(sys.argv[2])
+
+    def function(x):
+        return torch.tanh(x) * 2 + x.relu()
+
+    with compiled_cache.fresh_torch_cache():
+        if step == "save":  # build a package first, as a process whose packages failed their check does
+            toy = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+            with torch.no_grad():
+                exported = torch.export.export(toy, (torch.rand(1, 3, 16, 16),))
+            compile_package(exported, artifacts.with_suffix(".pt2"))
+            torch.compile(function)(torch.randn(8, 8))
+            artifacts.write_bytes(compiled_cache.save_artifacts())
+        else:
+            compiled_cache.load_artifacts(artifacts.read_bytes())
+            torch.compile(function)(torch.randn(8, 8))
+            print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_torch_compile_entries_written_after_a_package_build_serve_a_fresh_process(tmp_path: Path) -> None:
+    """Building a package must not change the keys of what torch.compile compiles later in the same process
+    (AOTInductor writes its metadata into a global config dict that is part of those keys)."""
+    artifacts = tmp_path / "artifacts.bin"
+    for step in ("save", "load"):
+        done = subprocess.run([sys.executable, "-c", _COMPILE_AFTER_A_PACKAGE, step, str(artifacts)],
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+    hits, misses = done.stdout.split()
+    assert (int(hits), int(misses)) == (1, 0)
 
 
 # -- the rules, with stand-ins for the compiler and the loader --------------------------------------------
