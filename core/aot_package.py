@@ -34,17 +34,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .compiled_cache import entry_path
 from .engine_cache import (
     ArtifactBuildError,
     build_artifact,
     check_artifact,
     failure_record_path,
     invalidate,
-    key_hash,
     locked,
     record_failure,
     recorded_failure,
-    sanitize_gpu_name,
 )
 from .log import logger
 from .raft import RaftSequenceFlow
@@ -68,7 +67,7 @@ def aot_available() -> bool:
     """Whether this torch has the ahead-of-time API (torch.export and AOTInductor packages)."""
     try:
         import torch._inductor
-        from torch._inductor import aoti_compile_and_package, aoti_load_package
+        from torch._inductor import aoti_compile_and_package, aoti_load_package  # noqa: F401  (availability)
     except ImportError:
         return False
     return hasattr(torch, "export")
@@ -130,11 +129,15 @@ def example_inputs(model: RaftSequenceFlow, pairs: int, height: int, width: int,
     return {"encode": (frames,), "update_step": (pyramid, context, hidden, coords0, coords1)}
 
 
+def program_module(model: RaftSequenceFlow, program: str) -> nn.Module:
+    """``encode`` or ``update_step`` of ``model`` as a module with flat tensor outputs (what a package returns)."""
+    return _EncodeProgram(model) if program == "encode" else _UpdateStepProgram(model)
+
+
 def export_program(model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...]) -> Any:
     """``torch.export`` of one program (cuDNN off while tracing: see the module docstring)."""
-    module = _EncodeProgram(model) if program == "encode" else _UpdateStepProgram(model)
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
-        return torch.export.export(module, inputs)
+        return torch.export.export(program_module(model, program), inputs)
 
 
 def compile_package(exported: Any, path: Path) -> None:
@@ -232,13 +235,6 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def _flat_outputs(program: str, outputs: Any) -> list[Tensor]:
-    if program == "encode":
-        pyramid, hidden, context = outputs
-        return [*pyramid, hidden, context]
-    return list(outputs)
-
-
 class AotPackageCache:
     """The ahead-of-time packages of one model setting (``base_key``: :func:`.compiled_key` without ``pairs``)."""
 
@@ -251,14 +247,7 @@ class AotPackageCache:
         return {**self.base_key, "pairs": pairs, "program": program}
 
     def path(self, pairs: int, program: str) -> Path:
-        key = self.key(pairs, program)
-        digest = key_hash({name: key[name] for name in _NAME_FIELDS})
-        gpu = sanitize_gpu_name(key["gpu_name"])
-        return self.directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}-{program}{PACKAGE_SUFFIX}"
-
-    def ready(self, pairs: int) -> bool:
-        """Whether both packages of this window shape exist and pass their checks (key, size, sha256)."""
-        return all(check_artifact(self.path(pairs, program), self.key(pairs, program)) is None for program in PROGRAMS)
+        return entry_path(self.directory, self.key(pairs, program), _NAME_FIELDS, f"-{program}{PACKAGE_SUFFIX}")
 
     def load(self, pairs: int, device: torch.device) -> AotParts | None:
         """Both packages of one window shape, loaded; ``None`` when one is missing, stale, corrupt or fails to
@@ -300,11 +289,11 @@ class AotPackageCache:
 
     def _build(self, model: RaftSequenceFlow, pairs: int, device: torch.device, check: bool) -> list[Path]:
         height, width = self.base_key["height"], self.base_key["width"]
+        reasons = {program: check_artifact(self.path(pairs, program), self.key(pairs, program)) for program in PROGRAMS}
+        missing = [program for program, reason in reasons.items() if reason is not None]
+        if not missing:
+            return [self.path(pairs, program) for program in PROGRAMS]
         with tempfile.TemporaryDirectory(prefix="raft-aot-build-") as temp:
-            missing = [program for program in PROGRAMS
-                       if check_artifact(self.path(pairs, program), self.key(pairs, program)) is not None]
-            if not missing:
-                return [self.path(pairs, program) for program in PROGRAMS]
             inputs = example_inputs(model, pairs, height, width, device)
             built: dict[str, Path] = {}
             seconds: dict[str, float] = {}
@@ -320,15 +309,13 @@ class AotPackageCache:
             if check:
                 started = time.perf_counter()
                 with torch.no_grad():
-                    expected = {program: _flat_outputs(program, getattr(RaftSequenceFlow, program)(
-                        model, *inputs[program])) for program in missing}
+                    expected = {program: list(program_module(model, program)(*inputs[program])) for program in missing}
                 check_in_fresh_process({built[p]: (inputs[p], expected[p]) for p in missing}, device)
                 logger.info("checked the new packages in a fresh process (%.1f s)", time.perf_counter() - started)
             for program in missing:
                 path, source = self.path(pairs, program), built[program]
                 if path.exists():
-                    logger.warning("rebuilt ahead-of-time package %s: %s", path.name,
-                                   check_artifact(path, self.key(pairs, program)))
+                    logger.warning("rebuilt ahead-of-time package %s: %s", path.name, reasons[program])
                 build_artifact(path, self.key(pairs, program), lambda temp, source=source: shutil.copyfile(source, temp),
                                {"checked_in_fresh_process": check, "compile_seconds": round(seconds[program], 1)})
         return [self.path(pairs, program) for program in PROGRAMS]

@@ -142,10 +142,13 @@ def compiled_key(
     }
 
 
-def entry_path(directory: Path, key: dict[str, Any]) -> Path:
-    digest = key_hash({name: key[name] for name in _NAME_FIELDS})
+def entry_path(
+    directory: Path, key: dict[str, Any], name_fields: tuple[str, ...] = _NAME_FIELDS, suffix: str = ENTRY_SUFFIX
+) -> Path:
+    """``{model}_{H}x{W}_{gpu}-{hash of the name fields}{suffix}`` in ``directory`` (also the packages' names)."""
+    digest = key_hash({name: key[name] for name in name_fields})
     gpu = sanitize_gpu_name(key["gpu_name"])
-    return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}{ENTRY_SUFFIX}"
+    return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}{suffix}"
 
 
 # -- torch's caches -------------------------------------------------------------------------------------

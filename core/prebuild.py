@@ -36,7 +36,8 @@ def prebuild_compiled(
 ) -> list[Path]:
     """Compile the PyTorch path for streams fed ``chunk_frames`` frames per call and keep it as cache entries
     (ahead-of-time ``.pt2`` packages, or torch.compile's ``.torchcache`` entries on the ``jit`` route or where
-    packages cannot be built), so later processes load them instead of compiling; returns the entries' paths. Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
+    packages cannot be built), so later processes load them instead of compiling; returns the entries' paths.
+    Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
     check_compute_size(height, width)
     check_positive("num_flow_updates", num_flow_updates)
     resolved = cuda_device(device, "compiling the PyTorch path's kernels", "")
@@ -49,11 +50,10 @@ def prebuild_compiled(
     cache = getattr(backend, "kernel_cache", None)
     if cache is None or not backend.compiled:
         raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
-    packages = getattr(backend, "aot_packages", None)
     paths: set[Path] = set()
     for pairs in backend.warmed_shapes:
-        if packages is not None and pairs in backend.aot_parts:  # served by its ahead-of-time packages
-            paths.update(packages.path(pairs, program) for program in PROGRAMS)
+        if pairs in backend.aot_parts:  # served by its ahead-of-time packages
+            paths.update(backend.aot_packages.path(pairs, program) for program in PROGRAMS)
         elif cache.path(pairs).is_file():
             paths.add(cache.path(pairs))
     return sorted(paths)

@@ -37,7 +37,7 @@ from scope_optical_flow_tensorrt.core.aot_package import (
 )
 from scope_optical_flow_tensorrt.core.backends import torch_backend
 from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, ROUTE_LOADED, compiled_key
-from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError, file_sha256, sidecar_path
+from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError, check_artifact, file_sha256, sidecar_path
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 
 from conftest import make_frames, run_in_two_processes
@@ -315,7 +315,8 @@ def _build_in_process(folder: str, log: str, barrier: Any) -> None:
     barrier.wait()
     cache.build(None, 1, torch.device("cpu"), check=False)  # type: ignore[arg-type]
     with open(log, "a") as handle:
-        handle.write(f"ready {cache.ready(1)}\n")
+        ready = all(check_artifact(cache.path(1, program), cache.key(1, program)) is None for program in PROGRAMS)
+        handle.write(f"ready {ready}\n")
 
 
 def test_two_processes_build_the_same_packages_once(tmp_path: Path) -> None:

@@ -311,8 +311,8 @@ class TorchFlowBackend:
         try:
             flow = run(frames)
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
-            if frames.shape[0] - 1 in self.aot_parts:  # first without the ahead-of-time package
-                self._drop_aot(frames.shape[0] - 1, error, "failed to run")
+            if bucket in self.aot_parts:  # first without the ahead-of-time package
+                self._drop_aot(bucket, error, "failed to run")
             elif self.model.fused_lookup:  # then without the fused lookup, then without compiling
                 self._drop_fused_lookup(error)
             else:
