@@ -47,9 +47,30 @@ ROUTE_ENV = {"aot": {COMPILE: "aot"}, "jit": {COMPILE: "jit"},
 CHILD_TIMEOUT_S = 480
 
 
-def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: str) -> dict[str, Any]:
+def bytecode_state() -> dict[str, Any]:
+    """Whether this interpreter reads and writes cached bytecode for torch's modules (a slow import otherwise)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch._inductor.lowering")
+    source = spec.origin if spec is not None else None
+    cached = importlib.util.cache_from_source(source) if source else None
+    installed = Path(source).parent / "__pycache__" / f"{Path(source).stem}.{sys.implementation.cache_tag}.pyc" \
+        if source else None
+    return {
+        "dont_write_bytecode": bool(sys.flags.dont_write_bytecode),
+        "pycache_prefix": sys.pycache_prefix,
+        "installed_pyc_of_torch_inductor_lowering": bool(installed and installed.exists()),
+        "pyc_used_of_torch_inductor_lowering": bool(cached and Path(cached).exists()),
+    }
+
+
+def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: str,
+          profile: bool = False) -> dict[str, Any]:
     """One fresh process's start: construct, load, warm up, first map (and one more call for reference)."""
+    import cProfile
+    import io
     import logging
+    import pstats
 
     import torch
     from torch._dynamo.utils import counters
@@ -71,6 +92,9 @@ def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: st
     frames = torch.randint(0, 256, (chunk, size, size, 3), dtype=torch.uint8, device=device)
     sync()
 
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     started = time.perf_counter()
     flow = OpticalFlowTensorRTPreprocessor(size, size, device=device, weights=None, backend="torch",
                                            strict_device=True, num_flow_updates=updates, models_dir=models_dir)
@@ -82,6 +106,14 @@ def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: st
     flow(frames)
     sync()
     first = time.perf_counter()
+    profile_text = None
+    if profiler is not None:
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(25)
+        profile_text = text.getvalue()
     flow(frames)
     sync()
     second = time.perf_counter()
@@ -104,13 +136,15 @@ def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: st
         "torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
         "torch": torch.__version__,
+        "bytecode": bytecode_state(),
+        "profile": profile_text,
     }
 
 
 def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], label: str) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--models-dir", str(models_dir),
                "--size", str(args.size), "--chunk", str(args.chunk), "--updates", str(args.updates),
-               "--device", args.device]
+               "--device", args.device] + (["--profile"] if args.profile else [])
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     wall = time.perf_counter() - started
@@ -128,6 +162,10 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
           f"{result['inductor_counters']}", flush=True)
     for pairs, reason in result["aot_failures"].items():
         print(f"    packages for {pairs} pairs not used: {reason}", flush=True)
+    if result.get("profile") and args.profile_out is not None:
+        with args.profile_out.open("a") as out:
+            out.write(f"\n===== {label} ({result['construct_to_first_map_s']} s) =====\n{result['profile']}")
+        result["profile"] = f"see {args.profile_out.name}"
     if args.show_log:
         for line in result["log"]:
             print(f"    {line[:300]}", flush=True)
@@ -141,6 +179,9 @@ def measure_route(args: argparse.Namespace, route: str, work: Path) -> dict[str,
     env.update(ROUTE_ENV[route])
     env["TRITON_HOME"] = str(work / route / "triton_home")  # Triton's own ~/.triton, fresh for this route
     env["CUDA_CACHE_PATH"] = str(work / route / "cuda_cache")
+    if args.bytecode_cache:  # what a normal install has: compiled bytecode of torch's modules, written once
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     print(f"route {route}:", flush=True)
     cold = run_child(args, models_dir, env, "cold")
     warm = [run_child(args, models_dir, env, f"warm {i + 1}") for i in range(args.warm_runs)]
@@ -167,13 +208,23 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
     parser.add_argument("--show-log", action="store_true", help="print each child's log lines")
+    parser.add_argument("--bytecode-cache", action="store_true",
+                        help="let the children write and read Python bytecode of torch's modules in a folder of "
+                             "the run (for machines whose Python is set not to, PYTHONDONTWRITEBYTECODE)")
+    parser.add_argument("--profile", action="store_true", help="cProfile each child from construction to first map")
+    parser.add_argument("--profile-out", type=Path, help="where the profiles go (default: next to --out)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     use_this_checkout()
     if args.child:
-        print(json.dumps(child(args.models_dir, args.size, args.chunk, args.updates, args.device)))
+        print(json.dumps(child(args.models_dir, args.size, args.chunk, args.updates, args.device, args.profile)))
         return 0
+    if args.profile and args.profile_out is None:
+        args.profile_out = args.out.with_suffix(".profile.txt")
+    if args.profile_out is not None:
+        args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+        args.profile_out.write_text(f"cProfile of each child, construction to first map ({args.out.name})\n")
 
     routes = [route.strip() for route in args.routes.split(",") if route.strip()]
     unknown = sorted(set(routes) - set(ROUTE_ENV))
@@ -190,6 +241,9 @@ def main() -> int:
             "torch": first_cold["torch"],
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
+            "bytecode_cache_forced": args.bytecode_cache,
+            "bytecode_in_children": first_cold.get("bytecode"),
+            "python_dont_write_bytecode_env": os.environ.get("PYTHONDONTWRITEBYTECODE"),
         },
         "size": args.size,
         "chunk": args.chunk,

@@ -114,6 +114,7 @@ def compiled_key(
     weights: str,
     device: torch.device,
     fused_lookup: bool,
+    gather_lookup: bool = False,
     wrapper: str = "python",
 ) -> dict[str, Any]:
     """The full key of the compiled kernels for one window shape (``pairs`` frame pairs per model call)."""
@@ -130,7 +131,7 @@ def compiled_key(
         "precision": "fp16" if fp16 else "fp32",
         "num_flow_updates": num_flow_updates,
         "weights": weights,
-        "lookup": "fused" if fused_lookup else "grid_sample",
+        "lookup": "fused" if fused_lookup else "gather" if gather_lookup else "grid_sample",
         "wrapper": wrapper,
         "gpu_name": gpu_name,
         "compute_capability": capability,

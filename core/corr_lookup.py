@@ -148,3 +148,48 @@ def corr_lookup(pyramid: Sequence[Tensor], coords: Tensor, radius: int, out_chan
     levels = list(pyramid)
     channels = lookup_channels(len(levels), radius) if out_channels is None else out_channels
     return _corr_lookup_op(coords, levels, radius, channels, channels_last)
+
+
+def indexed_lookup(pyramid: Sequence[Tensor], coords: Tensor, radius: int, out_channels: int | None = None,
+                   dtype: torch.dtype | None = None) -> Tensor:
+    """The same correlation features as :func:`corr_lookup`, written as plain indexing ops for torch.compile.
+
+    Under Inductor this becomes one gather kernel that also does the concatenation over levels, the channel
+    padding and the layout (features come out as ``[pairs, h, w, channels]`` memory, i.e. channels-last), where
+    ``grid_sample`` on CUDA is cuDNN's sampler per level with the glue around it. Sampling positions are fp32;
+    each window shares one pair of bilinear weights per level (its offsets are whole pixels). The result has
+    ``dtype`` (default: the pyramid's). Eager, it is correct but not fast: the eager path keeps ``grid_sample``.
+    """
+    levels = list(pyramid)
+    channels = lookup_channels(len(levels), radius) if out_channels is None else out_channels
+    pairs, _, h, w = coords.shape
+    count = pairs * h * w
+    side = 2 * radius + 1
+    offsets = torch.arange(-radius, radius + 1, device=coords.device, dtype=torch.float32)
+    centroids = coords.permute(0, 2, 3, 1).reshape(count, 2).float()
+    features: list[Tensor] = []
+    for index, level in enumerate(levels):
+        level_h, level_w = level.shape[-2:]
+        flat = level.reshape(count, level_h * level_w)
+        position = centroids / 2**index
+        corner = torch.floor(position)
+        fraction = (position - corner).view(count, 1, 1, 2)
+        # channel i * side + j samples (x + offset_i, y + offset_j): x varies along i, as in torchvision
+        xs = (corner[:, 0:1] + offsets).view(count, side, 1)
+        ys = (corner[:, 1:2] + offsets).view(count, 1, side)
+        value = torch.zeros((), device=coords.device, dtype=torch.float32)
+        for step_y in (0, 1):
+            for step_x in (0, 1):
+                x = xs + step_x
+                y = ys + step_y
+                inside = (x >= 0) & (x <= level_w - 1) & (y >= 0) & (y <= level_h - 1)
+                flat_index = (y.clamp(0, level_h - 1) * level_w + x.clamp(0, level_w - 1)).long()
+                taps = torch.gather(flat, 1, flat_index.reshape(count, side * side)).view(count, side, side)
+                weight_x = fraction[..., 0] if step_x else 1 - fraction[..., 0]
+                weight_y = fraction[..., 1] if step_y else 1 - fraction[..., 1]
+                value = value + torch.where(inside, taps.float(), 0.0) * (weight_x * weight_y)
+        features.append(value.reshape(count, side * side))
+    if channels > len(levels) * side * side:
+        features.append(coords.new_zeros(count, channels - len(levels) * side * side))
+    out = torch.cat(features, dim=1).to(dtype or levels[0].dtype)
+    return out.view(pairs, h, w, channels).permute(0, 3, 1, 2)

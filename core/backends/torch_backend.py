@@ -52,6 +52,9 @@ CPP_WRAPPER_ENV = "SCOPE_OPTICAL_FLOW_CPP_WRAPPER"
 #        cover (fused lookup, cpp_wrapper) use torch.compile. Not the default: on torch 2.11+cu130 (H200) loading any
 #        CUDA package, even a one-convolution model, crashed the loading process (benchmarks/NOTES.md); the
 #        fresh-process check catches that, records it and falls back, but only after a compile of about two minutes.
+# Under torch.compile, the correlation lookup as indexing ops that Inductor fuses with its glue (RaftSequenceFlow's
+# gather_lookup) instead of cuDNN's grid sampler per pyramid level; benchmarks/bench_flow.py compares the two.
+GATHER_LOOKUP = True
 COMPILE_ROUTE_ENV = "SCOPE_OPTICAL_FLOW_COMPILE"
 COMPILE_ROUTES = ("jit", "aot")
 DEFAULT_COMPILE_ROUTE = "jit"
@@ -120,6 +123,7 @@ class TorchFlowBackend:
             corr_dtype=compute_dtype,
             fast_update_block=config.device.type == "cuda",
             fused_lookup=config.fused_lookup and fused_lookup_available(config.device),
+            gather_lookup=GATHER_LOOKUP,
         )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
@@ -162,7 +166,7 @@ class TorchFlowBackend:
         directory = plugin_models_dir(self.config.models_dir)
         point_torch_caches_at(directory)
         key = compiled_key(
-            model=self.config.model, fused_lookup=self.model.fused_lookup,
+            model=self.config.model, fused_lookup=self.model.fused_lookup, gather_lookup=self.model.gather_lookup,
             height=self.config.height, width=self.config.width, pairs=0, fp16=half_precision_active(self.config),
             num_flow_updates=self.config.num_flow_updates, weights=self.weights_info.identity,
             device=self.config.device, wrapper="cpp" if self.cpp_wrapper else "python",
