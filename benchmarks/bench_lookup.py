@@ -27,7 +27,7 @@ from _timing import event_ms, graphed  # noqa: E402  (same folder)
 use_this_checkout()
 
 from scope_optical_flow_tensorrt.core import corr_lookup as lookup_module  # noqa: E402
-from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup, indexed_lookup  # noqa: E402
+from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup  # noqa: E402
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
 
 LOOKUPS = 12
@@ -91,9 +91,6 @@ def main() -> None:
     def fused_one_channels_last(position: torch.Tensor) -> torch.Tensor:
         return corr_lookup(pyramid, position, 3, channels, channels_last=True)
 
-    def gather_one(position: torch.Tensor) -> torch.Tensor:  # the compiled model's default lookup
-        return indexed_lookup(pyramid, position, 3, channels, torch.float16)
-
     conv = model.update_block.convcorr1  # the layer that reads the lookup: 1x1, 200 -> 96 channels
 
     def with_conv(lookup: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -113,23 +110,17 @@ def main() -> None:
     compiled = {name: torch.compile(fn, dynamic=False) for name, fn in [
         ("grid_sample", reference_one), ("fused", fused_one), ("fused channels-last", fused_one_channels_last),
         ("grid_sample + conv", with_conv(reference_one)), ("fused + conv", with_conv(fused_one)),
-        ("fused channels-last + conv", with_conv(fused_one_channels_last)),
-        ("gather", gather_one), ("gather + conv", with_conv(gather_one))]}
-    with torch.inference_mode():
-        gather_diff = (compiled["gather"](steps[0]).float() - fused_out.float()).abs()
-    print(f"compiled gather vs fused lookup (both fp32 positions): max {gather_diff.max().item():.2e}", flush=True)
+        ("fused channels-last + conv", with_conv(fused_one_channels_last))]}
     rows: list[tuple[str, Callable[[], object], bool]] = [  # (name, 12 lookups, also in a CUDA graph)
         ("grid_sample lookup + pad, eager", each(reference_one), False),
         ("fused kernel, eager (custom op)", each(fused_one), False),
         ("grid_sample lookup + pad, torch.compile", each(compiled["grid_sample"]), True),
         ("fused kernel, torch.compile", each(compiled["fused"]), True),
         ("fused kernel channels-last, torch.compile", each(compiled["fused channels-last"]), True),
-        ("gather lookup (indexing ops), torch.compile", each(compiled["gather"]), True),
         # with the convolution that reads it: shows the layout conversions torch.compile adds, if any
         ("grid_sample lookup + 1x1 conv + relu, torch.compile", each(compiled["grid_sample + conv"]), True),
         ("fused + 1x1 conv + relu, torch.compile", each(compiled["fused + conv"]), True),
         ("fused channels-last + 1x1 conv + relu, torch.compile", each(compiled["fused channels-last + conv"]), True),
-        ("gather + 1x1 conv + relu, torch.compile", each(compiled["gather + conv"]), True),
     ]
     with torch.inference_mode():
         for name, fn, graph in rows:

@@ -65,6 +65,7 @@ ROUTE_LOADED = "cache-entry"  # kernels came from a valid .torchcache entry (tor
 ROUTE_BUILT = "compiled-and-saved"  # compiled now (no valid entry) and saved as an entry
 ROUTE_NOT_SAVED = "compiled-not-saved"  # compiled now, but torch recorded nothing to save
 ROUTE_EAGER = "eager"  # compiling failed (or is off): the model runs eagerly
+ROUTE_BACKGROUND = "compiling-in-background"  # served uncompiled (CUDA graph) while a worker thread compiles it
 
 _NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup", "wrapper",
                 "device_index")
@@ -114,7 +115,6 @@ def compiled_key(
     weights: str,
     device: torch.device,
     fused_lookup: bool,
-    gather_lookup: bool = False,
     wrapper: str = "python",
 ) -> dict[str, Any]:
     """The full key of the compiled kernels for one window shape (``pairs`` frame pairs per model call)."""
@@ -131,7 +131,7 @@ def compiled_key(
         "precision": "fp16" if fp16 else "fp32",
         "num_flow_updates": num_flow_updates,
         "weights": weights,
-        "lookup": "fused" if fused_lookup else "gather" if gather_lookup else "grid_sample",
+        "lookup": "fused" if fused_lookup else "grid_sample",
         "wrapper": wrapper,
         "gpu_name": gpu_name,
         "compute_capability": capability,

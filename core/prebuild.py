@@ -44,6 +44,7 @@ def prebuild_compiled(
     flow = OpticalFlowTensorRTPreprocessor(
         height, width, device=resolved, fp16=fp16, num_flow_updates=num_flow_updates, backend="torch",
         weights=weights, strict_device=True, max_batch_pairs=max_pairs, models_dir=models_dir, model=model,
+        compile_in_background=False,  # the entries are what this call is for: wait for them
     )
     flow.warm_up(chunk_frames)
     backend = flow.load()

@@ -57,6 +57,11 @@ class OpticalFlowTensorRTPreprocessor:
         fused_lookup: on CUDA with Triton, run the PyTorch backend's correlation lookup as one fused Triton
             kernel instead of grid_sample per pyramid level (same numbers). Off by default: on an H200 at
             512x512 the compiled model was faster with grid_sample (benchmarks/NOTES.md).
+        compile_in_background: with ``torch_compile`` on CUDA, serve each new window shape at once from the
+            uncompiled model (in a CUDA graph; same numbers within fp16 rounding, a few times slower) while a
+            worker thread loads its compiled kernels from the models folder or compiles them; the shape switches
+            to them when they are ready (:meth:`wait_for_compiled` waits for that). ``False``: warm-ups and
+            first calls of a shape wait for the compiled kernels instead.
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -86,6 +91,7 @@ class OpticalFlowTensorRTPreprocessor:
         cuda_graphs: bool = True,
         torch_compile: bool = True,
         fused_lookup: bool = False,
+        compile_in_background: bool = True,
     ) -> None:
         self.model = model_spec(model).name
         check_compute_size(height, width)
@@ -104,6 +110,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.cuda_graphs = bool(cuda_graphs)
         self.torch_compile = bool(torch_compile)
         self.fused_lookup = bool(fused_lookup)
+        self.compile_in_background = bool(compile_in_background)
         self.layout = layout
         self.weights_spec = weights
         self.models_dir = plugin_models_dir(models_dir)
@@ -147,7 +154,10 @@ class OpticalFlowTensorRTPreprocessor:
 
         ``warmup`` also runs, once, every window shape of a stream fed that many frames per call (``True``: 16;
         an int or several ints: those chunk sizes), so compiling, loading compiled kernels from the models
-        folder and CUDA-graph capture happen now and the first real call runs at full speed. Hosts call it while
+        folder and CUDA-graph capture happen now. With ``compile_in_background`` (the default) the warm-up returns
+        once the uncompiled model's CUDA graphs are captured (about a second) and the compiled kernels take
+        over in the background; otherwise it returns when the compiled kernels serve (seconds from the models
+        folder, tens of seconds the first time), so the first real call runs at full speed. Hosts call it while
         they show a loading state. On the CPU (eager, nothing to compile) the warm-up does nothing.
         """
         if self._backend is None:
@@ -162,6 +172,7 @@ class OpticalFlowTensorRTPreprocessor:
                 cuda_graphs=self.cuda_graphs,
                 torch_compile=self.torch_compile,
                 fused_lookup=self.fused_lookup,
+                compile_in_background=self.compile_in_background,
                 models_dir=self.models_dir,
             )
             try:
@@ -193,6 +204,14 @@ class OpticalFlowTensorRTPreprocessor:
         pair_counts = window_pair_counts(chunk_sizes(list(chunk_frames)), backend.max_pairs)
         self.warmup_routes = warm_up_backend(backend, pair_counts, self.height, self.width, self.device, progress)
         return self.warmup_routes
+
+    def wait_for_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until the compiled kernels of every shape warmed or met so far serve it (see
+        ``compile_in_background``); ``False`` if ``timeout`` seconds pass first. Returns at once where nothing
+        compiles in the background (other backends, the CPU, ``torch_compile=False``), and where compiling
+        failed (the uncompiled model then keeps serving, as the log says)."""
+        wait = getattr(self.load(), "wait_for_compiled", None)
+        return bool(wait(timeout)) if wait is not None else True
 
     def reset(self) -> None:
         """Start a new sequence: the next frame has no reference (zero flow) and running scales restart."""

@@ -14,10 +14,7 @@ for the last flow update, and these differences, all for speed, export and graph
 - precision is explicit instead of autocast: encoders and update block run in ``compute_dtype``, the
   correlation pyramid and its lookup stay in ``corr_dtype`` (fp32 by default), coordinates stay fp32;
 - with ``fused_lookup`` (CUDA), the correlation lookup is one Triton kernel (:mod:`.corr_lookup`) instead of
-  ``grid_sample`` per pyramid level; the ``grid_sample`` lookup stays the reference and the exported path;
-- with ``gather_lookup``, under torch.compile the lookup is written as indexing ops (:func:`.corr_lookup.indexed_lookup`)
-  that Inductor fuses with the concatenation, padding and layout around it, instead of ``grid_sample`` (cuDNN's
-  sampler on CUDA, which Inductor cannot fuse with anything).
+  ``grid_sample`` per pyramid level; the ``grid_sample`` lookup stays the reference and the exported path.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.optical_flow import RAFT
 
-from .corr_lookup import corr_lookup, indexed_lookup
+from .corr_lookup import corr_lookup
 from .fast_update import FastUpdateBlock
 
 # torchvision's CorrBlock needs 2 pixels at the coarsest of its 4 levels: feature maps >= 16, images >= 128.
@@ -56,8 +53,7 @@ class RaftSequenceFlow(nn.Module):
         channels_last: bool = False,
         fast_update_block: bool = False,
         fused_lookup: bool = False,
-        lookup_channels_last: bool | None = None,
-        gather_lookup: bool = False,
+        lookup_channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.feature_encoder = raft.feature_encoder
@@ -75,11 +71,11 @@ class RaftSequenceFlow(nn.Module):
         self.corr_dtype = corr_dtype
         self.channels_last = channels_last
         # The Triton lookup (core/corr_lookup.py; CUDA only) in place of the grid_sample one in _lookup, writing
-        # channels-last or contiguous features; None: channels-last under torch.compile, whose convolutions on
-        # CUDA run channels-last (a contiguous input would cost a conversion copy per update), else contiguous.
+        # contiguous or channels-last features. Contiguous also under torch.compile, although Inductor runs the
+        # convolutions channels-last: on one H200 the kernel took 0.59 ms per 12 lookups contiguous against 2.45
+        # channels-last, and 1.12 against 2.77 ms with the 1x1 convolution that reads it (results/lookup_512x15.txt).
         self.fused_lookup = fused_lookup
         self.lookup_channels_last = lookup_channels_last
-        self.gather_lookup = gather_lookup  # only while compiling: eager, grid_sample is faster
         side = 2 * self.radius + 1
         offsets = torch.linspace(-self.radius, self.radius, side)
         # Same (i, j) order as torchvision's CorrBlock.index_pyramid: the first offset varies along rows and is
@@ -144,14 +140,8 @@ class RaftSequenceFlow(nn.Module):
         flow = (coords1 - coords0).to(self.compute_dtype)
         if self.fused_lookup:  # writes the (padded) update-block input directly
             corr_channels = self.update_block.corr_channels if self.fast_update_block else None
-            channels_last = self.lookup_channels_last
-            if channels_last is None:
-                channels_last = torch.compiler.is_compiling()
-            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels, channels_last)
+            corr_features = corr_lookup(pyramid, coords1, self.radius, corr_channels, self.lookup_channels_last)
             corr_features = corr_features.to(self.compute_dtype)
-        elif self.gather_lookup and torch.compiler.is_compiling():  # also writes the padded input directly
-            corr_channels = self.update_block.corr_channels if self.fast_update_block else None
-            corr_features = indexed_lookup(pyramid, coords1, self.radius, corr_channels, self.compute_dtype)
         else:
             corr_features = self._lookup(pyramid, coords1).to(self.compute_dtype)
             if self.fast_update_block:

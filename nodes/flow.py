@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..core import OpticalFlowTensorRTPreprocessor
+from ..core.compiled_cache import ROUTE_BACKGROUND
 from ..core.models import model_spec
 from ..core.log import logger
 from ..core.resize import resize_flow
@@ -107,6 +108,9 @@ def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
     routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
     logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
                 f" ({', '.join(sorted(set(routes)))})" if routes else "")
+    if ROUTE_BACKGROUND in routes:
+        logger.info("optical flow: the uncompiled model serves until its compiled kernels, loading (or compiling, "
+                    "the first time for this GPU and size) in the background, take over")
 
 
 def _resolve_weights(choice: str) -> tuple[WeightsSpec, object]:

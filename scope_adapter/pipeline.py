@@ -22,6 +22,7 @@ from scope.core.pipelines.interface import Pipeline, Requirements
 from scope.core.pipelines.process import normalize_frame_sizes
 
 from ..core import NORMALIZATIONS, OpticalFlowTensorRTPreprocessor
+from ..core.log import logger
 from ..core.models import DEFAULT_MODEL, MODEL_NAMES
 from ..core.raft import DOWNSAMPLE, MIN_SIZE
 from . import DISPLAY_NAME, PREPROCESSOR_ID
@@ -30,6 +31,8 @@ from . import DISPLAY_NAME, PREPROCESSOR_ID
 # only trades latency against per-call overhead.
 CHUNK_FRAMES = 4
 MAX_COMPUTE_SIZE = 2048
+# How long the constructor waits for compiled kernels (a first compile at 480x832 took 33 s on an H100).
+COMPILE_WAIT_S = 120
 
 
 def _ui(*, order: int, label: str, is_load_param: bool) -> dict[str, Any] | None:
@@ -112,7 +115,13 @@ class FlowPipeline(Pipeline):
         )
         # Scope shows "Initializing pipeline..." while the constructor runs: load the model and compile (or load
         # the compiled kernels from the models folder) for Scope's chunk shapes now, not on the first live chunk.
+        # The warm-up captures the uncompiled model's graphs first; waiting for the compiled ones too means the
+        # first live chunk runs at full speed (and no compile competes with the stream for Python). Should they
+        # take longer than COMPILE_WAIT_S, the stream starts on the uncompiled graphs and switches over later.
         self.preprocessor.load(warmup=CHUNK_FRAMES)
+        if not self.preprocessor.wait_for_compiled(timeout=COMPILE_WAIT_S):
+            logger.info("optical flow: still compiling after %d s; the stream starts on the uncompiled model and "
+                        "switches to the compiled kernels when they are ready", COMPILE_WAIT_S)
 
     def prepare(self, **kwargs: Any) -> Requirements:
         return Requirements(input_size=CHUNK_FRAMES)

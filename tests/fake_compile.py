@@ -31,9 +31,11 @@ UPDATES = 2
 
 
 def make_preprocessor(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
-    """A small CPU preprocessor on the PyTorch backend caching into ``models_dir`` (``options`` override)."""
+    """A small CPU preprocessor on the PyTorch backend caching into ``models_dir`` (``options`` override),
+    compiling in the calling thread unless ``compile_in_background=True`` is passed."""
     settings: dict[str, Any] = dict(height=COMPUTE_SIZE, width=COMPUTE_SIZE, device="cpu", weights=None,
-                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir)
+                                    num_flow_updates=UPDATES, backend="torch", models_dir=models_dir,
+                                    compile_in_background=False)
     settings.update(options)
     return OpticalFlowTensorRTPreprocessor(**settings)
 

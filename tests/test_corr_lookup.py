@@ -26,11 +26,9 @@ from scope_optical_flow_tensorrt.core.backends.torch_backend import TorchFlowBac
 from scope_optical_flow_tensorrt.core.corr_lookup import (
     corr_lookup,
     fused_lookup_available,
-    indexed_lookup,
     lookup_channels,
     triton_available,
 )
-from scope_optical_flow_tensorrt.core import raft as raft_module
 from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
 
 from conftest import make_frames
@@ -136,7 +134,7 @@ def test_model_with_fused_lookup_matches_grid_sample_lookup(device: torch.device
         reference = RaftSequenceFlow(raft, num_flow_updates=2).to(device)(frames)
         fused = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, fused_lookup=True).to(device)(frames)
         fused_last = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, fused_lookup=True,
-                                      lookup_channels_last=True).to(device)(frames)  # the layout under compile
+                                      lookup_channels_last=True).to(device)(frames)
     assert (fused - reference).abs().max().item() < 1e-3 * max(1.0, reference.abs().max().item())
     assert (fused_last - fused).abs().max().item() < 1e-4 * max(1.0, reference.abs().max().item())
 
@@ -204,67 +202,3 @@ def test_bad_arguments_are_named() -> None:
         corr_lookup(block.corr_pyramid, coords[:1], 3)
     with pytest.raises(ValueError, match="out_channels 100 < 196"):
         corr_lookup(block.corr_pyramid, coords, 3, 100)
-
-
-# The gather lookup (indexing ops, compiled by Inductor): what the compiled CUDA path uses by default. Plain
-# torch, so it runs on the CPU here; on CUDA, test_gpu.py checks the compiled model against fp32 eager.
-
-
-@pytest.mark.parametrize("radius", [3, 4])
-def test_gather_lookup_matches_torchvision_fp32(radius: int) -> None:
-    block, coords = pyramid_and_coords(torch.device("cpu"), radius, seed=radius)
-    reference = block.index_pyramid(coords)
-    window = (2 * radius + 1) ** 2
-    padded = lookup_channels(4, radius) + 4
-    out = indexed_lookup(block.corr_pyramid, coords, radius, padded)
-    assert out.shape == (PAIRS, padded, HEIGHT, WIDTH) and out.dtype == torch.float32
-    assert out.is_contiguous(memory_format=torch.channels_last)  # the layout Inductor's convolutions read
-    for level in range(4):  # borders, whole pixels, far outside: every case in pyramid_and_coords, per level
-        part = slice(level * window, (level + 1) * window)
-        difference = (out[:, part] - reference[:, part]).abs().max().item()
-        assert difference < 1e-4, f"level {level}: max difference {difference}"
-    assert not out[:, lookup_channels(4, radius):].any()
-    assert torch.equal(indexed_lookup(block.corr_pyramid, coords, radius), out[:, : lookup_channels(4, radius)])
-
-
-def test_gather_lookup_in_fp16_computes_positions_in_fp32() -> None:
-    block, coords = pyramid_and_coords(torch.device("cpu"), 3, seed=5)
-    half = [level.half() for level in block.corr_pyramid]
-    out = indexed_lookup(half, coords, 3, 200)
-    assert out.dtype == torch.float16
-    assert indexed_lookup(half, coords, 3, 200, torch.float32).dtype == torch.float32
-    block.corr_pyramid = [level.float() for level in half]  # the same fp16 values looked up in fp32
-    reference = block.index_pyramid(coords)
-    assert (out[:, :196].float() - reference).abs().max().item() < 2e-3 * reference.abs().max().item()
-
-
-def test_gather_lookup_compiled_by_inductor_matches_eager() -> None:
-    block, coords = pyramid_and_coords(torch.device("cpu"), 3, seed=6)
-    half = [level.half() for level in block.corr_pyramid]
-    compiled = torch.compile(lambda c: indexed_lookup(half, c, 3, 200), fullgraph=True, dynamic=False)
-    out = compiled(coords)
-    assert out.dtype == torch.float16 and out.shape == (PAIRS, 200, HEIGHT, WIDTH)
-    assert (out.float() - indexed_lookup(half, coords, 3, 200).float()).abs().max().item() < 1e-3
-
-
-def test_gather_lookup_serves_raft_only_while_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
-    raft = raft_small(weights=None).eval()
-    frames = make_frames(2, 128, 128).permute(0, 3, 1, 2)
-    calls: list[int] = []
-    original = raft_module.indexed_lookup
-
-    def counted(*args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(raft_module, "indexed_lookup", counted)
-    with torch.inference_mode():
-        reference = RaftSequenceFlow(raft, num_flow_updates=2)(frames)
-        model = RaftSequenceFlow(raft, num_flow_updates=2, fast_update_block=True, gather_lookup=True)
-        eager = model(frames)
-        assert not calls  # eager: grid_sample
-        model.update_step = torch.compile(model.update_step, backend="eager", dynamic=False)  # Dynamo traces it
-        traced = model(frames)
-    assert calls
-    assert (eager - reference).abs().max().item() < 1e-3 * max(1.0, reference.abs().max().item())
-    assert (traced - reference).abs().max().item() < 1e-3 * max(1.0, reference.abs().max().item())

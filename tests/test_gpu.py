@@ -37,11 +37,14 @@ def test_fast_path_is_the_default_and_matches_fp32_eager(clip: torch.Tensor) -> 
     fast = make()
     assert fast.fp16 and fast.cuda_graphs and fast.torch_compile and fast.device.type == "cuda"
     reference = make(fp16=False, cuda_graphs=False, fused_lookup=False)
+    fast(clip)  # served by the uncompiled graphs while the compiled kernels come in the background
+    assert fast.wait_for_compiled(timeout=300) and fast.load().warmed_shapes  # type: ignore[attr-defined]
+    fast.reset()
     out_fast, out_ref = fast(clip), reference(clip)
     assert out_fast.device.type == "cuda" and out_fast.shape == (1, 3, 9, 240, 320)
     # visualization within 2/255 on average (the issue's bar), flows within a small fraction of their size
     assert ((out_fast - out_ref).abs().mean() * 127.5).item() < 2.0
-    flow_fast = make().compute_flow(clip)
+    flow_fast = make(compile_in_background=False).compute_flow(clip)
     flow_ref = make(fp16=False, cuda_graphs=False, fused_lookup=False).compute_flow(clip)
     assert (flow_fast - flow_ref).abs().mean() < 0.02 * flow_ref.abs().mean() + 0.05
 
@@ -54,12 +57,33 @@ def test_cuda_graphs_equal_eager_in_the_same_precision(clip: torch.Tensor) -> No
 
 def test_graph_windows_and_streaming_on_gpu(clip: torch.Tensor) -> None:
     whole = make().compute_flow(clip)
-    windowed = make(max_batch_pairs=3)  # windows of 3 pairs: two graph shapes, replayed repeatedly
+    windowed = make(max_batch_pairs=3, compile_in_background=False)  # windows of 3 pairs: two graph shapes
     streamed = torch.cat([windowed.compute_flow(clip[:4]), windowed.compute_flow(clip[4:])], dim=1)
     # fp16 convolutions pick other algorithms for other batch sizes: tiny differences, not continuity errors
     assert (streamed - whole).abs().max() < 0.05
     backend = windowed.load()
     assert len(backend.graphs.captured_shapes) >= 2  # type: ignore[attr-defined]
+
+
+def test_background_compile_serves_at_once_then_switches_to_the_compiled_graphs(clip: torch.Tensor) -> None:
+    """The default: a warm-up captures the uncompiled model's CUDA graph and returns; a worker thread compiles
+    (capturing its own graph, thread-local capture mode) while the serving thread replays the uncompiled one;
+    then calls replay the compiled graph. Both match fp32 eager within the bar."""
+    flow = make()
+    backend = flow.load(warmup=4)
+    assert flow.warmup_routes == ["compiling-in-background"]
+    reference = make(fp16=False, cuda_graphs=False, torch_compile=False)
+    frames = clip[:8]
+    served = [flow.compute_flow(frames[i : i + 4]) for i in range(0, 8, 4)]  # likely while compiling
+    assert backend.eager_graphs.captured_shapes  # type: ignore[attr-defined]
+    assert flow.wait_for_compiled(timeout=300)
+    assert backend.compiled and backend.warmed_shapes[4] in ("compiled-and-saved", "cache-entry")  # type: ignore[attr-defined]
+    assert backend.graphs.captured_shapes  # type: ignore[attr-defined]
+    flow.reset()
+    compiled = [flow.compute_flow(frames[i : i + 4]) for i in range(0, 8, 4)]
+    expected = [reference.compute_flow(frames[i : i + 4]) for i in range(0, 8, 4)]
+    for out, ref in zip(served + compiled, expected + expected):
+        assert (out - ref).abs().mean() < 0.02 * ref.abs().mean() + 0.05
 
 
 def test_cpu_uint8_input_is_moved_once_and_output_stays_on_gpu(clip: torch.Tensor) -> None:
@@ -71,7 +95,7 @@ def test_cpu_uint8_input_is_moved_once_and_output_stays_on_gpu(clip: torch.Tenso
 
 def test_raft_large_fast_path_matches_fp32_eager(clip: torch.Tensor) -> None:
     """RAFT Large through the same fast path (fp16, regrouped update block with two GRUs, compile, graphs)."""
-    fast = make(model="raft_large")
+    fast = make(model="raft_large", compile_in_background=False)
     flow_fast = fast.compute_flow(clip)
     flow_ref = make(model="raft_large", fp16=False, cuda_graphs=False, torch_compile=False).compute_flow(clip)
     assert fast.load().compiled  # type: ignore[attr-defined]  # compiling worked (no eager fallback)
@@ -91,12 +115,13 @@ _FRESH_PROCESS = textwrap.dedent(
     flow = OpticalFlowTensorRTPreprocessor(256, 256, device="cuda", weights=None, strict_device=True,
                                            backend="torch", models_dir=sys.argv[1])
     flow.load(warmup=4)
+    assert flow.wait_for_compiled(timeout=400)  # the kernels load or compile in the background
     clip = make_frames(8, 240, 320)
     # Only 4-frame calls, the shapes the warm-up covered (a 1-frame call would be a new window shape, compiled
     # on the spot and not part of the entry).
     out = torch.cat([flow(clip[i : i + 4]) for i in range(0, 8, 4)], dim=2)
     torch.save(out.cpu(), sys.argv[2])
-    print(json.dumps({"routes": flow.warmup_routes, "compiled": flow.load().compiled,
+    print(json.dumps({"routes": list(flow.load().warmed_shapes.values()), "compiled": flow.load().compiled,
                       "aot_failures": flow.load().aot_failures,
                       "hits": counters["inductor"]["fxgraph_cache_hit"],
                       "misses": counters["inductor"]["fxgraph_cache_miss"]}))

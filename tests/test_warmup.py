@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BUILT, ROUTE_LOADED
+from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
 from scope_optical_flow_tensorrt.core.warmup import chunk_sizes, window_pair_counts
 from scope_optical_flow_tensorrt.nodes import flow as node_flow
 from scope_optical_flow_tensorrt.nodes import host
@@ -121,7 +121,9 @@ def test_scope_pipeline_is_loaded_and_warm_once_constructed(
 ) -> None:
     pipeline = pipeline_module.FlowPipeline(flow_strength=1.0, normalization="per_frame", height=512, base_seed=0)
     flow = pipeline.preprocessor
-    assert flow.loaded and flow.warmup_routes == [ROUTE_BUILT]  # compiled while Scope shows "Initializing"
+    # compiled (in the background, waited for) while Scope shows "Initializing"
+    assert flow.loaded and flow.warmup_routes == [ROUTE_BACKGROUND]
+    assert flow.load().warmed_shapes == {4: ROUTE_BUILT}  # type: ignore[attr-defined]
     compiled = list(fake.compiles)
     assert compiled and pipeline.prepare(video=True).input_size == pipeline_module.CHUNK_FRAMES == 4
     frames = make_frames(12, 64, 80)
@@ -132,7 +134,7 @@ def test_scope_pipeline_is_loaded_and_warm_once_constructed(
 
     fake.new_process()  # a later Scope session: the kernels come from the models folder
     again = pipeline_module.FlowPipeline()
-    assert again.preprocessor.loaded and again.preprocessor.warmup_routes == [ROUTE_LOADED]
+    assert again.preprocessor.loaded and again.preprocessor.load().warmed_shapes == {4: ROUTE_LOADED}  # type: ignore[attr-defined]
     assert fake.compiles == compiled
 
 
@@ -174,12 +176,16 @@ def test_node_loads_and_compiles_with_its_progress_bar_moving_and_logs_the_time(
                                        model="raft_small", device="cpu", models_dir=str(tmp_path))
     try:
         flow = node_flow.get_preprocessor(settings)
-        assert flow.loaded and flow.warmup_routes == [ROUTE_BUILT]
+        # served at once by the uncompiled model; the compiled kernels come in the background
+        assert flow.loaded and flow.warmup_routes == [ROUTE_BACKGROUND]
         [bar] = RecordingBar.bars
         assert bar.done == bar.total == len(window_pair_counts([flow.max_batch_pairs], flow.max_batch_pairs))
         messages = [record.getMessage() for record in caplog.records]
         assert any("compiling (or loading compiled kernels)" in message for message in messages)
-        assert any(message.startswith("optical flow ready in") and ROUTE_BUILT in message for message in messages)
+        assert any(message.startswith("optical flow ready in") and ROUTE_BACKGROUND in message for message in messages)
+        assert any("take over" in message for message in messages)
+        assert flow.wait_for_compiled(timeout=120)
+        assert flow.load().warmed_shapes == {flow.max_batch_pairs: ROUTE_BUILT}  # type: ignore[attr-defined]
         compiled = list(fake.compiles)
         node_flow.video_flow(flow, make_frames(flow.max_batch_pairs, 64, 80))  # a first full window: nothing new
         assert fake.compiles == compiled

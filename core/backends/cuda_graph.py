@@ -7,6 +7,7 @@ the CPU in its forward pass, which is what makes it capturable.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 from ..log import logger
 
 WARMUP_RUNS = 2
+_CAPTURING = threading.Lock()
 
 
 class CudaGraphRunner:
@@ -34,6 +36,11 @@ class CudaGraphRunner:
     @property
     def captured_shapes(self) -> list[tuple[int, ...]]:
         return [shape for shape, _ in self._graphs]
+
+    def drop(self, rows: int) -> None:
+        """Forget the graphs captured for inputs of ``rows`` rows (the next such call captures anew)."""
+        for key in [key for key in self._graphs if key[0][0] == rows]:
+            del self._graphs[key]
 
     def __call__(self, inputs: Tensor) -> Tensor:
         key = (tuple(inputs.shape), inputs.dtype)
@@ -56,6 +63,8 @@ class CudaGraphRunner:
                 self.module(static_input)
         torch.cuda.current_stream(self.device).wait_stream(side_stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a capture by the background compiler's thread and the serving thread's own work (or
+        # capture) do not invalidate each other; one capture at a time in a process all the same
+        with _CAPTURING, torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             static_output = self.module(static_input)
         return graph, static_input, static_output

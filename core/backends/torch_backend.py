@@ -17,6 +17,7 @@ from ..aot_package import (
     aot_available,
 )
 from ..compiled_cache import (
+    ROUTE_BACKGROUND,
     ROUTE_EAGER,
     ROUTE_NOT_SAVED,
     CompiledKernelCache,
@@ -27,8 +28,9 @@ from ..corr_lookup import fused_lookup_available
 from ..log import log_once, logger
 from ..models import model_spec
 from ..paths import plugin_models_dir
-from ..raft import RaftSequenceFlow
+from ..raft import EncodeFn, RaftSequenceFlow, UpdateStepFn
 from ..weights import WeightsSpec, load_raft
+from .background_compile import BackgroundCompiler
 from .base import BackendConfig
 from .cuda_graph import CudaGraphRunner
 
@@ -52,9 +54,6 @@ CPP_WRAPPER_ENV = "SCOPE_OPTICAL_FLOW_CPP_WRAPPER"
 #        cover (fused lookup, cpp_wrapper) use torch.compile. Not the default: on torch 2.11+cu130 (H200) loading any
 #        CUDA package, even a one-convolution model, crashed the loading process (benchmarks/NOTES.md); the
 #        fresh-process check catches that, records it and falls back, but only after a compile of about two minutes.
-# Under torch.compile, the correlation lookup as indexing ops that Inductor fuses with its glue (RaftSequenceFlow's
-# gather_lookup) instead of cuDNN's grid sampler per pyramid level; benchmarks/bench_flow.py compares the two.
-GATHER_LOOKUP = True
 COMPILE_ROUTE_ENV = "SCOPE_OPTICAL_FLOW_COMPILE"
 COMPILE_ROUTES = ("jit", "aot")
 DEFAULT_COMPILE_ROUTE = "jit"
@@ -106,6 +105,10 @@ class TorchFlowBackend:
       backend says so once and runs eagerly.
     - ``cuda_graphs``: the whole forward pass replayed from a CUDA graph per input shape, which removes the
       launch cost of its several hundred kernels.
+    - ``compile_in_background`` (with ``torch_compile``): a new window shape is served at once by the
+      uncompiled model's CUDA graph while a worker thread (:class:`BackgroundCompiler`) loads its compiled
+      kernels from the cache entry or compiles them and captures their graph; the shape then switches over.
+      Loading takes seconds even from a warm cache, a first compile tens of seconds (benchmarks/NOTES.md).
 
     On the CPU: plain fp32 eager.
     """
@@ -123,7 +126,6 @@ class TorchFlowBackend:
             corr_dtype=compute_dtype,
             fast_update_block=config.device.type == "cuda",
             fused_lookup=config.fused_lookup and fused_lookup_available(config.device),
-            gather_lookup=GATHER_LOOKUP,
         )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
@@ -132,24 +134,39 @@ class TorchFlowBackend:
         self.compiled = config.torch_compile and config.device.type in COMPILE_DEVICE_TYPES
         self.cpp_wrapper = os.environ.get(CPP_WRAPPER_ENV, "") == "1"
         self.kernel_cache: CompiledKernelCache | None = None
-        self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its warm-up
+        self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its compiled kernels (ready to serve)
         self._warming: set[int] = set()  # shapes whose warm-up is running (its own calls must not warm again)
-        if self.compiled:
-            try:
-                self.kernel_cache = self._kernel_cache()
-            except OSError as error:  # e.g. a read-only models folder: compile as before, without entries
-                log_once("compiled-cache-unavailable", f"compiled kernels are not cached on disk ({error}).")
-            self._compile()
         # ahead-of-time packages per warmed window shape (pairs), used before the torch.compile'd methods
         self.aot_packages: AotPackageCache | None = None
         self.aot_parts: dict[int, AotParts] = {}
         self.aot_failures: dict[int, str] = {}  # window pairs -> why its packages could not serve it
+        # torch.compile'd encode and update_step (set up on first need: it imports torch's compiler stack)
+        self._compiled_parts: tuple[EncodeFn, UpdateStepFn] | None = None
+        use_graphs = config.cuda_graphs and on_cuda
+        self.eager_graphs = CudaGraphRunner(self._forward_eager, config.device) if use_graphs else None
+        self.graphs = CudaGraphRunner(self._forward_compiled, config.device) if use_graphs and self.compiled else None
+        # Background compiling: new shapes are served at once by the uncompiled model (CUDA graphs) while a worker
+        # thread loads or compiles their kernels; each shape switches over when its compiled graph is captured.
+        self.compiler = (BackgroundCompiler(self._compile_shape, config.device)
+                         if self.compiled and config.compile_in_background else None)
+        if self.compiled and self.compiler is None:
+            self._set_up_compiling()
+
+    def _set_up_compiling(self) -> None:
+        """Cache entries, torch.compile'd parts and ahead-of-time packages (once; in the worker when compiling
+        in the background)."""
+        if self._compiled_parts is not None:
+            return
+        try:
+            self.kernel_cache = self._kernel_cache()
+        except OSError as error:  # e.g. a read-only models folder: compile as before, without entries
+            log_once("compiled-cache-unavailable", f"compiled kernels are not cached on disk ({error}).")
         if (self.kernel_cache is not None and compile_route() == "aot" and not self.model.fused_lookup
                 and not self.cpp_wrapper and aot_available()):
             self.aot_packages = AotPackageCache(self.kernel_cache.directory, self.kernel_cache.base_key)
-        self.graphs = CudaGraphRunner(self._forward, config.device) if config.cuda_graphs and on_cuda else None
+        self._compiled_parts = self._compile()
 
-    def _compile(self) -> None:
+    def _compile(self) -> tuple[EncodeFn, UpdateStepFn]:
         log_once(
             "torch-compile",
             f"compiling {model_spec(self.config.model).title} with torch.compile for this GPU: the first call for "
@@ -158,15 +175,15 @@ class TorchFlowBackend:
         )
         _raise_recompile_limit()
         options = {"cpp_wrapper": True} if self.cpp_wrapper else None
-        for name in ("encode", "update_step"):
-            setattr(self.model, name, torch.compile(getattr(self.model, name), dynamic=COMPILE_DYNAMIC, options=options))
+        return (torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC, options=options),
+                torch.compile(self.model.update_step, dynamic=COMPILE_DYNAMIC, options=options))
 
     def _kernel_cache(self) -> CompiledKernelCache:
         """The compiled-kernel cache entries of this model (see core.compiled_cache); loads the existing ones."""
         directory = plugin_models_dir(self.config.models_dir)
         point_torch_caches_at(directory)
         key = compiled_key(
-            model=self.config.model, fused_lookup=self.model.fused_lookup, gather_lookup=self.model.gather_lookup,
+            model=self.config.model, fused_lookup=self.model.fused_lookup,
             height=self.config.height, width=self.config.width, pairs=0, fp16=half_precision_active(self.config),
             num_flow_updates=self.config.num_flow_updates, weights=self.weights_info.identity,
             device=self.config.device, wrapper="cpp" if self.cpp_wrapper else "python",
@@ -180,13 +197,25 @@ class TorchFlowBackend:
         compiling and CUDA-graph capture happen now, not on a live call. Compiled kernels come from their cache
         entries (ahead-of-time packages first) or are compiled and kept as entries; ``build_packages=False``
         compiles a shape without packages with torch.compile instead of building its packages (quicker, for a
-        live call). Returns the route of each shape warmed now (``ROUTE_*``; shapes run before are skipped)."""
+        live call). Compiling in the background (the default), each shape's uncompiled CUDA graph is captured
+        now, so the shape is served at once, and the worker thread loads or compiles its kernels
+        (:data:`ROUTE_BACKGROUND`; :meth:`wait_for_compiled` waits for them). Returns the route of each shape
+        warmed now (``ROUTE_*``; shapes run before are skipped)."""
         shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
         routes: list[str] = []
         for pairs in shapes:
             if pairs in self.warmed_shapes:  # this process has run this shape already: nothing left to do
                 continue
+            background = self.compiler is not None and self.compiled
+            if background and self.compiler.requested(pairs):  # served already, its kernels on their way
+                continue
             frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
+            if background:
+                with torch.inference_mode():
+                    self._run_eager(frames)  # captures the shape's uncompiled graph: served from now on
+                self.compiler.request(pairs)
+                routes.append(ROUTE_BACKGROUND)
+                continue
 
             def run(frames: Tensor = frames) -> None:
                 self.flow(frames)
@@ -198,6 +227,32 @@ class TorchFlowBackend:
                 self._warming.discard(pairs)
             self.warmed_shapes[pairs] = routes[-1]
         return routes
+
+    def wait_for_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until the background worker is done with every shape asked of it; ``False`` on timeout. (Which
+        shapes compiled kernels serve, and how they came: :attr:`warmed_shapes`.)"""
+        return self.compiler.wait(timeout) if self.compiler is not None else True
+
+    def _compile_shape(self, pairs: int) -> None:
+        """The worker's task: load or compile ``pairs``' kernels and capture their graph, then switch it over."""
+        if not self.compiled:
+            return
+        started = time.perf_counter()
+        frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
+        try:
+            self._set_up_compiling()
+            with torch.inference_mode():
+                route = self._warm_shape(pairs, lambda: self._run_compiled(frames), build_packages=True)
+        except Exception as error:  # compiler failures (missing Triton, C compiler, ...): stay uncompiled
+            self._uncompile(error)
+            return
+        if self.compiled and route != ROUTE_EAGER:
+            self.warmed_shapes[pairs] = route  # flow() uses the compiled graph from its next call
+            logger.info("compiled kernels serve windows of %d frames from now on (%s, %.1f s in the background)",
+                        pairs + 1, route, time.perf_counter() - started)
+
+    def _run_compiled(self, frames: Tensor) -> Tensor:
+        return (self.graphs if self.graphs is not None else self._forward_compiled)(frames)
 
     def _warm_shape(self, pairs: int, run: Callable[[], None], build_packages: bool) -> str:
         """Warm one window shape: ahead-of-time packages, else torch.compile (its cache entry), else eager."""
@@ -253,23 +308,21 @@ class TorchFlowBackend:
             "using torch.compile instead.",
         )
         self.aot_parts.pop(pairs, None)
-        if self.graphs is not None:  # a failed capture leaves nothing usable behind
-            self.graphs = CudaGraphRunner(self._forward, self.config.device)
+        if self.graphs is not None:  # a graph captured with the packages, or a failed capture, is not used again
+            self.graphs.drop(pairs + 1)
 
     @property
     def needs_warm_up(self) -> bool:
         """Whether a first call of a new shape does one-off work (compiling, graph capture) worth doing early."""
-        return self.compiled or self.graphs is not None
+        return self.compiled or self.eager_graphs is not None
 
     def _uncompile(self, error: Exception) -> None:
         log_once(
             "torch-compile-failed",
             f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); running RAFT eagerly instead.",
         )
-        del self.model.encode, self.model.update_step  # back to the class's eager methods
         self.compiled = False
-        if self.graphs is not None:
-            self.graphs = CudaGraphRunner(self._forward, self.config.device)
+        self.graphs = None
 
     def _drop_fused_lookup(self, error: Exception) -> None:
         log_once(
@@ -278,42 +331,54 @@ class TorchFlowBackend:
             "using the grid_sample lookup instead.",
         )
         self.model.fused_lookup = False
+        if self.eager_graphs is not None:  # graphs captured with the fused lookup are recaptured without it
+            self.eager_graphs = CudaGraphRunner(self._forward_eager, self.config.device)
         if self.graphs is not None:
-            self.graphs = CudaGraphRunner(self._forward, self.config.device)
+            self.graphs = CudaGraphRunner(self._forward_compiled, self.config.device)
 
-    def _forward(self, frames: Tensor) -> Tensor:
+    def _forward_eager(self, frames: Tensor) -> Tensor:
+        return self.model(frames).float()
+
+    def _forward_compiled(self, frames: Tensor) -> Tensor:
         parts = self.aot_parts.get(frames.shape[0] - 1)
         if parts is not None:
             return self.model.forward_with(frames, parts.encode, parts.update_step).float()
-        return self.model(frames).float()
+        assert self._compiled_parts is not None
+        return self.model.forward_with(frames, *self._compiled_parts).float()
+
+    def _run_eager(self, frames: Tensor) -> Tensor:
+        run = self.eager_graphs if self.eager_graphs is not None else self._forward_eager
+        try:
+            return run(frames)
+        except Exception as error:
+            if not self.model.fused_lookup:
+                raise
+            self._drop_fused_lookup(error)
+            return self._run_eager(frames)
 
     @torch.inference_mode()
     def flow(self, frames: Tensor) -> Tensor:
         if not self.compiled:
-            run = self.graphs if self.graphs is not None else self._forward
-            try:
-                return run(frames)
-            except Exception as error:
-                if not self.model.fused_lookup:
-                    raise
-                self._drop_fused_lookup(error)
-                return self.flow(frames)
+            return self._run_eager(frames)
         pairs = frames.shape[0] - 1
         bucket = bucket_pairs(pairs, self.max_pairs)
-        if bucket not in self.warmed_shapes and bucket not in self._warming:
-            # A shape no warm-up covered: its packages are loaded if they exist, else torch.compile compiles it
-            # (quicker than building packages, which only warm-ups do: that is where hosts show waiting).
-            self.warm_up([bucket], build_packages=False)
         padding = bucket - pairs
-        run = self.graphs if self.graphs is not None else self._forward
         if padding > 0:  # repeat the last frame: the extra (still) pairs are computed and dropped
             frames = torch.cat([frames, frames[-1:].expand(padding, -1, -1, -1)])
         if not (frames.is_inference() and frames.is_contiguous()):
             # compiled code is specialized on strides and on inference-ness: one kind of input, no recompiles
             frames = frames.clone(memory_format=torch.contiguous_format)
+        if bucket not in self.warmed_shapes:
+            if self.compiler is not None:  # served uncompiled until the worker has switched the shape over
+                self.compiler.request(bucket)
+                return self._run_eager(frames)[:pairs]
+            if bucket not in self._warming:
+                # A shape no warm-up covered: its packages are loaded if they exist, else torch.compile compiles
+                # it (quicker than building packages, which only warm-ups do: that is where hosts show waiting).
+                self.warm_up([bucket], build_packages=False)
         started = time.perf_counter()
         try:
-            flow = run(frames)
+            flow = self._run_compiled(frames)
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...) must not stop the stream
             if bucket in self.aot_parts:  # first without the ahead-of-time package
                 self._drop_aot(bucket, error, "failed to run")
