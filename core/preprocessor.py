@@ -55,8 +55,8 @@ class OpticalFlowTensorRTPreprocessor:
         torch_compile: on CUDA, compile the PyTorch model with torch.compile (a first call of tens of
             seconds, cached on disk; falls back to eager if compiling fails).
         fused_lookup: on CUDA with Triton, run the PyTorch backend's correlation lookup as one fused Triton
-            kernel instead of grid_sample per pyramid level (same numbers). Off by default: on an H200 at
-            512x512 the compiled model was faster with grid_sample (benchmarks/NOTES.md).
+            kernel instead of grid_sample per pyramid level (same numbers, sampling positions in fp32). On an
+            H200 at 512x512 it made 16-frame chunks 8% faster (benchmarks/NOTES.md); ``False``: grid_sample.
         compile_in_background: with ``torch_compile`` on CUDA, serve each new window shape at once from the
             uncompiled model (in a CUDA graph; same numbers within fp16 rounding, a few times slower) while a
             worker thread loads its compiled kernels from the models folder or compiles them; the shape switches
@@ -90,7 +90,7 @@ class OpticalFlowTensorRTPreprocessor:
         models_dir: str | os.PathLike[str] | None = None,
         cuda_graphs: bool = True,
         torch_compile: bool = True,
-        fused_lookup: bool = False,
+        fused_lookup: bool = True,
         compile_in_background: bool = True,
     ) -> None:
         self.model = model_spec(model).name

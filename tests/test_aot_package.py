@@ -270,14 +270,21 @@ def test_live_calls_use_packages_when_they_exist_and_never_build_them(
     assert len(fake.compiles) == compiles and len(fake_packages.builds) == 4
 
 
-def test_jit_route_and_fused_lookup_do_not_use_packages(fake_packages: FakePackages, fake: Any, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jit_route_does_not_use_packages_and_the_aot_route_drops_the_fused_lookup(
+    fake_packages: FakePackages, fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "jit")
+    monkeypatch.setattr(torch_backend, "fused_lookup_available", lambda device: True)
+    backend = make(tmp_path, fused_lookup=True).load()
+    assert backend.aot_packages is None and backend.model.fused_lookup  # type: ignore[attr-defined]
+    monkeypatch.setattr(torch_backend, "fused_lookup_available", lambda device: False)  # the CPU runs no Triton
     assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
+    assert fake_packages.builds == [] and packages(tmp_path) == []
     monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
     monkeypatch.setattr(torch_backend, "fused_lookup_available", lambda device: True)
-    assert make(tmp_path, fused_lookup=True).load().aot_packages is None  # type: ignore[attr-defined]
-    assert fake_packages.builds == [] and packages(tmp_path) == []
+    backend = make(tmp_path, fused_lookup=True).load()
+    # the packages carry the grid_sample lookup: asking for them turns the (custom-op) fused lookup off
+    assert backend.aot_packages is not None and not backend.model.fused_lookup  # type: ignore[attr-defined]
 
 
 def test_torch_without_the_ahead_of_time_api_uses_torch_compile(

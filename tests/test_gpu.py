@@ -56,7 +56,7 @@ def test_cuda_graphs_equal_eager_in_the_same_precision(clip: torch.Tensor) -> No
 
 
 def test_graph_windows_and_streaming_on_gpu(clip: torch.Tensor) -> None:
-    whole = make().compute_flow(clip)
+    whole = make(compile_in_background=False).compute_flow(clip)
     windowed = make(max_batch_pairs=3, compile_in_background=False)  # windows of 3 pairs: two graph shapes
     streamed = torch.cat([windowed.compute_flow(clip[:4]), windowed.compute_flow(clip[4:])], dim=1)
     # fp16 convolutions pick other algorithms for other batch sizes: tiny differences, not continuity errors

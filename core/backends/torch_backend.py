@@ -98,7 +98,7 @@ class TorchFlowBackend:
     - the update block regrouped for tensor cores (:class:`FastUpdateBlock`, same arithmetic);
     - ``fused_lookup``: the correlation lookup as one Triton kernel (:mod:`..corr_lookup`) writing the update
       block's input, instead of grid_sample per pyramid level plus glue (needs Triton; if the kernel fails,
-      the backend says so once and uses the grid_sample lookup);
+      the backend says so once and uses the grid_sample lookup; the ``aot`` route's packages use grid_sample);
     - ``torch_compile``: ``encode`` and ``update_step`` compiled by torch.compile (default mode, no
       autotuning), which fuses the GRU's elementwise work, concatenations and layout copies. The first call
       compiles (tens of seconds; torch caches the result on disk for later runs). If compiling fails, the
@@ -119,19 +119,21 @@ class TorchFlowBackend:
         raft, self.weights_info = load_raft(config.model, weights)
         half = half_precision_active(config)
         compute_dtype = torch.float16 if half else torch.float32
+        self.compiled = config.torch_compile and config.device.type in COMPILE_DEVICE_TYPES
+        # the ahead-of-time packages hold the grid_sample lookup (the fused one is a custom op they cannot carry)
+        packages_asked = self.compiled and compile_route() == "aot"
         self.model = RaftSequenceFlow(
             raft,
             config.num_flow_updates,
             compute_dtype=compute_dtype,
             corr_dtype=compute_dtype,
             fast_update_block=config.device.type == "cuda",
-            fused_lookup=config.fused_lookup and fused_lookup_available(config.device),
+            fused_lookup=config.fused_lookup and fused_lookup_available(config.device) and not packages_asked,
         )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
         self.config = config
         on_cuda = config.device.type == "cuda"
-        self.compiled = config.torch_compile and config.device.type in COMPILE_DEVICE_TYPES
         self.cpp_wrapper = os.environ.get(CPP_WRAPPER_ENV, "") == "1"
         self.kernel_cache: CompiledKernelCache | None = None
         self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its compiled kernels (ready to serve)
