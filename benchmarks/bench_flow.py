@@ -58,19 +58,31 @@ class Result:
     model: str = "raft_small"
 
 
-# A variant that differs from the default by a setting outside the preprocessor's arguments (variant_settings).
+# Variants that differ from the default by a setting outside the preprocessor's arguments (variant_settings):
+# cuDNN's autotuner, and two Inductor options (weights frozen into the compiled graph as constants, so Inductor
+# can fold and pre-layout them; 1x1 convolutions compiled as matrix multiplies with fused epilogues).
 CUDNN_BENCHMARK = "cudnn.benchmark"
+INDUCTOR_OPTIONS = {"Inductor freezing": "freezing", "Inductor conv_1x1_as_mm": "conv_1x1_as_mm"}
 
 
 @contextmanager
 def variant_settings(name: str) -> Iterator[None]:
-    """cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on for a variant whose name asks, restored after."""
+    """The settings a variant's name asks for, restored after. Inductor options are not part of Dynamo's
+    guards, so such a variant starts from a reset Dynamo (else it would reuse the default's compiled code)."""
+    import torch._inductor.config as inductor_config
+
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
+    options = {option: True for label, option in INDUCTOR_OPTIONS.items() if label in name}
+    if options:
+        torch._dynamo.reset()
     try:
-        yield
+        with inductor_config.patch(options):
+            yield
     finally:
         torch.backends.cudnn.benchmark = benchmark
+        if options:
+            torch._dynamo.reset()
 
 
 def onnxruntime_on_cuda() -> bool:
@@ -239,6 +251,8 @@ def main() -> None:
                      ours(backend="torch", fused_lookup=False)),
                     ("ours torch fp16 + compile + CUDA graphs (default: fused Triton lookup)", ours(backend="torch")),
                     (f"ours torch fp16 + compile + CUDA graphs, {CUDNN_BENCHMARK}", ours(backend="torch")),
+                    *[(f"ours torch fp16 + compile + CUDA graphs, {label}", ours(backend="torch"))
+                      for label in INDUCTOR_OPTIONS],
                 ]
                 if onnxruntime_on_cuda():
                     variants.append(("ours onnxruntime (CUDA EP)", ours(backend="onnxruntime", fp16=False)))

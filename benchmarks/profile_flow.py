@@ -60,7 +60,7 @@ def stages(size: int, pairs: int) -> None:
     encode = torch.compile(model.encode, dynamic=False)
     step = torch.compile(model.update_step, dynamic=False)
     lookup = torch.compile(lambda pyramid, coords: corr_lookup(pyramid, coords, model.radius, block.corr_channels,
-                                                               channels_last=True), dynamic=False)
+                                                               model.lookup_channels_last), dynamic=False)
     update_block = torch.compile(block, dynamic=False)
     with torch.inference_mode():
         pyramid, hidden, context = encode(frames)
@@ -74,7 +74,7 @@ def stages(size: int, pairs: int) -> None:
             ("encode: features, context, correlation pyramid", lambda: encode(frames)),
             ("one update step (lookup + update block), x12 in a forward", lambda: step(pyramid, context, hidden,
                                                                                        coords0, coords1)),
-            ("  fused lookup alone (channels-last)", lambda: lookup(pyramid, coords1)),
+            ("  fused lookup alone", lambda: lookup(pyramid, coords1)),
             ("  update block alone (motion encoder, GRU, flow head)", lambda: update_block(hidden, context, corr,
                                                                                            flow)),
         ]
@@ -94,7 +94,8 @@ def compile_shapes(size: int) -> None:
     for dynamic in (True, False):
         torch_backend.COMPILE_DYNAMIC = dynamic
         torch._dynamo.reset()
-        config = BackendConfig(height=size, width=size, device=device, fp16=True, num_flow_updates=12, max_pairs=16)
+        config = BackendConfig(height=size, width=size, device=device, fp16=True, num_flow_updates=12, max_pairs=16,
+                               compile_in_background=False)
         backend = torch_backend.TorchFlowBackend(config, None)
         line = []
         for frames_count in (13, 17, 9):
