@@ -9,7 +9,7 @@ too (``results/aot_load_probe.txt``); that is why the aot compile route is opt-i
     python benchmarks/probe_aot_load.py     # needs CUDA; about three minutes
 """
 
-import json, os, subprocess, sys, tempfile, time
+import json, subprocess, sys, tempfile, time
 from pathlib import Path
 
 CHILD = r"""

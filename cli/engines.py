@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -204,10 +203,11 @@ def weights_status(model: str = "raft_small") -> dict[str, Any]:
 
 
 def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        pass
+    from ..core.engine_cache import installed_version
+
+    version = installed_version(name)
+    if version is not None:
+        return version
     if name == "tensorrt":  # NVIDIA also ships it as tensorrt-cu12 / -cu13 wheels without a "tensorrt" dist
         import importlib.util
 

@@ -23,14 +23,12 @@ side); the rest are rebuilt in place when they change.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -46,9 +44,12 @@ from .engine_cache import (
     cached_files,
     check_artifact,
     ensure_artifact,
+    files_digest,
+    installed_version,
     invalidate,
     key_hash,
     locked,
+    package_version,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -57,7 +58,6 @@ from .log import logger
 CACHE_FORMAT = 1
 ENTRY_SUFFIX = ".torchcache"
 TORCH_CACHE_SUBDIR = "torch-compile-cache"
-PACKAGE_NAME = "scope-optical-flow-tensorrt"
 KIND = "torch_compile"
 
 # Routes a warm-up reports (also in logs and benchmarks/results/cold_start.json).
@@ -80,19 +80,11 @@ class CompileUnavailable(RuntimeError):
 
 def model_code_digest() -> str:
     """Hash of the modules whose code torch.compile traces, so an edited model recompiles even at one version."""
-    digest = hashlib.sha256()
-    for module in (raft_module, fast_update_module, corr_lookup_module, models_module):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update((Path(__file__).parent / "_corr_lookup_triton.py").read_bytes())  # the fused lookup's kernel
-    digest.update((Path(__file__).parent / "backends" / "torch_backend.py").read_bytes())  # what is compiled, how
-    return digest.hexdigest()[:16]
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
+    here = Path(__file__).parent
+    modules = (raft_module, fast_update_module, corr_lookup_module, models_module)
+    return files_digest([*(Path(module.__file__) for module in modules),
+                         here / "_corr_lookup_triton.py",  # the fused lookup's kernel
+                         here / "backends" / "torch_backend.py"])  # what is compiled, how
 
 
 def device_identity(device: torch.device) -> tuple[str, str]:
@@ -137,8 +129,8 @@ def compiled_key(
         "compute_capability": capability,
         "device_index": index,
         "torch_version": torch.__version__,
-        "triton_version": _version("triton"),
-        "package_version": _version(PACKAGE_NAME) or "unknown",
+        "triton_version": installed_version("triton"),
+        "package_version": package_version(),
         "model_code": model_code_digest(),
     }
 

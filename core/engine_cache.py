@@ -17,8 +17,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from filelock import FileLock, Timeout
 
 from .log import logger
 from .models import MODEL_NAMES
+
+PACKAGE_NAME = "scope-optical-flow-tensorrt"
 
 SIDECAR_SUFFIX = ".json"
 FAILURE_SUFFIX = ".failed.json"  # a record that building an artifact failed for a key (see failure_record_path)
@@ -54,6 +57,27 @@ def sanitize_gpu_name(name: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
     cleaned = re.sub(r"\.{2,}", ".", cleaned)[:64].strip("._-")
     return cleaned or "gpu"
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``importlib.metadata``), or ``None``."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def package_version() -> str:
+    """This package's installed version (part of every cache key), ``"unknown"`` when run from a bare checkout."""
+    return installed_version(PACKAGE_NAME) or "unknown"
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """Short hash (16 hex digits) of these files' contents, in order: the version of the code a key depends on."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def key_hash(fields: dict[str, Any]) -> str:

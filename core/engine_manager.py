@@ -18,11 +18,9 @@ not the hash: when they change, the file is rebuilt in place rather than accumul
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,9 +32,11 @@ from .engine_cache import (
     check_artifact,
     clear_directory,
     ensure_artifact,
+    files_digest,
     invalidate,
     key_hash,
     locked,
+    package_version,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -60,7 +60,6 @@ from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec, load_raft
 
 CACHE_FORMAT = 1
-PACKAGE_NAME = "scope-optical-flow-tensorrt"
 
 Engine = TypeVar("Engine")
 # (onnx_path, engine_path_being_written, spec, target) -> None: writes a serialized engine to the path.
@@ -85,17 +84,7 @@ class EngineSpec:
 
 def model_code_digest() -> str:
     """Hash of the code that defines the exported graph, so an edited model re-exports even at one version."""
-    digest = hashlib.sha256()
-    for module in (raft_module, onnx_export_module, models_module):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def package_version() -> str:
-    try:
-        return metadata.version(PACKAGE_NAME)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return files_digest(Path(module.__file__) for module in (raft_module, onnx_export_module, models_module))
 
 
 # -- keys and names -----------------------------------------------------------------------------------

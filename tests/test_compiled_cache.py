@@ -8,6 +8,7 @@ backend, keys, files, locking and rebuild rules are real. One test uses the real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ def test_entry_torch_cannot_read_is_discarded_and_rebuilt(fake: FakeTorchCompile
     garbage = b"not artifacts!" * 3
     entry.write_bytes(garbage)  # valid sidecar for these bytes, but torch cannot read them
     meta = json.loads(sidecar_path(entry).read_text())
-    meta.update(size_bytes=len(garbage), sha256=compiled_cache.hashlib.sha256(garbage).hexdigest())
+    meta.update(size_bytes=len(garbage), sha256=hashlib.sha256(garbage).hexdigest())
     sidecar_path(entry).write_text(json.dumps(meta))
     assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
     assert fake.loads == [garbage]  # tried once at construction, then discarded
