@@ -58,7 +58,7 @@ class OpticalFlowTensorRTPreprocessor:
             kernel instead of grid_sample per pyramid level (same numbers, sampling positions in fp32). On an
             H200 at 512x512 it made 16-frame chunks 8% faster (benchmarks/NOTES.md); ``False``: grid_sample.
         compile_in_background: with ``torch_compile`` on CUDA, serve each new window shape at once from the
-            uncompiled model (in a CUDA graph; same numbers within fp16 rounding, a few times slower) while a
+            uncompiled model (in a CUDA graph; same numbers within fp16 rounding, about half the speed) while a
             worker thread loads its compiled kernels from the models folder or compiles them; the shape switches
             to them when they are ready (:meth:`wait_for_compiled` waits for that). ``False``: warm-ups and
             first calls of a shape wait for the compiled kernels instead.
@@ -209,8 +209,8 @@ class OpticalFlowTensorRTPreprocessor:
         """Wait until the compiled kernels of every shape warmed or met so far serve it (see
         ``compile_in_background``); ``False`` if ``timeout`` seconds pass first. Returns at once where nothing
         compiles in the background (other backends, the CPU, ``torch_compile=False``), and where compiling
-        failed (the uncompiled model then keeps serving, as the log says)."""
-        wait = getattr(self.load(), "wait_for_compiled", None)
+        failed (the uncompiled model then keeps serving, as the log says), and before the model is loaded."""
+        wait = getattr(self._backend, "wait_for_compiled", None)
         return bool(wait(timeout)) if wait is not None else True
 
     def reset(self) -> None:

@@ -134,6 +134,7 @@ def test_a_failed_background_compile_leaves_the_uncompiled_model_serving(
 
 def test_nothing_compiles_in_the_background_where_nothing_compiles(tmp_path: Path) -> None:
     flow = make_preprocessor(tmp_path, compile_in_background=True)  # the CPU: eager, no torch.compile
+    assert flow.wait_for_compiled(timeout=0) and not flow.loaded  # nothing asked yet: no model loaded to wait
     backend = flow.load(warmup=4)
     assert backend.compiler is None and flow.warmup_routes == []  # type: ignore[attr-defined]
     assert flow.wait_for_compiled(timeout=0)

@@ -204,18 +204,18 @@ class TorchFlowBackend:
         (:data:`ROUTE_BACKGROUND`; :meth:`wait_for_compiled` waits for them). Returns the route of each shape
         warmed now (``ROUTE_*``; shapes run before are skipped)."""
         shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
+        compiler = self.compiler if self.compiled else None
         routes: list[str] = []
         for pairs in shapes:
             if pairs in self.warmed_shapes:  # this process has run this shape already: nothing left to do
                 continue
-            background = self.compiler is not None and self.compiled
-            if background and self.compiler.requested(pairs):  # served already, its kernels on their way
+            if compiler is not None and compiler.requested(pairs):  # served already, its kernels on their way
                 continue
             frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
-            if background:
+            if compiler is not None:
                 with torch.inference_mode():
                     self._run_eager(frames)  # captures the shape's uncompiled graph: served from now on
-                self.compiler.request(pairs)
+                compiler.request(pairs)
                 routes.append(ROUTE_BACKGROUND)
                 continue
 
