@@ -59,10 +59,14 @@ class Result:
 
 
 # Variants that differ from the default by a setting outside the preprocessor's arguments (variant_settings):
-# cuDNN's autotuner, and two Inductor options (weights frozen into the compiled graph as constants, so Inductor
-# can fold and pre-layout them; 1x1 convolutions compiled as matrix multiplies with fused epilogues).
+# cuDNN's autotuner, and Inductor options (weights frozen into the compiled graph as constants, so Inductor
+# can fold and pre-layout them; 1x1 convolutions compiled as matrix multiplies with fused epilogues; autotuned
+# kernel choices, Triton convolution templates among them, with their pointwise epilogues fused).
 CUDNN_BENCHMARK = "cudnn.benchmark"
-INDUCTOR_OPTIONS = {"Inductor freezing": "freezing", "Inductor conv_1x1_as_mm": "conv_1x1_as_mm"}
+INDUCTOR_OPTIONS = {"Inductor freezing": "freezing", "Inductor conv_1x1_as_mm": "conv_1x1_as_mm",
+                    "Inductor max_autotune": "max_autotune"}
+# The update block as it was before the GRUs' context terms were computed once per call (core/fast_update.py).
+CONTEXT_PER_UPDATE = "GRU context read at every update (before)"
 
 
 @contextmanager
@@ -71,8 +75,11 @@ def variant_settings(name: str) -> Iterator[None]:
     guards, so such a variant starts from a reset Dynamo (else it would reuse the default's compiled code)."""
     import torch._inductor.config as inductor_config
 
+    from scope_optical_flow_tensorrt.core import fast_update
+
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
+    fast_update.CONTEXT_GATES_ONCE = CONTEXT_PER_UPDATE not in name
     options = {option: True for label, option in INDUCTOR_OPTIONS.items() if label in name}
     if options:
         torch._dynamo.reset()
@@ -81,6 +88,7 @@ def variant_settings(name: str) -> Iterator[None]:
             yield
     finally:
         torch.backends.cudnn.benchmark = benchmark
+        fast_update.CONTEXT_GATES_ONCE = True
         if options:
             torch._dynamo.reset()
 
@@ -250,6 +258,7 @@ def main() -> None:
                     ("ours torch fp16 + compile + CUDA graphs, grid_sample lookup",
                      ours(backend="torch", fused_lookup=False)),
                     ("ours torch fp16 + compile + CUDA graphs (default: fused Triton lookup)", ours(backend="torch")),
+                    (f"ours torch fp16 + compile + CUDA graphs, {CONTEXT_PER_UPDATE}", ours(backend="torch")),
                     (f"ours torch fp16 + compile + CUDA graphs, {CUDNN_BENCHMARK}", ours(backend="torch")),
                     *[(f"ours torch fp16 + compile + CUDA graphs, {label}", ours(backend="torch"))
                       for label in INDUCTOR_OPTIONS],

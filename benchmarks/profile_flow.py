@@ -5,7 +5,8 @@ top kernels of one eager fp16 call from torch.profiler. Usage on a GPU machine::
 
     python benchmarks/profile_flow.py --size 512 --pairs 16
     python benchmarks/profile_flow.py --size 512 --pairs 16 --only "fused lookup" --fused-lookup --profile-compiled
-    python benchmarks/profile_flow.py --size 512 --pairs 15 --stages
+    python benchmarks/profile_flow.py --size 512 --pairs 15 --stages --kernels
+    python benchmarks/profile_flow.py --size 512 --pairs 15 --stages --context-per-update
 """
 
 from __future__ import annotations
@@ -48,22 +49,32 @@ def replay_ms(fn: Callable[[], object], repeats: int = 20) -> float:
     return event_ms(graphed(fn), repeats)
 
 
-def stages(size: int, pairs: int) -> None:
+def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool = False) -> None:
     """CUDA-graph times of the default model's stages (fp16, fast block, fused lookup, compiled): where each
-    0.1 ms goes."""
+    0.1 ms goes. ``context_gates_once=False``: the update block as before (context read by every update's
+    GRU convolutions). ``kernels``: also the top GPU kernels of one compiled encode and one update block."""
+    from scope_optical_flow_tensorrt.core import fast_update
+
     device = torch.device("cuda")
     frames = moving_texture(pairs + 1, size, device)[0].permute(1, 0, 2, 3).contiguous()
     raft, _ = load_raft_small(None)
+    fast_update.CONTEXT_GATES_ONCE = context_gates_once
     model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
                              fast_update_block=True, fused_lookup=True).to(device).eval()
+    fast_update.CONTEXT_GATES_ONCE = True
     block = model.update_block
     encode = torch.compile(model.encode, dynamic=False)
     step = torch.compile(model.update_step, dynamic=False)
     lookup = torch.compile(lambda pyramid, coords: corr_lookup(pyramid, coords, model.radius, block.corr_channels,
                                                                model.lookup_channels_last), dynamic=False)
     update_block = torch.compile(block, dynamic=False)
+    feature_encoder = torch.compile(model.feature_encoder, dynamic=False)
+    context_part = torch.compile(lambda images: block.context_gates(model.context_encoder(images)), dynamic=False)
+    pyramid_part = torch.compile(model._correlation_pyramid, dynamic=False)
     with torch.inference_mode():
+        images = (frames.half() * 2 - 1).contiguous()
         pyramid, hidden, context = encode(frames)
+        fmaps = model.feature_encoder(images)
         h, w = size // 8, size // 8
         coords0 = model._coords_grid(pairs, h, w, device)
         coords1 = coords0 + 0.5
@@ -72,6 +83,10 @@ def stages(size: int, pairs: int) -> None:
         rows = [
             ("whole forward (encode + 12 updates + upsample)", lambda: model.forward(frames)),
             ("encode: features, context, correlation pyramid", lambda: encode(frames)),
+            (f"  feature encoder ({pairs + 1} frames)", lambda: feature_encoder(images)),
+            (f"  context encoder{' + GRU context terms' if context_gates_once else ''} ({pairs} frames)",
+             lambda: context_part(images[:-1])),
+            ("  correlation pyramid (matmul + 3 poolings)", lambda: pyramid_part(fmaps[:-1], fmaps[1:])),
             ("one update step (lookup + update block), x12 in a forward", lambda: step(pyramid, context, hidden,
                                                                                        coords0, coords1)),
             ("  fused lookup alone", lambda: lookup(pyramid, coords1)),
@@ -79,10 +94,32 @@ def stages(size: int, pairs: int) -> None:
                                                                                            flow)),
         ]
         model.encode, model.update_step = encode, step  # type: ignore[method-assign]
-        print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs:")
+        label = "GRU context terms once per call" if context_gates_once else "GRU context read at every update"
+        print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs, {label}:")
         for name, fn in rows:
             ms = replay_ms(fn)
             print(f"  {name:62s} {ms:7.3f} ms  ({ms / pairs:6.3f} ms per pair)", flush=True)
+        if kernels:
+            kernel_table("compiled encode", lambda: encode(frames))
+            kernel_table("compiled update block", lambda: update_block(hidden, context, corr, flow))
+
+
+def kernel_table(label: str, fn: Callable[[], object], calls: int = 5) -> None:
+    """The GPU kernels of ``fn`` (eager launches of compiled code) by total time, per call."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = [event for event in prof.key_averages() if event.device_time_total > 0]
+    events.sort(key=lambda event: event.device_time_total, reverse=True)
+    total = sum(event.device_time_total for event in events) / calls
+    print(f"kernels of one {label} call ({total / 1000:.3f} ms of GPU time, summed):")
+    for event in events[:25]:
+        ms = event.device_time_total / calls / 1000
+        print(f"  {ms:7.3f} ms {100 * ms * 1000 / total:5.1f}%  x{event.count // calls:<3d} {event.key[:110]}")
 
 
 def compile_shapes(size: int) -> None:
@@ -123,12 +160,15 @@ def main() -> None:
     parser.add_argument("--fused-lookup", action="store_true", help="profile with the fused (Triton) lookup")
     parser.add_argument("--only", default=None, help="time only the variants whose name contains this")
     parser.add_argument("--stages", action="store_true", help="only time the default model's stages")
+    parser.add_argument("--context-per-update", action="store_true",
+                        help="with --stages: the update block as before (GRU context read at every update)")
+    parser.add_argument("--kernels", action="store_true", help="with --stages: top kernels of encode, update block")
     args = parser.parse_args()
     if args.shapes:
         compile_shapes(args.size)
         return
     if args.stages:
-        stages(args.size, args.pairs)
+        stages(args.size, args.pairs, not args.context_per_update, args.kernels)
         return
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()

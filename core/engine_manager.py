@@ -40,6 +40,7 @@ from .engine_cache import (
     read_sidecar,
     sanitize_gpu_name,
 )
+from . import fast_update as fast_update_module
 from . import models as models_module
 from . import onnx_export as onnx_export_module
 from . import raft as raft_module
@@ -84,7 +85,8 @@ class EngineSpec:
 
 def model_code_digest() -> str:
     """Hash of the code that defines the exported graph, so an edited model re-exports even at one version."""
-    return files_digest(Path(module.__file__) for module in (raft_module, onnx_export_module, models_module))
+    return files_digest(Path(module.__file__)
+                        for module in (raft_module, fast_update_module, onnx_export_module, models_module))
 
 
 # -- keys and names -----------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ def ensure_onnx(
                     width, precision, num_flow_updates, exporter, device)
         # fp16: encoders and update block in half precision, correlation and lookup kept in fp32 (explicit casts)
         compute_dtype = torch.float16 if fp16 else torch.float32
-        sequence = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=compute_dtype, corr_dtype=torch.float32)
+        sequence = RaftSequenceFlow(raft, num_flow_updates, compute_dtype=compute_dtype, corr_dtype=torch.float32,
+                                    fast_update_block=True)
         export_raft_onnx(sequence.to(device), temp, height, width, exporter=exporter)
 
     extra = {"exporter": exporter, "torch_version": torch.__version__, "weights_description": info.description}

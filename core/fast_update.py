@@ -11,6 +11,14 @@ Two changes, neither of which alters the result beyond float rounding:
 - each GRU's update and reset gates (``convz``, ``convr``), which read the same input, run as one convolution
   (RAFT Large has two GRUs, 1x5 then 5x1; RAFT Small one, 3x3).
 
+- with ``context_gates_once`` (the default), the GRU convolutions' share that reads the context runs once per
+  model call instead of once per update: a convolution is linear in its input channels, so
+  ``conv([hidden, context, motion]) = conv_h+m([hidden, motion]) + conv_c(context)``, and the context (with the
+  gates' biases) is the same at every update. :meth:`FastUpdateBlock.context_gates` computes the per-GRU term
+  ``[update, reset, candidate]`` (``3 x hidden`` channels) from the context once; each update's convolutions then
+  read ``hidden + 88`` channels instead of ``hidden + 64 + 88`` (RAFT Small: 184 instead of 248, a quarter of the
+  GRU's multiply-adds; RAFT Large: 256 instead of 384).
+
 RAFT Large's second correlation convolution (``convcorr2``, 3x3, 256 -> 192) is used as it is.
 """
 
@@ -22,6 +30,9 @@ from torch import Tensor, nn
 from torchvision.models.optical_flow.raft import UpdateBlock
 
 CHANNEL_MULTIPLE = 8
+# The default of FastUpdateBlock(context_gates_once=...); benchmarks/bench_flow.py turns it off for its
+# side-by-side row.
+CONTEXT_GATES_ONCE = True
 
 
 def padded_channels(channels: int) -> int:
@@ -46,19 +57,26 @@ def _pad_inputs(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return _conv_like(conv, in_channels, weight, conv.bias)
 
 
+def _columns(conv: nn.Conv2d, columns: list[int]) -> Tensor:
+    """``conv``'s weight restricted to the given input channels."""
+    return conv.weight.detach()[:, columns]
+
+
 class FastUpdateBlock(nn.Module):
     """``forward(hidden, context, corr_padded, flow_padded) -> (hidden, delta_flow)``.
 
-    ``corr_padded`` has :attr:`corr_channels` channels (correlation features, then zeros) and ``flow_padded``
-    has :attr:`flow_channels` (the 2 flow channels, then zeros). Built from torchvision's RAFT Small or RAFT
-    Large ``UpdateBlock``.
+    ``context`` is what :meth:`context_gates` made of the context encoder's context (with
+    ``context_gates_once``), else that context itself. ``corr_padded`` has :attr:`corr_channels` channels
+    (correlation features, then zeros) and ``flow_padded`` has :attr:`flow_channels` (the 2 flow channels, then
+    zeros). Built from torchvision's RAFT Small or RAFT Large ``UpdateBlock``.
     """
 
-    def __init__(self, block: UpdateBlock) -> None:
+    def __init__(self, block: UpdateBlock, context_gates_once: bool | None = None) -> None:
         super().__init__()
         motion = block.motion_encoder
         recurrent = block.recurrent_block
-        self.hidden_size = recurrent.hidden_size
+        self.hidden_size = hidden = recurrent.hidden_size
+        self.context_gates_once = CONTEXT_GATES_ONCE if context_gates_once is None else context_gates_once
         self.corr_channels = padded_channels(motion.convcorr1[0].in_channels)
         self.flow_channels = padded_channels(2)
         self.convcorr1 = _pad_inputs(motion.convcorr1[0], self.corr_channels)
@@ -70,16 +88,38 @@ class FastUpdateBlock(nn.Module):
         self.gru_flow_channels = padded_channels(motion_channels + 2) - motion_channels
         # RAFT Small's second GRU is a pass-through function, RAFT Large's a ConvGRU module
         grus = [gru for gru in (recurrent.convgru1, recurrent.convgru2) if isinstance(gru, nn.Module)]
-        gru_inputs = grus[0].convz.in_channels + self.gru_flow_channels - 2
+        gru_inputs = grus[0].convz.in_channels + self.gru_flow_channels - 2  # hidden, context, motion, flow
+        self.context_channels = grus[0].convz.in_channels - hidden - (motion_channels + 2)
+        # input channels of each GRU convolution: all, or all but the context's (hidden, then motion and flow)
+        columns = list(range(gru_inputs))
+        if self.context_gates_once:
+            columns = columns[:hidden] + columns[hidden + self.context_channels:]
+        context_columns = list(range(hidden, hidden + self.context_channels))
         self.convzr = nn.ModuleList()
         self.convq = nn.ModuleList()
+        self.context_convs = nn.ModuleList()  # per GRU: context -> [update, reset, candidate] terms, with biases
         for gru in grus:
-            convz, convr = _pad_inputs(gru.convz, gru_inputs), _pad_inputs(gru.convr, gru_inputs)
-            self.convzr.append(_conv_like(gru.convz, gru_inputs, torch.cat([convz.weight, convr.weight]),
-                                          torch.cat([convz.bias, convr.bias])))
-            self.convq.append(_pad_inputs(gru.convq, gru_inputs))
+            convz, convr, convq = (_pad_inputs(conv, gru_inputs) for conv in (gru.convz, gru.convr, gru.convq))
+            biases = None if self.context_gates_once else torch.cat([convz.bias, convr.bias])
+            self.convzr.append(_conv_like(convz, len(columns), torch.cat([_columns(convz, columns),
+                                                                          _columns(convr, columns)]), biases))
+            self.convq.append(_conv_like(convq, len(columns), _columns(convq, columns),
+                                         None if self.context_gates_once else convq.bias))
+            if self.context_gates_once:
+                self.context_convs.append(_conv_like(
+                    convz, self.context_channels,
+                    torch.cat([_columns(conv, context_columns) for conv in (convz, convr, convq)]),
+                    torch.cat([convz.bias, convr.bias, convq.bias])))
         self.head1 = block.flow_head.conv1
         self.head2 = block.flow_head.conv2
+
+    def context_gates(self, context: Tensor) -> Tensor:
+        """What :meth:`forward` takes as ``context``: the GRUs' context terms ``[N, GRUs x 3 x hidden, h, w]``
+        (update, reset and candidate gate per GRU, biases included) with ``context_gates_once``, else
+        ``context`` as it is."""
+        if not self.context_gates_once:
+            return context
+        return torch.cat([conv(context) for conv in self.context_convs], dim=1)
 
     def forward(self, hidden: Tensor, context: Tensor, corr: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         corr = F.relu(self.convcorr1(corr))
@@ -88,10 +128,18 @@ class FastUpdateBlock(nn.Module):
         flow_features = F.relu(self.convflow2(F.relu(self.convflow1(flow))))
         motion = F.relu(self.conv(torch.cat([corr, flow_features], dim=1)))
         gru_flow = flow if self.gru_flow_channels == self.flow_channels else flow[:, : self.gru_flow_channels]
-        inputs = torch.cat([context, motion, gru_flow], dim=1)  # torchvision: [context, motion, flow(2)]
-        for convzr, convq in zip(self.convzr, self.convq):
-            gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)))
-            update, reset = gates.split(self.hidden_size, dim=1)
-            candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)))
+        size = self.hidden_size
+        for index, (convzr, convq) in enumerate(zip(self.convzr, self.convq)):
+            if self.context_gates_once:
+                inputs = torch.cat([motion, gru_flow], dim=1)
+                terms = context[:, 3 * size * index: 3 * size * (index + 1)]
+                gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)) + terms[:, : 2 * size])
+                update, reset = gates.split(size, dim=1)
+                candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)) + terms[:, 2 * size:])
+            else:
+                inputs = torch.cat([context, motion, gru_flow], dim=1)  # torchvision: [context, motion, flow(2)]
+                gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)))
+                update, reset = gates.split(size, dim=1)
+                candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)))
             hidden = (1 - update) * hidden + update * candidate
         return hidden, self.head2(F.relu(self.head1(hidden)))

@@ -122,7 +122,8 @@ class RaftSequenceFlow(nn.Module):
         return upsampled.permute(0, 1, 4, 2, 5, 3).reshape(pairs, channels, DOWNSAMPLE * h, DOWNSAMPLE * w)
 
     def encode(self, frames: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Features of every frame once, context of every first frame, and the correlation pyramid per pair."""
+        """Features of every frame once, context of every first frame (with the fast update block: the GRUs'
+        context terms), and the correlation pyramid per pair."""
         images = frames.to(self.compute_dtype) * 2.0 - 1.0
         images = images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         fmaps = self.feature_encoder(images)
@@ -131,7 +132,10 @@ class RaftSequenceFlow(nn.Module):
             context_out, [self.hidden_size, context_out.shape[1] - self.hidden_size], dim=1
         )
         pyramid = self._correlation_pyramid(fmaps[:-1], fmaps[1:])
-        return pyramid, torch.tanh(hidden), F.relu(context)
+        context = F.relu(context)
+        if self.fast_update_block:  # the GRUs' context terms, the same at every update (FastUpdateBlock)
+            context = self.update_block.context_gates(context)
+        return pyramid, torch.tanh(hidden), context
 
     def update_step(
         self, pyramid: list[Tensor], context: Tensor, hidden: Tensor, coords0: Tensor, coords1: Tensor

@@ -153,13 +153,20 @@ def test_known_motion_gives_the_right_direction_and_size(pretrained_weights: Pat
     assert u == pytest.approx(6.0, abs=0.5) and v == pytest.approx(-3.0, abs=0.5)
 
 
-def test_fast_update_block_has_the_same_arithmetic() -> None:
-    """The tensor-core regrouping (padded channels, fused gates) changes no result beyond rounding."""
+@pytest.mark.parametrize("context_gates_once", [True, False])
+def test_fast_update_block_has_the_same_arithmetic(context_gates_once: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tensor-core regrouping (padded channels, fused gates, the context's gate terms computed once per call)
+    changes no result beyond rounding."""
+    from scope_optical_flow_tensorrt.core import fast_update
+
+    monkeypatch.setattr(fast_update, "CONTEXT_GATES_ONCE", context_gates_once)
     model = raft_small(weights=None).eval()
     model.load_state_dict(seeded_state_dict())
     frames = make_frames(3, 128, 136, seed=2).permute(0, 3, 1, 2)
     with torch.inference_mode():
         standard = RaftSequenceFlow(model, num_flow_updates=4)(frames)
-        fast = RaftSequenceFlow(model, num_flow_updates=4, fast_update_block=True)(frames)
+        fast_model = RaftSequenceFlow(model, num_flow_updates=4, fast_update_block=True)
+        fast = fast_model(frames)
+    assert fast_model.update_block.context_gates_once is context_gates_once
     assert (fast - standard).abs().max() < 1e-4 * max(1.0, standard.abs().max().item())
     assert standard.abs().max() > 0.1

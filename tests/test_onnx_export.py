@@ -64,7 +64,7 @@ TENSORRT10_SUPPORTED_TYPES = {op: {_T[name] for name in names.split()} for op, n
     "Add": _NUMBERS, "AveragePool": _FLOATS, "Cast": _ANY + " UINT8", "Concat": _ANY, "Constant": _ANY,
     "ConstantOfShape": _ANY, "Conv": _FLOATS, "Div": _NUMBERS, "Equal": _NUMBERS, "Expand": _ANY,
     "Gather": _ANY, "GridSample": "FP32 FP16", "Identity": _ANY, "InstanceNormalization": _FLOATS,
-    "MatMul": _FLOATS, "Mul": _NUMBERS, "Pow": _FLOATS, "Range": _NUMBERS, "Reciprocal": _FLOATS,
+    "MatMul": _FLOATS, "Mul": _NUMBERS, "Pad": _NUMBERS, "Pow": _FLOATS, "Range": _NUMBERS, "Reciprocal": _FLOATS,
     "Relu": _NUMBERS, "Reshape": _ANY, "Resize": _FLOATS, "Shape": _ANY, "Sigmoid": _FLOATS, "Slice": _ANY,
     "Split": _ANY, "Squeeze": _ANY, "Sub": _NUMBERS, "Tanh": _FLOATS, "Transpose": _ANY, "Unsqueeze": _ANY,
     "Where": _ANY,
@@ -75,13 +75,14 @@ EXEMPT_OUTPUTS = {"Equal"}
 DATA_INPUTS = {"Resize": 1}
 # Same source, "Restrictions" column. GridSample: 4-D input (TensorRT's grid sample layer: linear/nearest/cubic
 # interpolation, zeros/border/reflection padding). Resize: these modes only, no antialiasing, "stretch" policy.
+# Pad (the update block's padded channels), Slice, Squeeze, Unsqueeze: `axes` a constant.
 GRID_SAMPLE_MODES = {"bilinear", "linear"}  # "linear" is GridSample-20's name for bilinear
 GRID_SAMPLE_PADDING = {"zeros", "border", "reflection"}
 RESIZE_MODES = {"nearest", "linear"}
 RESIZE_COORDINATE_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 RESIZE_NEAREST_MODES = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
 # Operators whose `axes` TensorRT requires as an initializer / constant.
-CONSTANT_AXES_INPUT = {"Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
+CONSTANT_AXES_INPUT = {"Pad": 3, "Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ CPU, 128x128, seeded random weights, few frames and updates (RAFT Large costs se
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.models import WeightsEnum
-from torchvision.models.optical_flow import Raft_Large_Weights, raft_large, raft_small
+from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, raft_large, raft_small
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.compute_size import default_max_pairs
@@ -121,8 +123,40 @@ def test_fast_update_block_layout_per_model() -> None:
     large = FastUpdateBlock(raft_large(weights=None).update_block)
     assert (small.corr_channels, small.gru_flow_channels, len(small.convzr), small.convcorr2) == (200, 8, 1, None)
     assert (large.corr_channels, large.gru_flow_channels, len(large.convzr)) == (328, 2, 2)
-    assert large.convzr[0].in_channels == 384 and large.convzr[0].kernel_size == (1, 5)
+    # per update the GRUs read hidden + motion + flow; the context's share runs once per call
+    assert (small.convzr[0].in_channels, small.convq[0].in_channels, small.convzr[0].out_channels) == (184, 184, 192)
+    assert (small.context_convs[0].in_channels, small.context_convs[0].out_channels) == (64, 288)
+    assert large.convzr[0].in_channels == 256 and large.convzr[0].kernel_size == (1, 5)
     assert large.convzr[1].kernel_size == (5, 1)
+    assert [conv.kernel_size for conv in large.context_convs] == [(1, 5), (5, 1)]
+    assert (large.context_convs[0].in_channels, large.context_convs[0].out_channels) == (128, 384)
+    full = FastUpdateBlock(raft_small(weights=None).update_block, context_gates_once=False)
+    assert full.convzr[0].in_channels == 248 and len(full.context_convs) == 0
+
+
+@pytest.mark.parametrize("build", [raft_small, raft_large])
+def test_context_gates_once_match_the_full_gru_convolutions(build: Callable[..., RAFT]) -> None:
+    """Per update, conv([hidden, context, motion]) == conv([hidden, motion]) + the context terms of encode."""
+    from scope_optical_flow_tensorrt.core.fast_update import FastUpdateBlock
+
+    torch.manual_seed(0)
+    block = build(weights=None).update_block.eval()
+    once, full = FastUpdateBlock(block, context_gates_once=True), FastUpdateBlock(block, context_gates_once=False)
+    pairs, h, w = 2, 12, 20
+    hidden = torch.tanh(torch.randn(pairs, once.hidden_size, h, w))
+    context = torch.relu(torch.randn(pairs, once.context_channels, h, w))
+    corr = F.pad(torch.randn(pairs, block.motion_encoder.convcorr1[0].in_channels, h, w),
+                 (0, 0, 0, 0, 0, once.corr_channels - block.motion_encoder.convcorr1[0].in_channels))
+    flow = F.pad(torch.randn(pairs, 2, h, w) * 3, (0, 0, 0, 0, 0, once.flow_channels - 2))
+    with torch.inference_mode():
+        terms = once.context_gates(context)
+        hidden_once, delta_once = once(hidden, terms, corr, flow)
+        hidden_full, delta_full = full(hidden, full.context_gates(context), corr, flow)
+    assert terms.shape == (pairs, 3 * once.hidden_size * len(once.convzr), h, w)
+    assert torch.equal(full.context_gates(context), context)
+    assert (hidden_once - hidden_full).abs().max() < 1e-5
+    assert (delta_once - delta_full).abs().max() < 1e-4 * max(1.0, delta_full.abs().max().item())
+    assert delta_full.abs().max() > 1e-3  # the comparison saw a real update
 
 
 def test_model_specs_match_torchvision() -> None:
