@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from _checkout import use_this_checkout  # noqa: E402  (same folder)
 
@@ -33,7 +34,9 @@ use_this_checkout()  # run from a checkout without installing
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
 from scope_optical_flow_tensorrt.core.backends import BACKENDS  # noqa: E402
+from scope_optical_flow_tensorrt.core.backends import torch_backend  # noqa: E402
 from scope_optical_flow_tensorrt.core.models import MODEL_NAMES, model_spec  # noqa: E402
+from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
 
 UPDATES = 12
 
@@ -67,6 +70,24 @@ INDUCTOR_OPTIONS = {"Inductor freezing": "freezing", "Inductor conv_1x1_as_mm": 
                     "Inductor max_autotune": "max_autotune"}
 # The update block as it was before the GRUs' context terms were computed once per call (core/fast_update.py).
 CONTEXT_PER_UPDATE = "GRU context read at every update (before)"
+# The correlation pyramid as torchvision builds it (the full volume divided by sqrt(C), then pooled level by
+# level), as the model did before it correlated with pooled features (RaftSequenceFlow._correlation_pyramid).
+FULL_VOLUME_PYRAMID = "pyramid pooled from the full volume (before)"
+# The model's weights and activations in the other memory layout than the default's (torch_backend).
+OTHER_LAYOUT = "channels-last model" if not torch_backend.CHANNELS_LAST_ON_CUDA else "contiguous model"
+
+
+def pyramid_from_full_volume(model: RaftSequenceFlow, fmap1: torch.Tensor, fmap2: torch.Tensor) -> list[torch.Tensor]:
+    """torchvision's ``CorrBlock.build_pyramid`` arithmetic (the :data:`FULL_VOLUME_PYRAMID` row)."""
+    pairs, channels, h, w = fmap1.shape
+    f1 = fmap1.to(model.corr_dtype).reshape(pairs, channels, h * w)
+    f2 = fmap2.to(model.corr_dtype).reshape(pairs, channels, h * w)
+    level = (torch.matmul(f1.transpose(1, 2), f2) / channels**0.5).reshape(pairs * h * w, 1, h, w)
+    pyramid = [level]
+    for _ in range(model.num_levels - 1):
+        level = F.avg_pool2d(level, kernel_size=2, stride=2)
+        pyramid.append(level)
+    return pyramid
 
 
 @contextmanager
@@ -80,6 +101,11 @@ def variant_settings(name: str) -> Iterator[None]:
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
     fast_update.CONTEXT_GATES_ONCE = CONTEXT_PER_UPDATE not in name
+    layout = torch_backend.CHANNELS_LAST_ON_CUDA
+    torch_backend.CHANNELS_LAST_ON_CUDA = layout != (OTHER_LAYOUT in name)
+    pyramid = RaftSequenceFlow._correlation_pyramid
+    if FULL_VOLUME_PYRAMID in name:
+        RaftSequenceFlow._correlation_pyramid = pyramid_from_full_volume  # type: ignore[method-assign]
     options = {option: True for label, option in INDUCTOR_OPTIONS.items() if label in name}
     if options:
         torch._dynamo.reset()
@@ -89,6 +115,8 @@ def variant_settings(name: str) -> Iterator[None]:
     finally:
         torch.backends.cudnn.benchmark = benchmark
         fast_update.CONTEXT_GATES_ONCE = True
+        torch_backend.CHANNELS_LAST_ON_CUDA = layout
+        RaftSequenceFlow._correlation_pyramid = pyramid  # type: ignore[method-assign]
         if options:
             torch._dynamo.reset()
 
@@ -259,6 +287,8 @@ def main() -> None:
                      ours(backend="torch", fused_lookup=False)),
                     ("ours torch fp16 + compile + CUDA graphs (default: fused Triton lookup)", ours(backend="torch")),
                     (f"ours torch fp16 + compile + CUDA graphs, {CONTEXT_PER_UPDATE}", ours(backend="torch")),
+                    (f"ours torch fp16 + compile + CUDA graphs, {FULL_VOLUME_PYRAMID}", ours(backend="torch")),
+                    (f"ours torch fp16 + compile + CUDA graphs, {OTHER_LAYOUT}", ours(backend="torch")),
                     (f"ours torch fp16 + compile + CUDA graphs, {CUDNN_BENCHMARK}", ours(backend="torch")),
                     *[(f"ours torch fp16 + compile + CUDA graphs, {label}", ours(backend="torch"))
                       for label in INDUCTOR_OPTIONS],

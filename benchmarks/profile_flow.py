@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from bench_flow import moving_texture  # noqa: E402  (same folder)
+from bench_flow import moving_texture, pyramid_from_full_volume  # noqa: E402  (same folder)
 from _timing import event_ms, graphed  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
 from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup
@@ -49,10 +50,12 @@ def replay_ms(fn: Callable[[], object], repeats: int = 20) -> float:
     return event_ms(graphed(fn), repeats)
 
 
-def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool = False) -> None:
+def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool = False,
+           channels_last: bool = False) -> None:
     """CUDA-graph times of the default model's stages (fp16, fast block, fused lookup, compiled): where each
     0.1 ms goes. ``context_gates_once=False``: the update block as before (context read by every update's
-    GRU convolutions). ``kernels``: also the top GPU kernels of one compiled encode and one update block."""
+    GRU convolutions). ``kernels``: also the top GPU kernels of one compiled encode and one update step.
+    ``channels_last``: the model's weights and activations channels-last (``RaftSequenceFlow(channels_last=True)``)."""
     from scope_optical_flow_tensorrt.core import fast_update
 
     device = torch.device("cuda")
@@ -60,7 +63,7 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
     raft, _ = load_raft_small(None)
     fast_update.CONTEXT_GATES_ONCE = context_gates_once
     model = RaftSequenceFlow(raft, 12, compute_dtype=torch.float16, corr_dtype=torch.float16,
-                             fast_update_block=True, fused_lookup=True).to(device).eval()
+                             fast_update_block=True, fused_lookup=True, channels_last=channels_last).to(device).eval()
     fast_update.CONTEXT_GATES_ONCE = True
     block = model.update_block
     encode = torch.compile(model.encode, dynamic=False)
@@ -69,16 +72,20 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
                                                                model.lookup_channels_last), dynamic=False)
     update_block = torch.compile(block, dynamic=False)
     feature_encoder = torch.compile(model.feature_encoder, dynamic=False)
-    context_part = torch.compile(lambda images: block.context_gates(model.context_encoder(images)), dynamic=False)
+    context_part = torch.compile(
+        lambda images: block.context_gates(F.relu(model.context_encoder(images)[:, model.hidden_size:])),
+        dynamic=False)
     pyramid_part = torch.compile(model._correlation_pyramid, dynamic=False)
+    pyramid_before = torch.compile(lambda f1, f2: pyramid_from_full_volume(model, f1, f2), dynamic=False)
     with torch.inference_mode():
-        images = (frames.half() * 2 - 1).contiguous()
+        images = (frames.half() * 2 - 1).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         pyramid, hidden, context = encode(frames)
         fmaps = model.feature_encoder(images)
         h, w = size // 8, size // 8
         coords0 = model._coords_grid(pairs, h, w, device)
         coords1 = coords0 + 0.5
-        corr = torch.zeros(pairs, block.corr_channels, h, w, device=device, dtype=torch.float16)
+        corr = corr_lookup(pyramid, coords1, model.radius, block.corr_channels, model.lookup_channels_last)
         flow = torch.zeros(pairs, block.flow_channels, h, w, device=device, dtype=torch.float16)
         rows = [
             ("whole forward (encode + 12 updates + upsample)", lambda: model.forward(frames)),
@@ -86,7 +93,9 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
             (f"  feature encoder ({pairs + 1} frames)", lambda: feature_encoder(images)),
             (f"  context encoder{' + GRU context terms' if context_gates_once else ''} ({pairs} frames)",
              lambda: context_part(images[:-1])),
-            ("  correlation pyramid (matmul + 3 poolings)", lambda: pyramid_part(fmaps[:-1], fmaps[1:])),
+            ("  correlation pyramid (a product with pooled features per level)",
+             lambda: pyramid_part(fmaps[:-1], fmaps[1:])),
+            ("  (before: full volume, divided, pooled 3 times)", lambda: pyramid_before(fmaps[:-1], fmaps[1:])),
             ("one update step (lookup + update block), x12 in a forward", lambda: step(pyramid, context, hidden,
                                                                                        coords0, coords1)),
             ("  fused lookup alone", lambda: lookup(pyramid, coords1)),
@@ -95,13 +104,14 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
         ]
         model.encode, model.update_step = encode, step  # type: ignore[method-assign]
         label = "GRU context terms once per call" if context_gates_once else "GRU context read at every update"
+        label += ", channels-last" if channels_last else ""
         print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs, {label}:")
         for name, fn in rows:
             ms = replay_ms(fn)
             print(f"  {name:62s} {ms:7.3f} ms  ({ms / pairs:6.3f} ms per pair)", flush=True)
         if kernels:
             kernel_table("compiled encode", lambda: encode(frames))
-            kernel_table("compiled update block", lambda: update_block(hidden, context, corr, flow))
+            kernel_table("compiled update step", lambda: step(pyramid, context, hidden, coords0, coords1))
 
 
 def kernel_table(label: str, fn: Callable[[], object], calls: int = 5) -> None:
@@ -162,13 +172,14 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="only time the default model's stages")
     parser.add_argument("--context-per-update", action="store_true",
                         help="with --stages: the update block as before (GRU context read at every update)")
-    parser.add_argument("--kernels", action="store_true", help="with --stages: top kernels of encode, update block")
+    parser.add_argument("--kernels", action="store_true", help="with --stages: top kernels of encode, update step")
+    parser.add_argument("--channels-last", action="store_true", help="with --stages: the model channels-last")
     args = parser.parse_args()
     if args.shapes:
         compile_shapes(args.size)
         return
     if args.stages:
-        stages(args.size, args.pairs, not args.context_per_update, args.kernels)
+        stages(args.size, args.pairs, not args.context_per_update, args.kernels, args.channels_last)
         return
     device = torch.device("cuda")
     frames = moving_texture(args.pairs + 1, args.size, device)[0].permute(1, 0, 2, 3).contiguous()

@@ -8,6 +8,8 @@ for the last flow update, and these differences, all for speed, export and graph
 - each frame's features are computed once, not twice (frame t is image2 of pair t-1 and image1 of pair t);
 - nothing is created on the CPU in the forward pass (coordinate grid and lookup offsets are device buffers),
   so the module can be captured in a CUDA graph and exported to ONNX without host copies;
+- the correlation pyramid's coarser levels are products with pooled features instead of pooled products (the
+  same values: correlation is linear; see :meth:`RaftSequenceFlow._correlation_pyramid`);
 - only the final flow is upsampled and returned (torchvision returns every update's), so RAFT Large's upsampling
   mask is predicted once, not after every update; its convex upsampling gathers the 3x3 neighbourhood with
   padding and slices (torchvision uses ``F.unfold``, which has no ONNX operator TensorRT reads);
@@ -157,15 +159,21 @@ class RaftSequenceFlow(nn.Module):
         return hidden, coords1 + delta_flow.float()
 
     def _correlation_pyramid(self, fmap1: Tensor, fmap2: Tensor) -> list[Tensor]:
+        """torchvision's ``CorrBlock`` pyramid: ``corr[i, j] = <f1_i, f2_j> / sqrt(C)``, then 2x2 average
+        pooling over ``j``, level by level. Correlation is linear in ``f2``, so pooling it over ``j`` equals
+        correlating with ``f2`` pooled the same way: each level here is one matrix product with pooled features,
+        and the full-resolution volume is written once and never read back (nor divided in a pass of its own:
+        the scale goes on ``f1``)."""
         pairs, channels, h, w = fmap1.shape
-        f1 = fmap1.to(self.corr_dtype).reshape(pairs, channels, h * w)
-        f2 = fmap2.to(self.corr_dtype).reshape(pairs, channels, h * w)
-        corr = torch.matmul(f1.transpose(1, 2), f2) / channels**0.5
-        level = corr.reshape(pairs * h * w, 1, h, w)
-        pyramid = [level]
-        for _ in range(self.num_levels - 1):
-            level = F.avg_pool2d(level, kernel_size=2, stride=2)
-            pyramid.append(level)
+        f1 = (fmap1.to(self.corr_dtype) * channels**-0.5).reshape(pairs, channels, h * w).transpose(1, 2)
+        f2 = fmap2.to(self.corr_dtype)
+        pyramid = []
+        for index in range(self.num_levels):
+            if index:
+                f2 = F.avg_pool2d(f2, kernel_size=2, stride=2)
+            level_h, level_w = f2.shape[-2:]
+            level = torch.matmul(f1, f2.reshape(pairs, channels, level_h * level_w))
+            pyramid.append(level.reshape(pairs * h * w, 1, level_h, level_w))
         return pyramid
 
     def _lookup(self, pyramid: list[Tensor], coords: Tensor) -> Tensor:

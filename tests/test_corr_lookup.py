@@ -37,6 +37,28 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 PAIRS, FEATURES, HEIGHT, WIDTH = 2, 32, 16, 20  # level sizes 16x20, 8x10, 4x5, 2x2
 
 
+
+@pytest.mark.parametrize("size", [(16, 20), (17, 23), (64, 40)])
+def test_pyramid_from_pooled_features_equals_torchvision_pooled_volume(size: tuple[int, int]) -> None:
+    """Each level is a product with pooled features (not the full volume pooled): the same numbers as
+    torchvision's ``CorrBlock.build_pyramid`` at every level, odd sizes (floor pooling) included."""
+    generator = torch.Generator().manual_seed(3)
+    fmap1, fmap2 = (torch.randn(PAIRS, 128, *size, generator=generator) for _ in range(2))
+    model = RaftSequenceFlow(raft_small(weights=None), num_flow_updates=1)
+    reference = CorrBlock(num_levels=4, radius=3)
+    reference.build_pyramid(fmap1, fmap2)
+    ours = model._correlation_pyramid(fmap1, fmap2)
+    assert len(ours) == 4
+    for level, (mine, theirs) in enumerate(zip(ours, reference.corr_pyramid)):
+        assert mine.shape == theirs.shape, level
+        assert (mine - theirs).abs().max() < 1e-5 * theirs.abs().max(), level
+    assert reference.corr_pyramid[3].abs().max() > 0.1  # the coarsest level holds real values
+    model.corr_dtype = torch.float16  # the fast path's precision: within fp16 rounding of the fp32 pyramid
+    half = model._correlation_pyramid(fmap1.half(), fmap2.half())
+    for mine, theirs in zip(half, reference.corr_pyramid):
+        assert mine.dtype == torch.float16
+        assert (mine.float() - theirs).abs().max() < 4e-3 * theirs.abs().max()
+
 @pytest.fixture
 def device() -> torch.device:
     """Where the kernel can run here: the interpreter's CPU, or CUDA."""

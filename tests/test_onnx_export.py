@@ -206,9 +206,10 @@ def test_every_node_uses_types_tensorrt_implements(any_graph: onnx.ModelProto) -
 
 
 def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(any_fp16_graph: onnx.ModelProto) -> None:
-    """Walk the fp16 graph's tensor types: convolutions (encoders, update block, heads) run in fp16; from the
-    correlation MatMul on, everything (pyramid pooling, GridSample lookup) is fp32 until an explicit Cast to
-    fp16 hands the looked-up values to the update block; the frames input and flow output stay fp32."""
+    """Walk the fp16 graph's tensor types: convolutions (encoders, update block, heads) run in fp16; the
+    correlation MatMuls (one per pyramid level, the second operand's features pooled in fp32) and everything
+    after them (GridSample lookup) are fp32 until an explicit Cast to fp16 hands the looked-up values to the
+    update block; the frames input and flow output stay fp32."""
     types = tensor_types(any_fp16_graph)
     nodes = list(any_fp16_graph.graph.node)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -225,8 +226,9 @@ def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(any_fp16_graph: onnx.Mo
         assert {types[name] for name in node.input if name} | {types[node.output[0]]} == {FLOAT16}, node.name
     assert len(by_type("Conv")) > 50  # all of RAFT Small's convolutions, none of them fp32
 
-    (matmul,) = by_type("MatMul")  # the correlation volume
-    for node in [matmul] + by_type("AveragePool") + by_type("GridSample") + by_type("Resize"):
+    matmuls = by_type("MatMul")
+    assert len(matmuls) == 4  # the correlation pyramid's levels
+    for node in matmuls + by_type("AveragePool") + by_type("GridSample") + by_type("Resize"):
         float_io = [name for name in [*node.input, *node.output] if name and types[name] in (FLOAT, FLOAT16)]
         assert {types[name] for name in float_io} == {FLOAT}, f"{node.op_type} {node.name} is not fp32"
 
@@ -239,13 +241,13 @@ def test_fp16_graph_keeps_correlation_and_lookup_in_fp32(any_fp16_graph: onnx.Mo
             node = producers[next(i for i in node.input if i and types[i] in (FLOAT, FLOAT16))]
         return node
 
-    for operand in matmul.input:
+    for operand in [name for matmul in matmuls for name in matmul.input]:
         cast = upstream_cast(operand)
         assert attributes(cast)["to"] == FLOAT and types[cast.input[0]] == FLOAT16
 
     # Forward from the correlation: every float tensor reached is fp32, every GridSample is reached, and the
     # walk leaves only through Casts to fp16 (never straight into a Conv).
-    seen, frontier, exits, lookups = set(), list(matmul.output), [], 0
+    seen, frontier, exits, lookups = set(), [name for matmul in matmuls for name in matmul.output], [], 0
     while frontier:
         name = frontier.pop()
         if name in seen:

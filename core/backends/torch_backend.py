@@ -38,6 +38,9 @@ from .cuda_graph import CudaGraphRunner
 # 2x slower than static ones (19 s per shape). So shapes stay static, and window lengths are padded up to a few
 # bucket sizes (in pairs) so that only a handful of shapes is ever compiled and captured.
 COMPILE_DYNAMIC = False
+# Weights and activations channels-last on CUDA (RaftSequenceFlow(channels_last=...)): measured side by side in
+# benchmarks/bench_flow.py ("channels-last" row).
+CHANNELS_LAST_ON_CUDA = False
 PAIR_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 # torch.compile keeps at most `recompile_limit` (default 8) compiled versions per function, then silently runs
 # it eagerly. Window buckets times compute sizes (and several preprocessors in one process) exceed 8.
@@ -129,6 +132,7 @@ class TorchFlowBackend:
             corr_dtype=compute_dtype,
             fast_update_block=config.device.type == "cuda",
             fused_lookup=config.fused_lookup and fused_lookup_available(config.device) and not packages_asked,
+            channels_last=CHANNELS_LAST_ON_CUDA and config.device.type == "cuda",
         )
         self.model = self.model.to(config.device).eval()
         self.max_pairs = config.max_pairs
