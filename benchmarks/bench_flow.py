@@ -92,8 +92,9 @@ def pyramid_from_full_volume(model: RaftSequenceFlow, fmap1: torch.Tensor, fmap2
 
 @contextmanager
 def variant_settings(name: str) -> Iterator[None]:
-    """The settings a variant's name asks for, restored after. Inductor options are not part of Dynamo's
-    guards, so such a variant starts from a reset Dynamo (else it would reuse the default's compiled code)."""
+    """The settings a variant's name asks for, restored after. Inductor options and a replaced method are not
+    part of Dynamo's guards, so such a variant starts from a reset Dynamo (else it reuses the default's compiled
+    code: a first run of the full-volume row took 0.3 s to its first call, i.e. compiled nothing)."""
     import torch._inductor.config as inductor_config
 
     from scope_optical_flow_tensorrt.core import fast_update
@@ -107,7 +108,8 @@ def variant_settings(name: str) -> Iterator[None]:
     if FULL_VOLUME_PYRAMID in name:
         RaftSequenceFlow._correlation_pyramid = pyramid_from_full_volume  # type: ignore[method-assign]
     options = {option: True for label, option in INDUCTOR_OPTIONS.items() if label in name}
-    if options:
+    fresh_dynamo = bool(options) or FULL_VOLUME_PYRAMID in name
+    if fresh_dynamo:
         torch._dynamo.reset()
     try:
         with inductor_config.patch(options):
@@ -117,7 +119,7 @@ def variant_settings(name: str) -> Iterator[None]:
         fast_update.CONTEXT_GATES_ONCE = True
         torch_backend.CHANNELS_LAST_ON_CUDA = layout
         RaftSequenceFlow._correlation_pyramid = pyramid  # type: ignore[method-assign]
-        if options:
+        if fresh_dynamo:
             torch._dynamo.reset()
 
 

@@ -105,6 +105,7 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
         model.encode, model.update_step = encode, step  # type: ignore[method-assign]
         label = "GRU context terms once per call" if context_gates_once else "GRU context read at every update"
         label += ", channels-last" if channels_last else ""
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
         print(f"stages at {size}x{size}, {pairs} pairs, fp16, fused lookup, compiled, CUDA graphs, {label}:")
         for name, fn in rows:
             ms = replay_ms(fn)
