@@ -1,6 +1,6 @@
 """RAFT's update block regrouped for tensor cores, with the same arithmetic as torchvision's (RAFT Small and Large).
 
-Two changes, neither of which alters the result beyond float rounding:
+Three changes, none of which alters the result beyond float rounding:
 
 - every convolution input has a multiple of 8 channels: the correlation features (Small 196, Large 324) are
   zero-padded to 200 / 328 channels and the flow (2) to 8 for the flow convolution, with zero weight columns
@@ -9,14 +9,13 @@ Two changes, neither of which alters the result beyond float rounding:
   instead of 242); RAFT Large's 126 + 2 flow channels are already 128 (hidden 128 + context 128 + 128 = 384).
   cuDNN then needs no padding copies around each convolution;
 - each GRU's update and reset gates (``convz``, ``convr``), which read the same input, run as one convolution
-  (RAFT Large has two GRUs, 1x5 then 5x1; RAFT Small one, 3x3).
-
+  (RAFT Large has two GRUs, 1x5 then 5x1; RAFT Small one, 3x3);
 - with ``context_gates_once`` (the default), the GRU convolutions' share that reads the context runs once per
   model call instead of once per update: a convolution is linear in its input channels, so
   ``conv([hidden, context, motion]) = conv_h+m([hidden, motion]) + conv_c(context)``, and the context (with the
   gates' biases) is the same at every update. :meth:`FastUpdateBlock.context_gates` computes the per-GRU term
   ``[update, reset, candidate]`` (``3 x hidden`` channels) from the context once; each update's convolutions then
-  read ``hidden + 88`` channels instead of ``hidden + 64 + 88`` (RAFT Small: 184 instead of 248, a quarter of the
+  read only the hidden state, motion features and flow (RAFT Small: 184 channels instead of 248, a quarter of the
   GRU's multiply-adds; RAFT Large: 256 instead of 384).
 
 RAFT Large's second correlation convolution (``convcorr2``, 3x3, 256 -> 192) is used as it is.
@@ -129,17 +128,18 @@ class FastUpdateBlock(nn.Module):
         motion = F.relu(self.conv(torch.cat([corr, flow_features], dim=1)))
         gru_flow = flow if self.gru_flow_channels == self.flow_channels else flow[:, : self.gru_flow_channels]
         size = self.hidden_size
+        if self.context_gates_once:  # the context's share of each gate comes in `context`, computed once per call
+            inputs = torch.cat([motion, gru_flow], dim=1)
+        else:
+            inputs = torch.cat([context, motion, gru_flow], dim=1)  # torchvision: [context, motion, flow(2)]
         for index, (convzr, convq) in enumerate(zip(self.convzr, self.convq)):
-            if self.context_gates_once:
-                inputs = torch.cat([motion, gru_flow], dim=1)
-                terms = context[:, 3 * size * index: 3 * size * (index + 1)]
-                gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)) + terms[:, : 2 * size])
-                update, reset = gates.split(size, dim=1)
-                candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)) + terms[:, 2 * size:])
-            else:
-                inputs = torch.cat([context, motion, gru_flow], dim=1)  # torchvision: [context, motion, flow(2)]
-                gates = torch.sigmoid(convzr(torch.cat([hidden, inputs], dim=1)))
-                update, reset = gates.split(size, dim=1)
-                candidate = torch.tanh(convq(torch.cat([reset * hidden, inputs], dim=1)))
-            hidden = (1 - update) * hidden + update * candidate
+            gates = convzr(torch.cat([hidden, inputs], dim=1))
+            terms = context[:, 3 * size * index: 3 * size * (index + 1)] if self.context_gates_once else None
+            if terms is not None:
+                gates = gates + terms[:, : 2 * size]
+            update, reset = torch.sigmoid(gates).split(size, dim=1)
+            candidate = convq(torch.cat([reset * hidden, inputs], dim=1))
+            if terms is not None:
+                candidate = candidate + terms[:, 2 * size:]
+            hidden = (1 - update) * hidden + update * torch.tanh(candidate)
         return hidden, self.head2(F.relu(self.head1(hidden)))

@@ -4,7 +4,7 @@ The graph takes ``frames [T, 3, H, W]`` float32 in ``[0, 1]`` (T dynamic, at lea
 returns ``flow [T - 1, 2, H, W]`` float32 in pixels, exactly like ``RaftSequenceFlow.forward``. The engine
 manager exports the model with the regrouped update block (:class:`.fast_update.FastUpdateBlock`: padded
 channels, fused gates, the context's gate terms computed once per call), so TensorRT gets its smaller
-convolutions too.
+convolutions too, and with the model's correlation pyramid (one MatMul per level, with pooled features).
 
 Precision lives in the graph, because TensorRT builds strongly typed networks (TensorRT 11 has nothing
 else; 10 has the same creation flag): every tensor keeps the type the graph gives it. Two graphs exist:
@@ -50,7 +50,8 @@ EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "torchscript")
 PRECISION_METADATA_KEY = "scope_optical_flow.precision"
 # Goes into the ONNX cache key: graphs exported by an older recipe are re-exported, never reused. v2: precision
 # in the graph (v1: fp32 only, precision left to TensorRT's builder flags); v3: the update block regrouped
-# (core/fast_update.py: padded channels, fused gates, the context's gate terms once per call).
+# (core/fast_update.py: padded channels, fused gates, the context's gate terms once per call) and the correlation
+# pyramid from pooled features (one MatMul per level).
 EXPORT_RECIPE = "typed-graph-v3"
 _DTYPE_PRECISION = {torch.float32: "fp32", torch.float16: "fp16"}
 # Frames in the example input: 3 rather than 2 keeps torch.export from reading the axis as a special value.
