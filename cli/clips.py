@@ -284,6 +284,9 @@ def _compute(
             first_chunk_seconds = time.perf_counter() - started
         frames_done += len(chunk)
         on_frames(len(chunk))
+        # The uncompiled model served the first chunks while a child process compiled: shapes whose kernels are
+        # ready switch over here, between chunks (loading them takes this thread a few seconds, once per shape).
+        flow.wait_for_compiled(timeout=0)
     stages = {"compute": timer.seconds}
     if gpu_timer.enabled:
         stages["compute_gpu"] = gpu_timer.seconds()

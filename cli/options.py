@@ -173,10 +173,6 @@ def build_preprocessor(
             models_dir=model["models_dir"],
             cuda_graphs=model["cuda_graphs"],
             torch_compile=model.get("torch_compile", True),
-            # Batch work: wait for the compiled kernels. In the one scale-out run measured with background
-            # compiling (benchmarks/results/scale_out_background_compile.md) a worker made 184 frames/s steady
-            # against 414 waiting (scale_out.md): the compile thread competed with the pipeline's threads.
-            compile_in_background=False,
         )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error

@@ -10,20 +10,18 @@ shape (20-30 s at 512x512 on a fresh machine). Two things keep that work:
   engine cache's rules (:mod:`core.engine_cache`): a JSON sidecar with the key, size and sha256; atomic writes;
   one inter-process lock per folder, so two processes that need the same entry compile it once; a missing,
   stale, truncated or corrupt entry is rebuilt, never loaded.
-- **torch's own on-disk caches** (Inductor's, and Triton's inside it) are pointed at
-  ``<models folder>/torch-compile-cache`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set, instead of the default under
-  ``/tmp`` that a reboot removes. Shapes compiled outside a warm-up land there.
+- entries are written by the compile process (:mod:`core.backends.compile_worker`) only, so they hold our kernels
+  and nothing else the host's process compiled; the host's process only loads them.
 
 The key holds everything the compiled code depends on: the RAFT model, GPU model and compute capability, compute
 size, window pairs, precision, flow updates, weights identity, the correlation lookup (fused Triton kernel or
-grid_sample), torch and Triton versions, Inductor's wrapper mode, this package's version and a hash of the model
-code. Model, size, pairs, precision, updates, weights, lookup and wrapper name the file (several settings side by
+grid_sample), torch and Triton versions, this package's version and a hash of the model
+code. Model, size, pairs, precision, updates, weights and lookup name the file (several settings side by
 side); the rest are rebuilt in place when they change.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import time
@@ -67,7 +65,7 @@ ROUTE_NOT_SAVED = "compiled-not-saved"  # compiled now, but torch recorded nothi
 ROUTE_EAGER = "eager"  # compiling failed (or is off): the model runs eagerly
 ROUTE_BACKGROUND = "compiling-in-background"  # served uncompiled (CUDA graph) while a worker thread compiles it
 
-_NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup", "wrapper",
+_NAME_FIELDS = ("model", "height", "width", "pairs", "precision", "num_flow_updates", "weights", "lookup",
                 "device_index")
 
 
@@ -107,7 +105,6 @@ def compiled_key(
     weights: str,
     device: torch.device,
     fused_lookup: bool,
-    wrapper: str = "python",
 ) -> dict[str, Any]:
     """The full key of the compiled kernels for one window shape (``pairs`` frame pairs per model call)."""
     gpu_name, capability = device_identity(device)
@@ -124,7 +121,6 @@ def compiled_key(
         "num_flow_updates": num_flow_updates,
         "weights": weights,
         "lookup": "fused" if fused_lookup else "grid_sample",
-        "wrapper": wrapper,
         "gpu_name": gpu_name,
         "compute_capability": capability,
         "device_index": index,
@@ -138,7 +134,7 @@ def compiled_key(
 def entry_path(
     directory: Path, key: dict[str, Any], name_fields: tuple[str, ...] = _NAME_FIELDS, suffix: str = ENTRY_SUFFIX
 ) -> Path:
-    """``{model}_{H}x{W}_{gpu}-{hash of the name fields}{suffix}`` in ``directory`` (also the packages' names)."""
+    """``{model}_{H}x{W}_{gpu}-{hash of the name fields}{suffix}`` in ``directory``."""
     digest = key_hash({name: key[name] for name in name_fields})
     gpu = sanitize_gpu_name(key["gpu_name"])
     return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}{suffix}"
@@ -148,26 +144,9 @@ def entry_path(
 
 
 def torch_cache_dir(directory: Path) -> Path:
+    """Inductor's cache folder that versions before the compile process kept in the models folder (listed and
+    cleared by the CLI's ``cache`` commands; nothing writes it any more)."""
     return directory / TORCH_CACHE_SUBDIR
-
-
-def point_torch_caches_at(directory: Path) -> Path:
-    """Use ``<directory>/torch-compile-cache`` for Inductor's (and Triton's) on-disk caches, unless the user set
-    ``TORCHINDUCTOR_CACHE_DIR`` (or another folder was chosen earlier in this process); returns the folder used.
-
-    torch writes its default (``/tmp/torchinductor_<user>``) into the environment on first use, so that value
-    counts as unset. ``TRITON_CACHE_DIR``, when set, still decides where Triton's own files go.
-    """
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-        return Path(current)
-    target = torch_cache_dir(directory).resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(target)
-    logger.info("torch.compile's on-disk cache: %s", target)
-    return target
 
 
 # -- torch's portable cache artifacts (module-level so tests can stand in for them) ----------------------
@@ -223,26 +202,19 @@ class CompiledKernelCache:
     def path(self, pairs: int) -> Path:
         return entry_path(self.directory, self.key(pairs))
 
-    def load_existing(self) -> list[Path]:
-        """Hot-load every valid entry of this model (any window shape) before anything compiles."""
-        loaded: list[Path] = []
+    def load(self, pairs: int) -> bool:
+        """Hot-load ``pairs``' entry if it is valid (once per process); whether its kernels are now loaded."""
+        path = self.path(pairs)
+        if path in self._loaded:
+            return True
         with locked(self.directory):
-            for path in cached_files(self.directory):
-                sidecar = read_sidecar(path) or {}
-                key = sidecar.get("key")
-                if path.suffix != ENTRY_SUFFIX or not isinstance(key, dict) or "pairs" not in key:
-                    continue
-                if self.key(key["pairs"]) != key or check_artifact(path, key) is not None:
-                    continue
-                if self._load(path):
-                    loaded.append(path)
-        return loaded
+            return check_artifact(path, self.key(pairs)) is None and self._load(path)
 
     def warm(self, pairs: int, run: Callable[[], None], still_compiled: Callable[[], bool]) -> str:
         """Run one window shape (``run``) with its compiled kernels from the entry, or compile them and save the
         entry; returns the route (``ROUTE_*``). Holds the folder's lock, so a second process waits and loads."""
         key, path = self.key(pairs), self.path(pairs)
-        info = {"torch_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
+        info = {"compiled_by": "compile process"}
         with locked(self.directory):
             if path in self._loaded or (check_artifact(path, key) is None and self._load(path)):
                 misses = compile_misses()

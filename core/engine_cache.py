@@ -35,8 +35,8 @@ FAILURE_SUFFIX = ".failed.json"  # a record that building an artifact failed for
 LOCK_NAME = ".raft_small.lock"
 TEMP_MARKER = ".tmp-"
 ARTIFACT_PREFIXES = tuple(f"{name}_" for name in MODEL_NAMES)  # raft_small_..., raft_large_...
-# .torchcache: compiled PyTorch kernels (core.compiled_cache); .pt2: ahead-of-time packages (core.aot_package)
-ARTIFACT_SUFFIXES = (".onnx", ".trt", ".torchcache", ".pt2")
+# .torchcache: compiled PyTorch kernels (core.compiled_cache)
+ARTIFACT_SUFFIXES = (".onnx", ".trt", ".torchcache")
 # A first TensorRT build takes minutes; a process waiting for another one's build waits this long at most.
 LOCK_TIMEOUT_S = 3600.0
 LOCK_NOTICE_S = 2.0

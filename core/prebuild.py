@@ -1,6 +1,5 @@
 """Compiled PyTorch kernels ahead of time (the CLI's ``prebuild --torch``): a preprocessor warmed up for the
-chunk sizes a stream will use, its compiled form kept as cache entries (:mod:`.aot_package` packages, or
-:mod:`.compiled_cache` entries).
+chunk sizes a stream will use, its compiled kernels kept as :mod:`.compiled_cache` entries.
 
 A module of its own above the preprocessor: the engine manager stays below it (the backends import the engine
 manager, and the preprocessor imports the backends).
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from .aot_package import PROGRAMS
 from .compute_size import check_compute_size
 from .engine_manager import check_positive, cuda_device
 from .models import DEFAULT_MODEL
@@ -34,9 +32,9 @@ def prebuild_compiled(
     device: str | torch.device = "cuda",
     model: str = DEFAULT_MODEL,
 ) -> list[Path]:
-    """Compile the PyTorch path for streams fed ``chunk_frames`` frames per call and keep it as cache entries
-    (ahead-of-time ``.pt2`` packages, or torch.compile's ``.torchcache`` entries on the ``jit`` route or where
-    packages cannot be built), so later processes load them instead of compiling; returns the entries' paths.
+    """Compile the PyTorch path for streams fed ``chunk_frames`` frames per call and keep it as torch.compile's
+    ``.torchcache`` entries (made by the compile process), so later processes load them instead of compiling;
+    returns the entries' paths.
     Needs a CUDA GPU (the CPU runs eagerly, with nothing to compile)."""
     check_compute_size(height, width)
     check_positive("num_flow_updates", num_flow_updates)
@@ -51,10 +49,4 @@ def prebuild_compiled(
     cache = getattr(backend, "kernel_cache", None)
     if cache is None or not backend.compiled:
         raise RuntimeError("torch.compile failed or is unavailable here (see the log): nothing compiled to keep.")
-    paths: set[Path] = set()
-    for pairs in backend.warmed_shapes:
-        if pairs in backend.aot_parts:  # served by its ahead-of-time packages
-            paths.update(backend.aot_packages.path(pairs, program) for program in PROGRAMS)
-        elif cache.path(pairs).is_file():
-            paths.add(cache.path(pairs))
-    return sorted(paths)
+    return sorted(cache.path(pairs) for pairs in backend.warmed_shapes if cache.path(pairs).is_file())

@@ -59,9 +59,10 @@ class OpticalFlowTensorRTPreprocessor:
             H200 at 512x512 it made 16-frame chunks 8% faster (benchmarks/NOTES.md); ``False``: grid_sample.
         compile_in_background: with ``torch_compile`` on CUDA, serve each new window shape at once from the
             uncompiled model (in a CUDA graph; same numbers within fp16 rounding, about half the speed) while a
-            worker thread loads its compiled kernels from the models folder or compiles them; the shape switches
-            to them when they are ready (:meth:`wait_for_compiled` waits for that). ``False``: warm-ups and
-            first calls of a shape wait for the compiled kernels instead.
+            child process compiles its kernels (or nothing, where the models folder has them already); the shape
+            switches to them when a caller waits for it (:meth:`wait_for_compiled`), never inside a live call.
+            ``False``: warm-ups and first calls of a shape wait for the compiled kernels instead. Either way this
+            process never compiles: it only loads the kernels the child kept in the models folder.
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
@@ -153,12 +154,13 @@ class OpticalFlowTensorRTPreprocessor:
         """Load the model/engine now instead of on the first call; returns the backend.
 
         ``warmup`` also runs, once, every window shape of a stream fed that many frames per call (``True``: 16;
-        an int or several ints: those chunk sizes), so compiling, loading compiled kernels from the models
-        folder and CUDA-graph capture happen now. With ``compile_in_background`` (the default) the warm-up returns
-        once the uncompiled model's CUDA graphs are captured (about a second) and the compiled kernels take
-        over in the background; otherwise it returns when the compiled kernels serve (seconds from the models
-        folder, tens of seconds the first time), so the first real call runs at full speed. Hosts call it while
-        they show a loading state. On the CPU (eager, nothing to compile) the warm-up does nothing.
+        an int or several ints: those chunk sizes), so CUDA-graph capture happens now, and has their compiled
+        kernels made: loaded from the models folder, or compiled by a child process. With
+        ``compile_in_background`` (the default) the warm-up returns once the uncompiled model's CUDA graphs are
+        captured (about a second); :meth:`wait_for_compiled` then switches to the compiled kernels when they are
+        ready. Otherwise it returns when the compiled kernels serve (seconds from the models folder, tens of
+        seconds the first time), so the first real call runs at full speed. Hosts call it while they show a
+        loading state. On the CPU (eager, nothing to compile) the warm-up does nothing.
         """
         if self._backend is None:
             config = BackendConfig(
@@ -206,12 +208,23 @@ class OpticalFlowTensorRTPreprocessor:
         return self.warmup_routes
 
     def wait_for_compiled(self, timeout: float | None = None) -> bool:
-        """Wait until the compiled kernels of every shape warmed or met so far serve it (see
-        ``compile_in_background``); ``False`` if ``timeout`` seconds pass first. Returns at once where nothing
-        compiles in the background (other backends, the CPU, ``torch_compile=False``), and where compiling
-        failed (the uncompiled model then keeps serving, as the log says), and before the model is loaded."""
+        """Wait until the child process has compiled every shape warmed or met so far (at most ``timeout``
+        seconds; ``0`` does not wait), then switch every shape whose kernels are ready to them: loading them and
+        capturing their CUDA graphs takes this call a few seconds per shape. Live calls never do this, so call it
+        where a pause suits the caller. Returns whether no shape is still compiling; at once where nothing
+        compiles (other backends, the CPU, ``torch_compile=False``, before the model is loaded). A shape whose
+        compile failed keeps the uncompiled model, as the log says."""
         wait = getattr(self._backend, "wait_for_compiled", None)
         return bool(wait(timeout)) if wait is not None else True
+
+    def close(self) -> None:
+        """Stop a compile in progress (its child process exits at once; a cache entry is written whole or not at
+        all) and free the model; a later call loads it again."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+        self._backend = None
+        self.reset()
 
     def reset(self) -> None:
         """Start a new sequence: the next frame has no reference (zero flow) and running scales restart."""

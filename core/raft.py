@@ -99,7 +99,7 @@ class RaftSequenceFlow(nn.Module):
 
     def forward_with(self, frames: Tensor, encode: EncodeFn, update_step: UpdateStepFn) -> Tensor:
         """:meth:`forward` with other implementations of :meth:`encode` and :meth:`update_step` (e.g. the
-        ahead-of-time compiled ones of :mod:`.aot_package`); the final upsampling runs here."""
+        torch.compile'd ones); the final upsampling runs here."""
         num_frames, _, height, width = frames.shape
         pyramid, hidden, context = encode(frames)
         coords0 = self._coords_grid(num_frames - 1, height // DOWNSAMPLE, width // DOWNSAMPLE, frames.device)

@@ -90,6 +90,10 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             ) from error
         _cache.clear()
         _cache[key] = preprocessor
+    else:
+        # ComfyUI waits for this node anyway: shapes a child process has compiled since the last run switch to their
+        # compiled kernels here (never during a run; the first runs use the uncompiled model, about half as fast).
+        preprocessor.wait_for_compiled(timeout=0)
     preprocessor.reset()
     return preprocessor
 
@@ -102,15 +106,14 @@ def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
         return
     window = preprocessor.max_batch_pairs  # video_flow's frames per call
     progress = host.progress_bar(len(window_pair_counts([window], window)))
-    logger.info("optical flow: compiling (or loading compiled kernels) for %dx%d on this GPU; the first time for a "
-                "size takes tens of seconds", preprocessor.height, preprocessor.width)
+    logger.info("optical flow: preparing %dx%d on this GPU", preprocessor.height, preprocessor.width)
     started = time.perf_counter()
     routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
     logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
                 f" ({', '.join(sorted(set(routes)))})" if routes else "")
     if ROUTE_BACKGROUND in routes:
-        logger.info("optical flow: the uncompiled model serves until its compiled kernels, loading (or compiling, "
-                    "the first time for this GPU and size) in the background, take over")
+        logger.info("optical flow: the uncompiled model serves while a child process compiles the kernels for this GPU "
+                    "and size (the first time only); they take over at the start of a later run of this node")
 
 
 def _resolve_weights(choice: str) -> tuple[WeightsSpec, object]:

@@ -113,15 +113,15 @@ class FlowPipeline(Pipeline):
             compute_height, compute_width, flow_strength=flow_strength, model=model,
             num_flow_updates=num_flow_updates, normalization=normalization,
         )
-        # Scope shows "Initializing pipeline..." while the constructor runs: load the model and compile (or load
-        # the compiled kernels from the models folder) for Scope's chunk shapes now, not on the first live chunk.
-        # The warm-up captures the uncompiled model's graphs first; waiting for the compiled ones too means the
-        # first live chunk runs at full speed (and no compile competes with the stream for Python). Should they
-        # take longer than COMPILE_WAIT_S, the stream starts on the uncompiled graphs and switches over later.
+        # Scope shows "Initializing pipeline..." while the constructor runs: load the model, capture the uncompiled
+        # graphs of Scope's chunk shapes, and wait while a child process compiles them (or for nothing, where the
+        # models folder has them); then load the compiled kernels here, where Scope waits anyway. Live chunks never
+        # compile, load or wait. Should compiling take longer than COMPILE_WAIT_S, the stream runs on the
+        # uncompiled graphs (about half the speed); the kernels are kept for the next time Flow is loaded.
         self.preprocessor.load(warmup=CHUNK_FRAMES)
         if not self.preprocessor.wait_for_compiled(timeout=COMPILE_WAIT_S):
-            logger.info("optical flow: still compiling after %d s; the stream starts on the uncompiled model and "
-                        "switches to the compiled kernels when they are ready", COMPILE_WAIT_S)
+            logger.info("optical flow: still compiling after %d s; this stream runs on the uncompiled model, and the "
+                        "compiled kernels serve from the next time Flow is loaded", COMPILE_WAIT_S)
 
     def prepare(self, **kwargs: Any) -> Requirements:
         return Requirements(input_size=CHUNK_FRAMES)

@@ -15,7 +15,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS_DIR = REPO_ROOT.parent / "shared" / "weights"
 COMPUTE_SIZE = 128  # RAFT Small's smallest input
-# Stand-ins for torch.compile and the ahead-of-time packages (fixtures `fake`, `fake_packages`), registered here so
+# Stand-ins for torch.compile and its cache artifacts (fixture `fake`), registered here so
 # that test modules can also import their helpers.
 pytest_plugins = ("fake_compile",)
 

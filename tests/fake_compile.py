@@ -2,13 +2,16 @@
 
 The CPU runs eagerly, so tests that exercise compiling, warm-up and the compiled-kernel cache entries enable
 the compiled path on the CPU and replace torch.compile with :class:`FakeTorchCompile`, which "compiles" each new
-input shape once and saves/loads what it compiled as bytes. Everything else (model, backend, keys, files, locks)
-is real.
+input shape once and saves/loads what it compiled as bytes, in the test's process and in the compile process
+(tests/fake_compile_worker.py). Everything else (model, backend, child process, keys, files, locks) is real.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,16 +21,15 @@ import pytest
 import torch
 from conftest import COMPUTE_SIZE
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import aot_package, compiled_cache
+from scope_optical_flow_tensorrt.core import compiled_cache
 from scope_optical_flow_tensorrt.core import log as core_log
-from scope_optical_flow_tensorrt.core.aot_package import PROGRAMS
-from scope_optical_flow_tensorrt.core.backends import torch_backend
-from scope_optical_flow_tensorrt.core.engine_cache import ArtifactBuildError
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.backends import compile_process, torch_backend
 from torch._dynamo.utils import counters
 
 # Settings of the small CPU preprocessors these tests compile (128x128, 2 flow updates, seeded random weights).
 UPDATES = 2
+FAKE_WORKER = Path(__file__).with_name("fake_compile_worker.py")
+GATE_TIMEOUT_S = 120
 
 
 def make_preprocessor(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPreprocessor:
@@ -43,12 +45,22 @@ def make_preprocessor(models_dir: Path, **options: Any) -> OpticalFlowTensorRTPr
 class FakeTorchCompile:
     """torch.compile and torch's cache artifacts in miniature. A compiled function "compiles" each input shape
     the first time it sees it in this "process" unless loaded artifacts cover that shape; ``save`` returns every
-    shape compiled so far as bytes, ``load`` makes a fresh process treat those shapes as cached."""
+    shape compiled so far as bytes, ``load`` makes a fresh process treat those shapes as cached.
 
-    def __init__(self) -> None:
-        self.compiles: list[str] = []
+    The compile process (a child) runs its own instance (tests/fake_compile_worker.py), which appends what it
+    compiles to ``log``; :attr:`compiles` counts both processes' compiles. ``FAKE_COMPILE_GATE`` (a path) makes
+    compiles wait until that file exists; ``FAKE_COMPILE_FAIL=1`` makes them raise."""
+
+    def __init__(self, log: Path | None = None) -> None:
+        self.log = log
+        self.compiles_here: list[str] = []
         self.loads: list[bytes] = []
         self.new_process()
+
+    @property
+    def compiles(self) -> list[str]:
+        child = self.log.read_text().splitlines() if self.log is not None and self.log.is_file() else []
+        return child + self.compiles_here
 
     def new_process(self) -> None:
         self.seen: set[str] = set()
@@ -62,7 +74,13 @@ class FakeTorchCompile:
             if shape not in self.seen:
                 self.seen.add(shape)
                 if shape not in self.cached:
-                    self.compiles.append(shape)
+                    _wait_for_gate()
+                    if os.environ.get("FAKE_COMPILE_FAIL") == "1":
+                        raise RuntimeError("fake compiler failure: no C compiler found")
+                    self.compiles_here.append(shape)
+                    if self.log is not None:
+                        with self.log.open("a") as handle:
+                            handle.write(shape + "\n")
                     self.recorded.append(shape)
                     counters["inductor"]["fxgraph_cache_miss"] += 1  # as Inductor counts a compile
             return fn(*args)
@@ -77,68 +95,34 @@ class FakeTorchCompile:
         self.cached.update(json.loads(data))  # raises on bytes that are not what save() wrote
 
 
+def _wait_for_gate() -> None:
+    gate = os.environ.get("FAKE_COMPILE_GATE")
+    if not gate:
+        return
+    Path(gate + ".started").touch()
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never opened the compile gate")
+        time.sleep(0.02)
+
+
+def install(fake: FakeTorchCompile, set_attr: Callable[[Any, str, Any], None]) -> None:
+    """Compiling enabled on the CPU, with ``fake`` standing in for torch.compile and torch's cache artifacts."""
+    set_attr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
+    set_attr(torch, "compile", fake.compile)
+    set_attr(compiled_cache, "save_artifacts", fake.save)
+    set_attr(compiled_cache, "load_artifacts", fake.load)
+    set_attr(compiled_cache, "fresh_torch_cache", nullcontext)
+
+
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTorchCompile:
-    fake = FakeTorchCompile()
-    monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
-    monkeypatch.setattr(torch, "compile", fake.compile)
-    monkeypatch.setattr(compiled_cache, "save_artifacts", fake.save)
-    monkeypatch.setattr(compiled_cache, "load_artifacts", fake.load)
-    monkeypatch.setattr(compiled_cache, "fresh_torch_cache", nullcontext)
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> FakeTorchCompile:
+    fake = FakeTorchCompile(tmp_path_factory.mktemp("compile-log") / "compiles.txt")
+    install(fake, monkeypatch.setattr)
+    monkeypatch.setattr(compile_process, "WORKER_COMMAND", [sys.executable, str(FAKE_WORKER)])
+    monkeypatch.setenv("FAKE_COMPILE_LOG", str(fake.log))
     monkeypatch.setattr(core_log, "_said", set())
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so the value the backend sets is undone after
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    monkeypatch.delenv(torch_backend.CPP_WRAPPER_ENV, raising=False)
-    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "jit")  # torch.compile's entries (packages: test_aot_package)
     return fake
 
 
-class FakePackages:
-    """Stand-ins for :func:`aot_package.compile_package` (writes the program's name), :func:`load_runner`
-    (an eager callable of that program on the backend's model) and the fresh-process check (passes unless told
-    otherwise). Counts builds and loads."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.builds: list[str] = []
-        self.loads: list[str] = []
-        self.check_error: str | None = None
-        self.model: RaftSequenceFlow | None = None
-        monkeypatch.setattr(aot_package, "compile_package", self.compile)
-        monkeypatch.setattr(aot_package, "load_runner", self.load)
-        monkeypatch.setattr(aot_package, "check_in_fresh_process", self.check)
-        monkeypatch.setattr(aot_package, "export_program", self.export)
-        monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, "aot")
-
-    def export(self, model: RaftSequenceFlow, program: str, inputs: tuple[Any, ...]) -> str:
-        self.model = model
-        return program
-
-    def compile(self, exported: str, path: Path) -> None:
-        self.builds.append(exported)
-        path.write_text(exported)
-
-    def load(self, path: Path, device: torch.device) -> Callable[..., Any]:
-        program = path.read_text()  # raises on a file compile() did not write
-        if program not in PROGRAMS:
-            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: {path.name}")
-        self.loads.append(program)
-
-        def run(*args: Any) -> Any:
-            assert self.model is not None
-            with torch.no_grad():
-                if program == "encode":
-                    pyramid, hidden, context = RaftSequenceFlow.encode(self.model, *args)
-                    return [*pyramid, hidden, context]
-                return list(RaftSequenceFlow.update_step(self.model, *args))
-
-        return run
-
-    def check(self, packages: dict[Path, Any], device: torch.device) -> None:
-        if self.check_error:
-            raise ArtifactBuildError(self.check_error)
-
-
-@pytest.fixture
-def fake_packages(fake: Any, monkeypatch: pytest.MonkeyPatch) -> FakePackages:
-    """Compiling enabled on the CPU (torch.compile faked by ``fake``), aot route, packages faked."""
-    return FakePackages(monkeypatch)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,12 @@ import torch
 from click.testing import CliRunner
 
 from scope_optical_flow_tensorrt.cli.app import cli, main
-from scope_optical_flow_tensorrt.core import aot_package, compiled_cache, engine_manager, prebuild
-from scope_optical_flow_tensorrt.core import log as core_log
-from scope_optical_flow_tensorrt.core.aot_package import ROUTE_AOT_LOADED
-from scope_optical_flow_tensorrt.core.backends import torch_backend
+from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager, prebuild
+from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_COMPILED_HERE, ROUTE_FAILED
 from scope_optical_flow_tensorrt.core.compiled_cache import (
     ENTRY_SUFFIX,
     ROUTE_BUILT,
-    ROUTE_EAGER,
     ROUTE_LOADED,
-    ROUTE_NOT_SAVED,
     CompiledKernelCache,
     compiled_key,
     entry_path,
@@ -43,7 +38,7 @@ from scope_optical_flow_tensorrt.core.compiled_cache import (
 from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
 
 from conftest import make_frames, run_in_two_processes
-from fake_compile import UPDATES, FakePackages, FakeTorchCompile, make_preprocessor
+from fake_compile import UPDATES, FakeTorchCompile, make_preprocessor
 
 make = make_preprocessor
 
@@ -59,33 +54,17 @@ def test_key_names_everything_the_kernels_depend_on() -> None:
     key = compiled_key(model="raft_small", fused_lookup=False, height=512, width=384, pairs=4, fp16=True, num_flow_updates=12, weights="w",
                        device=torch.device("cpu"))
     assert {"gpu_name", "compute_capability", "model", "height", "width", "pairs", "precision", "num_flow_updates",
-            "weights", "lookup", "torch_version", "triton_version", "package_version", "model_code",
-            "wrapper"} <= set(key)
+            "weights", "lookup", "torch_version", "triton_version", "package_version", "model_code"} <= set(key)
     assert key["torch_version"] == torch.__version__ and key["precision"] == "fp16"
     path = entry_path(Path("/m"), key)
     assert path.name.startswith("raft_small_512x384_cpu-") and path.suffix == ENTRY_SUFFIX
     # settings that name the file get files of their own; environment changes rebuild in place
     assert entry_path(Path("/m"), {**key, "pairs": 16}) != path
-    assert entry_path(Path("/m"), {**key, "wrapper": "cpp"}) != path
     assert entry_path(Path("/m"), {**key, "lookup": "fused"}) != path
     assert key["device_index"] == 0 and entry_path(Path("/m"), {**key, "device_index": 1}) != path
     large = entry_path(Path("/m"), {**key, "model": "raft_large"})
     assert large != path and large.name.startswith("raft_large_512x384_cpu-")
     assert entry_path(Path("/m"), {**key, "torch_version": "9.9"}) == path
-
-
-def test_torch_cache_goes_to_the_models_folder_unless_the_user_chose_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes there on first use
-    assert compiled_cache.point_torch_caches_at(tmp_path) == (tmp_path / "torch-compile-cache").resolve()
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "torch-compile-cache").resolve())
-    mine = tmp_path / "my-inductor-cache"
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
-    assert compiled_cache.point_torch_caches_at(tmp_path / "other") == mine
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(mine)
 
 
 # -- warm-up through the preprocessor -----------------------------------------------------------------
@@ -101,7 +80,7 @@ def test_warm_up_compiles_once_saves_an_entry_and_a_fresh_process_loads_it(
     sidecar = json.loads(sidecar_path(entry).read_text())
     assert sidecar["key"]["pairs"] == 4 and sidecar["key"]["kind"] == "torch_compile"
     assert sidecar["key"]["gpu_name"].startswith("cpu-") and sidecar["sha256"]
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "torch-compile-cache").resolve())
+    assert fake.compiles_here == [] and len(fake.loads) == 1  # compiled by the child, loaded here
     frames = make_frames(4, 64, 80)
     first(frames)  # the first real call (3 pairs, padded to the warmed bucket) compiles nothing new
     assert len(fake.compiles) == 2
@@ -110,7 +89,7 @@ def test_warm_up_compiles_once_saves_an_entry_and_a_fresh_process_loads_it(
     second = make(tmp_path)
     second.load(warmup=4)
     assert second.loaded and second.warmup_routes == [ROUTE_LOADED]
-    assert len(fake.compiles) == 2 and len(fake.loads) == 1  # loaded, not compiled again
+    assert len(fake.compiles) == 2 and len(fake.loads) == 2  # loaded, not compiled again
     torch.testing.assert_close(second(frames), make(tmp_path, torch_compile=False)(frames), atol=1e-4, rtol=0)
 
 
@@ -141,6 +120,7 @@ def _built_entry(fake: FakeTorchCompile, models_dir: Path) -> Path:
     make(models_dir).warm_up([1])
     [entry] = entries(models_dir)
     fake.new_process()
+    fake.loads.clear()
     return entry
 
 
@@ -157,10 +137,9 @@ def test_damaged_entry_is_rebuilt_never_loaded(
     else:
         sidecar_path(entry).unlink()
     compiles = len(fake.compiles)
-    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
-    assert fake.loads == [] and len(fake.compiles) == compiles + 2  # nothing damaged reached torch
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]  # the compile process rebuilt it
+    assert fake.loads == [data] and len(fake.compiles) == compiles + 2  # nothing damaged reached torch
     assert entry.read_bytes() == data and sidecar_path(entry).is_file()
-    assert any("rebuilding compiled PyTorch kernels" in r.getMessage() for r in caplog.records)
 
 
 def test_stale_key_rebuilds_in_place(fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -168,9 +147,8 @@ def test_stale_key_rebuilds_in_place(fake: FakeTorchCompile, tmp_path: Path, mon
     entry = _built_entry(fake, tmp_path)
     monkeypatch.setattr(compiled_cache.torch, "__version__", "99.0")  # torch upgraded
     assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
-    assert entries(tmp_path) == [entry] and fake.loads == []
+    assert entries(tmp_path) == [entry] and fake.loads == [entry.read_bytes()]  # the rebuilt one only
     assert json.loads(sidecar_path(entry).read_text())["key"]["torch_version"] == "99.0"
-    assert any("changed: torch_version" in r.getMessage() for r in caplog.records)
 
 
 def test_entry_torch_cannot_read_is_discarded_and_rebuilt(fake: FakeTorchCompile, tmp_path: Path) -> None:
@@ -180,8 +158,8 @@ def test_entry_torch_cannot_read_is_discarded_and_rebuilt(fake: FakeTorchCompile
     meta = json.loads(sidecar_path(entry).read_text())
     meta.update(size_bytes=len(garbage), sha256=hashlib.sha256(garbage).hexdigest())
     sidecar_path(entry).write_text(json.dumps(meta))
-    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
-    assert fake.loads == [garbage]  # tried once at construction, then discarded
+    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]  # discarded, then built again by the compile process
+    assert fake.loads == [garbage, entry.read_bytes()]  # tried once, then the rebuilt entry
     assert entry.read_bytes() != garbage
 
 
@@ -190,56 +168,42 @@ def test_entry_that_loads_but_does_not_serve_the_kernels_is_replaced(
 ) -> None:
     entry = _built_entry(fake, tmp_path)
     monkeypatch.setattr(compiled_cache, "load_artifacts", lambda data: None)  # read, but its kernels do not match
-    assert make(tmp_path).warm_up([1]) == [ROUTE_BUILT]
-    assert any("did not serve 1 pairs" in r.getMessage() for r in caplog.records)
-    assert sidecar_path(entry).is_file() and len(fake.compiles) == 4
+    assert make(tmp_path).warm_up([1]) == [ROUTE_COMPILED_HERE]  # served, but said
+    assert any("partly compiled in this process" in r.getMessage() for r in caplog.records)
+    assert sidecar_path(entry).is_file() and len(fake.compiles_here) == 2
 
 
 def test_other_settings_entries_are_not_loaded(fake: FakeTorchCompile, tmp_path: Path) -> None:
     _built_entry(fake, tmp_path)
     make(tmp_path, num_flow_updates=UPDATES + 1).warm_up([1])
-    assert fake.loads == [] and len(entries(tmp_path)) == 2
+    assert len(fake.loads) == 1 and len(entries(tmp_path)) == 2  # its own new entry only
 
 
 # -- compile failure ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ["jit", "aot"])
-def test_compile_failure_falls_back_to_eager_with_one_log_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, route: str
+def test_compile_failure_falls_back_to_the_uncompiled_model_with_one_log_line(
+    fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_compile(fn: Callable[..., Any], **_: Any) -> Callable[..., Any]:
-        def compiled(*args: Any) -> Any:
-            raise RuntimeError("InductorError: no working C compiler")
-
-        return compiled
-
-    def broken_package(exported: Any, path: Path) -> None:
-        raise RuntimeError("InductorError: no working C compiler")
-
-    monkeypatch.setattr(torch_backend, "COMPILE_DEVICE_TYPES", ("cuda", "cpu"))
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(aot_package, "compile_package", broken_package)
-    monkeypatch.setattr(core_log, "_said", set())
-    monkeypatch.setenv(torch_backend.COMPILE_ROUTE_ENV, route)
+    monkeypatch.setenv("FAKE_COMPILE_FAIL", "1")  # the compile process's compiler fails
     flow = make(tmp_path)
-    assert set(flow.warm_up([4, 16])) == {ROUTE_EAGER}
+    assert flow.warm_up([4, 16]) == [ROUTE_FAILED, ROUTE_FAILED]
     frames = make_frames(5, 64, 80)
     torch.testing.assert_close(flow(frames), make(tmp_path, torch_compile=False)(frames), atol=1e-4, rtol=0)
     failures = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
-    assert len(failures) == 1 and "no working C compiler" in failures[0].getMessage()
-    assert entries(tmp_path) == []
-    packages = [r for r in caplog.records if "ahead-of-time compiled model could not be built" in r.getMessage()]
-    assert len(packages) == (1 if route == "aot" else 0)  # tried first on the aot route, then torch.compile
-    assert list(tmp_path.glob("*.pt2")) == [] and list(tmp_path.glob("*.pt2.json")) == []  # nothing half-built
+    assert len(failures) == 1 and "no C compiler found" in failures[0].getMessage()
+    assert list(tmp_path.iterdir()) == [] or all(".lock" in p.name for p in tmp_path.iterdir())  # nothing half-built
 
 
-def test_unwritable_models_folder_still_compiles(fake: FakeTorchCompile, tmp_path: Path) -> None:
+def test_unusable_models_folder_leaves_the_uncompiled_model_serving(
+    fake: FakeTorchCompile, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the models folder should be")
     flow = make(blocker)
-    assert flow.load().kernel_cache is None  # type: ignore[attr-defined]
-    assert flow.warm_up([1]) == [ROUTE_NOT_SAVED] and fake.compiles  # compiled in memory, nothing on disk
+    assert flow.warm_up([1]) == [ROUTE_FAILED] and fake.compiles_here == []
+    assert flow(make_frames(3, 64, 80)).shape == (1, 3, 3, 64, 80)
+    assert any("torch.compile failed" in r.getMessage() and "not-a-folder" in r.getMessage() for r in caplog.records)
 
 
 # -- two processes ---------------------------------------------------------------------------------------
@@ -313,26 +277,20 @@ def test_prebuild_torch_without_cuda_is_a_clear_error(tmp_path: Path, capfd: pyt
     assert "compiling the PyTorch path's kernels needs a CUDA GPU" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("route", ["jit", "aot"])
 def test_prebuild_torch_writes_the_entries_a_preprocessor_then_loads(
-    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(prebuild, "cuda_device", lambda *args: torch.device("cpu"))
-    packages = FakePackages(monkeypatch) if route == "aot" else None  # sets the aot route
     result = CliRunner().invoke(cli, ["prebuild", "--torch", "--size", "128x128", "--chunk", "4", "--chunk", "16",
                                       "--updates", str(UPDATES), "--weights", "untrained", "--fp32",
                                       "--models-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    # jit: one .torchcache entry per bucket (4 and 16); aot: two packages (encode, update_step) per bucket
-    paths = entries(tmp_path) if packages is None else sorted(tmp_path.glob("*.pt2"))
-    assert len(paths) == (2 if packages is None else 4) and all(str(path) in result.output for path in paths)
+    paths = entries(tmp_path)  # one .torchcache entry per bucket (4 and 16)
+    assert len(paths) == 2 and all(str(path) in result.output for path in paths)
+    compiles = len(fake.compiles)
     fake.new_process()
     flow = make(tmp_path, fp16=False)
-    if packages is None:
-        assert flow.warm_up([4, 16]) == [ROUTE_LOADED, ROUTE_LOADED] and len(fake.loads) == 2
-    else:
-        assert flow.warm_up([4, 16]) == [ROUTE_AOT_LOADED, ROUTE_AOT_LOADED] and len(packages.builds) == 4
-        assert fake.compiles == [] and entries(tmp_path) == []  # torch.compile never ran
+    assert flow.warm_up([4, 16]) == [ROUTE_LOADED, ROUTE_LOADED] and len(fake.compiles) == compiles
 
 
 # -- the real thing on the CPU: torch's portable artifacts serve a fresh process ---------------------------
@@ -343,14 +301,12 @@ _REAL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from torch._dynamo.utils import counters
-    from scope_optical_flow_tensorrt.core.compiled_cache import CompiledKernelCache, compiled_key, point_torch_caches_at
+    from scope_optical_flow_tensorrt.core.compiled_cache import CompiledKernelCache, compiled_key
 
     models = Path(sys.argv[1])
-    point_torch_caches_at(models)
     key = compiled_key(model="raft_small", fused_lookup=False, height=128, width=128, pairs=1, fp16=False, num_flow_updates=1, weights="w",
                        device=torch.device("cpu"))
     cache = CompiledKernelCache(models, key)
-    cache.load_existing()
     step = torch.compile(lambda x: torch.tanh(x) * 2 + x.relu())
     route = cache.warm(1, lambda: step(torch.randn(8, 8)), lambda: True)
     print(route, counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
@@ -361,8 +317,8 @@ _REAL_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="needs a C++ compiler")
 def test_real_torch_artifacts_serve_a_fresh_process_with_an_empty_torch_cache(tmp_path: Path) -> None:
     env = dict(os.environ)  # imports this package as the test process does (PYTHONPATH or the installed one)
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    env.pop("TRITON_CACHE_DIR", None)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
 
     def run() -> list[str]:
         done = subprocess.run([sys.executable, "-c", _REAL_SCRIPT, str(tmp_path)], env=env, capture_output=True,
@@ -371,6 +327,6 @@ def test_real_torch_artifacts_serve_a_fresh_process_with_an_empty_torch_cache(tm
         return done.stdout.split()
 
     assert run()[0] == ROUTE_BUILT
-    shutil.rmtree(tmp_path / "torch-compile-cache")  # as if /tmp (or the whole torch cache) were wiped
+    shutil.rmtree(tmp_path / "inductor")  # as if /tmp (or the whole torch cache) were wiped
     route, hits, misses = run()
     assert (route, int(hits) >= 1, misses) == (ROUTE_LOADED, True, "0")

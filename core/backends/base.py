@@ -36,7 +36,7 @@ class BackendConfig:
     cuda_graphs: bool = True  # replay the forward pass from CUDA graphs where the backend supports it
     torch_compile: bool = True  # compile the PyTorch model's parts with torch.compile on CUDA
     fused_lookup: bool = True  # the Triton correlation lookup on CUDA (where Triton is importable)
-    # compile (or load compiled kernels) in a worker thread while the uncompiled model serves (PyTorch, CUDA)
+    # serve the uncompiled model while a child process compiles; False: warm-ups and first calls wait (PyTorch, CUDA)
     compile_in_background: bool = True
     models_dir: str | os.PathLike[str] | None = None  # ONNX/engine cache folder (None: the default one)
     model: str = "raft_small"  # core.models: "raft_small" or "raft_large"

@@ -58,13 +58,17 @@ class CudaGraphRunner:
         static_input = inputs.clone()
         side_stream = torch.cuda.Stream(self.device)
         side_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side_stream):  # warm-up outside the graph: cuDNN picks algorithms, allocs settle
+        with torch.cuda.device(self.device), torch.cuda.stream(side_stream):  # warm-up outside the graph: cuDNN picks algorithms, allocs settle
             for _ in range(WARMUP_RUNS):
                 self.module(static_input)
         torch.cuda.current_stream(self.device).wait_stream(side_stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a capture by the background compiler's thread and the serving thread's own work (or
-        # capture) do not invalidate each other; one capture at a time in a process all the same
-        with _CAPTURING, torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        # Captures run only in the caller's own thread (a first call of a shape, a warm-up, a waiting switch to
+        # compiled kernels). thread_local: what other threads of the host do on their own streams (allocations,
+        # launches, stream waits) does not break the capture. A device-wide synchronize from another thread during
+        # these milliseconds still would: CUDA has no capture mode that allows it.
+        with _CAPTURING, torch.cuda.device(self.device), torch.cuda.graph(
+            graph, pool=self._pool, capture_error_mode="thread_local"
+        ):
             static_output = self.module(static_input)
         return graph, static_input, static_output
