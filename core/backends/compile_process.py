@@ -9,19 +9,19 @@ that waits on a pipe (it holds no GIL while it waits), and loads an entry when i
 (:meth:`TorchFlowBackend.wait_for_compiled`).
 
 One child at a time per backend, for the shapes asked so far; shapes asked while it runs go to the next child.
-A child ends when its shapes are done, so it holds no GPU memory after that. When the host exits, its children
-are stopped at once: they see their standard input close (or get SIGTERM from the kernel where the host dies
-abruptly), clean up their temporary files and exit; a cache entry is only ever replaced whole.
+A child ends when its shapes are done, so it holds no GPU memory after that. The host never waits for a child
+when it exits: the child runs in a session of its own (Ctrl-C in the host's terminal does not reach it), finishes
+its shapes and exits, so that the next process finds their entries (a command-line run shorter than the compile
+still leaves them for the next run). ``close()`` stops it at once instead. Either way a cache entry is only ever
+written whole (temporary file, then rename, under the folder's lock).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import subprocess
 import sys
 import threading
-import weakref
 from collections import deque
 from typing import Any
 
@@ -34,8 +34,6 @@ REPORT_PREFIX = "@@optical-flow-compile "
 # How long a child may take to exit once asked, before it is killed.
 STOP_GRACE_S = 1.0
 _STDERR_TAIL_LINES = 40
-
-_children: weakref.WeakSet[CompileProcess] = weakref.WeakSet()
 
 
 def report_line(report: dict[str, Any]) -> str:
@@ -59,7 +57,6 @@ class CompileProcess:
         self._changed = threading.Condition()
         self._process: subprocess.Popen[str] | None = None
         self._closed = False
-        _children.add(self)
 
     @property
     def busy(self) -> bool:
@@ -105,8 +102,8 @@ class CompileProcess:
         job = {**self._job, "pairs": shapes}
         try:
             process = subprocess.Popen(
-                [*WORKER_COMMAND, json.dumps(job)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, bufsize=1,
+                [*WORKER_COMMAND, json.dumps(job)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
             )
         except OSError as error:
             for pairs in shapes:
@@ -150,12 +147,7 @@ def _collect(stream: Any, tail: deque[str]) -> None:
 
 
 def stop_child(process: subprocess.Popen[str]) -> None:
-    """Ask a child to stop (its standard input closes, then SIGTERM), killing it after :data:`STOP_GRACE_S`."""
-    try:
-        if process.stdin is not None:
-            process.stdin.close()
-    except OSError:
-        pass
+    """Stop a child now (SIGTERM: it removes its temporary files), killing it after :data:`STOP_GRACE_S`."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -163,11 +155,3 @@ def stop_child(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@atexit.register
-def _stop_children() -> None:
-    # The host exits at once: a compile in progress is dropped (its entry is written whole or not at all).
-    for child in list(_children):
-        child.close()
-

@@ -6,18 +6,16 @@ torch.compile (or finds a valid entry), keeps them as a cache entry and prints o
 not depend on weight values (torch.compile lifts parameters to graph inputs), so the model here has seeded random
 weights and the entry is written under the host's key, whose weights identity is the host's.
 
-Everything it changes (Inductor's cache folder, Dynamo's recompile limit) stays in this process. It stops when its
-standard input closes (the host exited or closed it) or on SIGTERM, removing its temporary files; where the
-kernel supports it, it also gets SIGTERM when the host dies.
+Everything it changes (Dynamo's recompile limit, Inductor's temporary cache) stays in this process. It runs in a
+session of its own: when the host exits, even by Ctrl-C, it finishes its shapes and exits, so the next process
+finds the entries. SIGTERM (the host's ``close()``) stops it at once, removing its temporary files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -29,9 +27,6 @@ from .base import BackendConfig
 from .compile_process import report_line
 from .torch_backend import TorchFlowBackend
 
-_PR_SET_PDEATHSIG = 1
-_EXIT_GRACE_S = 1.5
-
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -39,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m scope_optical_flow_tensorrt.core.backends.compile_worker JOB_JSON", file=sys.stderr)
         return 2
     job = json.loads(args[0])
-    _stop_with_host()
+    _stop_on_sigterm()
     settings: dict[str, Any] = job["config"]
     config = BackendConfig(
         height=settings["height"], width=settings["width"], device=torch.device(settings["device"]),
@@ -63,28 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _stop_with_host() -> None:
-    """SIGTERM (also from the kernel when the host dies) and a closed standard input end this process cleanly."""
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
+def _stop_on_sigterm() -> None:
+    """SIGTERM (the host's ``close()``) unwinds the compile, so its temporary files are removed on the way out."""
 
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except (OSError, AttributeError):
-            pass
-    threading.Thread(target=_exit_when_stdin_closes, daemon=True, name="host-watch").start()
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
 
-
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds the compile: temporary files are removed on the way out
-
-
-def _exit_when_stdin_closes() -> None:
-    sys.stdin.read()  # returns at end of file: the host is gone or does not want the result any more
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(_EXIT_GRACE_S)  # the main thread did not unwind in time (e.g. inside a long native call)
-    os._exit(1)
+    signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

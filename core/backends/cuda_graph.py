@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..log import logger
+from ..log import log_once, logger
 
 WARMUP_RUNS = 2
 _CAPTURING = threading.Lock()
@@ -32,10 +32,15 @@ class CudaGraphRunner:
         self.device = device
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[tuple[tuple[int, ...], torch.dtype], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self._failed: set[tuple[tuple[int, ...], torch.dtype]] = set()
 
     @property
     def captured_shapes(self) -> list[tuple[int, ...]]:
         return [shape for shape, _ in self._graphs]
+
+    def retry_failed(self) -> None:
+        """Let shapes whose capture was interrupted try again on their next call."""
+        self._failed.clear()
 
     def drop(self, rows: int) -> None:
         """Forget the graphs captured for inputs of ``rows`` rows (the next such call captures anew)."""
@@ -46,7 +51,20 @@ class CudaGraphRunner:
         key = (tuple(inputs.shape), inputs.dtype)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(inputs)
+            if key in self._failed:  # until retry_failed(): a capture here could again break another thread's work
+                return self.module(inputs)
+            try:
+                entry = self._capture(inputs)
+            except RuntimeError as error:
+                # Another thread of the process synchronized the whole device (or the stream) during the capture,
+                # which CUDA forbids while any stream captures. Serve this shape without a graph for now.
+                self._failed.add(key)
+                log_once("cuda-graph-capture-interrupted",
+                         f"a CUDA graph capture was interrupted ({str(error).splitlines()[0][:200]}), probably by "
+                         "another thread synchronizing the GPU; this shape runs without a graph until the next "
+                         "warm-up or wait_for_compiled().")
+                torch.cuda.synchronize(self.device)  # let the invalidated capture's work settle
+                return self.module(inputs)
             self._graphs[key] = entry
         graph, static_input, static_output = entry
         static_input.copy_(inputs)

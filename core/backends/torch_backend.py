@@ -262,6 +262,7 @@ class TorchFlowBackend:
         uncompiled graphs are captured (:data:`ROUTE_BACKGROUND`); else it waits for the compiled kernels and
         switches to them. Returns the route of each shape warmed now (shapes warmed before are skipped)."""
         shapes = sorted({bucket_pairs(p, self.max_pairs) if self.compiled else p for p in pair_counts if p > 0})
+        self._retry_captures()
         warmed_now: list[int] = []
         for pairs in shapes:
             if pairs in self.warmed_shapes or (self.compiler is not None and self.compiler.requested(pairs)):
@@ -283,6 +284,7 @@ class TorchFlowBackend:
         """Wait for the compile process to finish every shape asked of it (at most ``timeout`` seconds), then load
         the compiled kernels of every finished shape and capture their graphs, in this thread. Returns whether no
         shape is left waiting (a shape whose compile failed stays on the uncompiled model, as the log says)."""
+        self._retry_captures()
         if not self.compiled:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -293,6 +295,12 @@ class TorchFlowBackend:
             # a switch may have asked for an entry again (it could not be loaded): wait for that one too
             if not finished or self.compiler is None or not self.compiler.busy:
                 return finished
+
+    def _retry_captures(self) -> None:
+        """A waiting caller: graph captures that another thread interrupted may be tried again."""
+        for runner in (self.eager_graphs, self.graphs):
+            if runner is not None:
+                runner.retry_failed()
 
     @property
     def needs_warm_up(self) -> bool:
