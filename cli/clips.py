@@ -137,9 +137,9 @@ def process_clip(
                        for sink in sinks]
             if on_frames is None:
                 with progress_bar(total=source.num_frames, unit="frame", desc="flow") as bar:
-                    computed = _compute(flow, reader, settings, sinks, threads, bar.update)
+                    computed = _compute(flow, reader, settings, sinks, threads, bar.update, source.num_frames)
             else:
-                computed = _compute(flow, reader, settings, sinks, threads, on_frames)
+                computed = _compute(flow, reader, settings, sinks, threads, on_frames, source.num_frames)
             for thread in threads:
                 thread.finish()
             for sink in sinks:
@@ -236,10 +236,12 @@ def _compute(
     sinks: list[_Sink],
     threads: list[WriterThread],
     on_frames: Callable[[int], Any],
+    clip_frames: int | None = None,
 ) -> _Computed:
     """The compute stage: flow for each decoded chunk, its outputs made on the device and sent to the writers.
 
     The preprocessor carries the last frame across chunks, so the result equals one call over the whole clip.
+    Between chunks, shapes whose compiled kernels are ready switch over where that pays (:func:`worth_switching`).
     """
     import torch
 
@@ -283,14 +285,31 @@ def _compute(
         if frames_done == 0:
             first_chunk_seconds = time.perf_counter() - started
         frames_done += len(chunk)
+        _frames_in_process[0] += len(chunk)
         on_frames(len(chunk))
-        # The uncompiled model served the first chunks while a child process compiled: shapes whose kernels are
-        # ready switch over here, between chunks (loading them takes this thread a few seconds, once per shape).
-        flow.wait_for_compiled(timeout=0)
+        left = None if clip_frames is None else clip_frames - frames_done
+        if worth_switching(left, timer.seconds / frames_done):
+            flow.wait_for_compiled(timeout=0)  # switches the shapes whose compiled kernels are ready, if any
     stages = {"compute": timer.seconds}
     if gpu_timer.enabled:
         stages["compute_gpu"] = gpu_timer.seconds()
     return _Computed(frames_done, size, stages, first_chunk_seconds)
+
+
+# Loading a shape's compiled kernels into this process and capturing their graph: 3.8-4.4 s on an H100
+# (benchmarks/results/guest.json, switch_s); the compiled kernels run about twice as fast as the uncompiled graphs.
+SWITCH_COST_S = 4.0
+_frames_in_process = [0]  # frames this process has computed (all clips): batch workers go on to more clips
+
+
+def worth_switching(frames_left: int | None, seconds_per_frame: float) -> bool:
+    """Whether loading ready compiled kernels now (:data:`SWITCH_COST_S`, the pipeline waits) is repaid by the
+    work still expected: the rest of this clip, plus as much again as this process has done so far (a batch worker
+    that has done many clips will likely do more). Unknown lengths count as long."""
+    if frames_left is None:
+        return True
+    expected = frames_left + _frames_in_process[0]
+    return expected * seconds_per_frame / 2 > SWITCH_COST_S
 
 
 def to_uint8_images(maps: Any) -> Any:
