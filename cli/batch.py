@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import glob
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .clips import ClipJob, ClipResult, WriteSettings, run_job
+from .dispatch import largest_first
 from .errors import EXIT_FAILURE, CliError, InputError, UsageError
 from .inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
 from .options import build_preprocessor
@@ -41,6 +43,7 @@ class BatchReport:
     skipped: list[ClipJob] = field(default_factory=list)
     seconds: float = 0.0
     workers: list[str] = field(default_factory=list)
+    worker_ready_s: dict[str, float] = field(default_factory=dict)  # worker -> seconds until loaded and warm
 
     @property
     def done(self) -> list[ClipResult]:
@@ -285,12 +288,16 @@ def run_clips(
     """Run ``jobs`` (skipping done ones) here (``devices=None``), in one worker process per entry of
     ``devices``, or on the Ray cluster at ``ray_address``. ``model`` holds ``build_preprocessor``'s
     arguments. A clip's failure is recorded in the report, never raised; a worker that cannot load the
-    model stops the batch with that error."""
+    model stops the batch with that error.
+
+    Workers start (spawn, import torch, load and warm up the model) before the clips are probed and ordered,
+    the largest first (:func:`.dispatch.largest_first`), so planning costs no time of its own; here, in
+    this process, the clips run in the order given."""
+    started = time.perf_counter()
     build_preprocessor(**{**model, "device": "cpu", "strict_device": False})  # checks option values; loads nothing
     pending, skipped, refused = split_done(jobs, write.overwrite)
     report = BatchReport(results=list(refused), skipped=skipped)
     progress = BatchProgress(len(pending), show_progress)
-    started = time.perf_counter()
 
     def collect(result: ClipResult) -> None:
         if result.fatal:
@@ -301,23 +308,46 @@ def run_clips(
     try:
         if not pending:
             pass
-        elif ray_address is not None:
-            from .ray_runner import run_on_ray
-
-            report.workers = run_on_ray(pending, write, model, ray_address, collect)
-        elif devices is not None:
-            from .pool import run_pool
-
-            report.workers = devices[: len(pending)]
-            run_pool(pending, write, model, devices, collect, progress.add_frames)
-        else:
+        elif ray_address is None and devices is None:
             report.workers = [str(model["device"])]
             for job in pending:
                 collect(run_job(job, write, model, progress.add_frames, settings.verbose))
+        else:
+            with _start_workers(write, model, devices, ray_address, len(pending)) as workers:
+                workers.run(largest_first(pending), collect, progress.add_frames)
+            report.workers = workers.labels
+            report.worker_ready_s = workers.ready_seconds()
     finally:
         progress.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+class Workers(Protocol):
+    """Workers started ahead of their clips (:class:`.pool.WorkerPool`, :class:`.ray_runner.RayWorkers`)."""
+
+    labels: list[str]
+
+    def run(self, jobs: list[ClipJob], on_result: Callable[[ClipResult], None],
+            on_frames: Callable[[int], None]) -> None: ...
+
+    def ready_seconds(self) -> dict[str, float]: ...
+
+    def __enter__(self) -> Workers: ...
+
+    def __exit__(self, *exc_info: Any) -> None: ...
+
+
+def _start_workers(write: WriteSettings, model: dict[str, Any], devices: list[str] | None, ray_address: str | None,
+                   clips: int) -> Workers:
+    """Start at most ``clips`` workers (no idle worker loads a model for nothing)."""
+    if ray_address is not None:
+        from .ray_runner import RayWorkers
+
+        return RayWorkers(ray_address, write, model, clips)
+    from .pool import WorkerPool
+
+    return WorkerPool((devices or [])[:clips], write, model)
 
 
 def _fatal_error(result: ClipResult) -> CliError:
@@ -341,7 +371,7 @@ def run_batch_command(
     seconds = max(report.seconds, 1e-9)
     if report_path is not None:
         write_report(report_path, report.results, report.seconds, skipped=[job.name for job in report.skipped],
-                     workers=report.workers)
+                     workers=report.workers, worker_ready_s=report.worker_ready_s)
     say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
         f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "
         f"{report.frames / seconds:.1f} frames/s) on {where}")

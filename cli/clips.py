@@ -358,14 +358,15 @@ def _image_readers() -> int:
 _worker: dict[str, Any] = {}
 
 
-def worker_preprocessor(options: dict[str, Any]) -> Any:
+def worker_preprocessor(options: dict[str, Any], warmup: int | bool = False) -> Any:
     """This process's preprocessor for ``options`` (``build_preprocessor``'s arguments), built and loaded on
-    first use and kept for every later clip (a new one only if the options change)."""
+    first use and kept for every later clip (a new one only if the options change). A worker started ahead
+    of its clips passes ``warmup`` (frames per call) to compile or load the kernels of those shapes now."""
     key = repr(sorted(options.items()))
     if _worker.get("key") != key:
         _worker.clear()
         flow = build_preprocessor(**options)
-        load_model(flow)
+        load_model(flow, warmup=warmup)
         _worker.update(key=key, flow=flow)
     return _worker["flow"]
 

@@ -1,21 +1,24 @@
 """Clips on several local devices: a ``ProcessPoolExecutor`` (spawn) with one worker process per device.
 
-Each worker takes one device from a queue in its initializer, pins itself to it and builds one preprocessor
-(loaded once, reused for every clip it gets). Clips are submitted as separate tasks, so a free worker takes
-the next one (dynamic distribution); a clip's temporal state lives in the one worker that runs it. Workers
-report frames done through a queue for the combined progress bar.
+:class:`WorkerPool` starts its workers as soon as it is made, so they spawn, import torch, load and warm up
+the model while the caller is still planning (probing the clips, ordering them). Each worker takes one device
+from a queue in its initializer, pins itself to it and builds one preprocessor (loaded once, reused for every
+clip it gets). Clips are submitted as separate tasks, so a free worker takes the next one in submission order
+(dynamic distribution); a clip's temporal state lives in the one worker that runs it. Workers report when
+they are ready, and frames done, through queues.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import queue
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
 from typing import Any
 
 from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
@@ -25,53 +28,83 @@ from .state import configure_logging, settings
 _worker: dict[str, Any] = {}
 
 
-def run_pool(
-    jobs: list[ClipJob],
-    write: WriteSettings,
-    model: dict[str, Any],
-    devices: list[str],
-    on_result: Callable[[ClipResult], None],
-    on_frames: Callable[[int], None],
-) -> None:
-    """Run ``jobs`` on one worker per entry of ``devices``; ``on_result`` gets each clip's result as it ends
-    (an exception it raises cancels the clips not started yet and is re-raised)."""
-    import multiprocessing
+class WorkerPool:
+    """One spawn worker process per entry of ``devices``, started now (a context manager: leaving it stops
+    them). ``write`` is how every clip will be read and written; the workers warm up at its chunk size."""
 
-    devices = devices[: len(jobs)]  # no idle workers loading a model for nothing
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn also behaves alike everywhere
-    device_queue = context.Queue()
-    for device in devices:
-        device_queue.put(device)
-    frames_queue = context.Queue()
-    stop = context.Event()  # set when the run ends early: queued clips return at once, running ones abort
-    threads = threads_per_worker(len(devices))
-    if threads is not None and len(devices) > 1 and write.codec_threads is None:
-        # Each worker's video decoder and encoder get its share of the cores: with FFmpeg's default every one
-        # of them starts a thread per core, and the workers' threads crowd each other out.
-        write = dataclasses.replace(write, codec_threads=threads)
-    pool = ProcessPoolExecutor(
-        max_workers=len(devices),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(device_queue, frames_queue, stop, model, threads, settings.verbose, settings.quiet),
-    )
-    try:
-        futures: dict[Future[ClipResult], ClipJob] = {pool.submit(_run_clip, job, write): job for job in jobs}
+    def __init__(self, devices: list[str], write: WriteSettings, model: dict[str, Any]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn also behaves alike everywhere
+        self.devices = list(devices)
+        self.labels = self.devices
+        self.started_at = time.time()
+        self.ready_at: dict[str, float] = {}  # worker ("DEVICE pid N") -> time.time() when it was loaded and warm
+        self._device_queue = context.Queue()
+        for device in self.devices:
+            self._device_queue.put(device)
+        self._frames_queue = context.Queue()
+        self._ready_queue = context.Queue()
+        self._stop = context.Event()  # set when the run ends early: queued clips return at once, running ones abort
+        threads = threads_per_worker(len(self.devices))
+        if threads is not None and len(self.devices) > 1 and write.codec_threads is None:
+            # Each worker's video decoder and encoder get its share of the cores: with FFmpeg's default every one
+            # of them starts a thread per core, and the workers' threads crowd each other out.
+            write = dataclasses.replace(write, codec_threads=threads)
+        self.write = write
+        self._executor = ProcessPoolExecutor(
+            max_workers=len(self.devices),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self._device_queue, self._frames_queue, self._ready_queue, self._stop, model, write.chunk,
+                      threads, settings.verbose, settings.quiet),
+        )
+        # The executor spawns a process when a task is submitted and no worker is idle: one empty task per
+        # device starts every worker now, not when the first clips are submitted.
+        for _ in self.devices:
+            self._executor.submit(_started)
+
+    def run(self, jobs: list[ClipJob], on_result: Callable[[ClipResult], None],
+            on_frames: Callable[[int], None]) -> None:
+        """Run ``jobs``, handed to free workers in this order; ``on_result`` gets each clip's result as it ends
+        (an exception it raises cancels the clips not started yet and is re-raised)."""
+        futures: dict[Future[ClipResult], ClipJob] = {
+            self._executor.submit(_run_clip, job, self.write): job for job in jobs
+        }
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(frames_queue, on_frames)
+            self._drain(on_frames)
             for future in finished:
                 on_result(_result(future, futures[future]))
-        _drain(frames_queue, on_frames)
-    except BaseException:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        frames_queue.close()
-        device_queue.close()
+        self._drain(on_frames)
+
+    def ready_seconds(self) -> dict[str, float]:
+        """Seconds from the pool's start until each worker that reported so far was loaded and warmed up."""
+        self._drain(lambda frames: None)
+        return {worker: at - self.started_at for worker, at in sorted(self.ready_at.items())}
+
+    def _drain(self, on_frames: Callable[[int], None]) -> None:
+        for worker, at in _drained(self._ready_queue):
+            self.ready_at[worker] = at
+        for count in _drained(self._frames_queue):
+            on_frames(count)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        try:
+            if error is not None:
+                self._stop.set()
+                self._executor.shutdown(wait=False, cancel_futures=True)
+        finally:
+            self._stop.set()  # workers still starting skip loading the model
+            self._executor.shutdown(wait=True)
+            self._drain(lambda frames: None)
+            for channel in (self._frames_queue, self._ready_queue, self._device_queue):
+                channel.close()
 
 
 def threads_per_worker(workers: int) -> int | None:
@@ -92,19 +125,26 @@ def _result(future: Future[ClipResult], job: ClipJob) -> ClipResult:
         return ClipResult(job, error=f"{type(error).__name__}: {error}", exit_code=EXIT_FAILURE)
 
 
-def _drain(frames_queue: Any, on_frames: Callable[[int], None]) -> None:
+def _drained(channel: Any) -> list[Any]:
+    """Everything waiting in a worker queue now (nothing once it is closed)."""
+    items = []
     while True:
         try:
-            on_frames(frames_queue.get_nowait())
+            items.append(channel.get_nowait())
         except queue.Empty:
-            return
+            return items
         except (OSError, ValueError, EOFError):  # queue closed as the pool shut down
-            return
+            return items
 
 
-def _init_worker(device_queue: Any, frames_queue: Any, stop: Any, model: dict[str, Any], threads: int | None,
-                 verbose: bool, quiet: bool) -> None:
-    """Worker initializer: take a device, pin to it, build and load this worker's preprocessor."""
+def _started() -> None:
+    """The empty task that makes the executor start a worker (see :class:`WorkerPool`)."""
+
+
+def _init_worker(device_queue: Any, frames_queue: Any, ready_queue: Any, stop: Any, model: dict[str, Any],
+                 warmup: int, threads: int | None, verbose: bool, quiet: bool) -> None:
+    """Worker initializer: take a device, pin to it, build, load and warm up this worker's preprocessor (at
+    ``warmup`` frames per call, the clips' chunk size), then report ready."""
     device = device_queue.get()
     # Before torch is imported (and CUDA initialized) here: the worker sees only its GPU, as cuda:0.
     visible, local_device = worker_visible_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -123,9 +163,13 @@ def _init_worker(device_queue: Any, frames_queue: Any, stop: Any, model: dict[st
         torch.cuda.set_device(torch.device(local_device))  # TensorRT and CUDA graphs use the current device
     options = {**model, "device": local_device}
     _worker.update(options=options, frames=frames_queue, stop=stop, verbose=verbose, label=device)
-    # A failure is reported with the first clip (run_job retries and marks it fatal); the pool must not break here.
-    with contextlib.suppress(Exception):
-        worker_preprocessor(options)
+    if stop.is_set():  # the run ended (an error, nothing to do) while this worker was starting
+        return
+    try:
+        worker_preprocessor(options, warmup=warmup)
+    except Exception:  # reported with the first clip (run_job retries and marks it fatal); the pool must not break
+        return
+    ready_queue.put((f"{device} pid {os.getpid()}", time.time()))
 
 
 def worker_visible_devices(device: str, visible: str | None) -> tuple[str | None, str]:

@@ -2,12 +2,13 @@
 
 Two ways to use a Ray cluster:
 
-- **One Ray call per clip** (what ``scope-optical-flow run ... --ray ADDRESS`` does): :func:`run_on_ray`
+- **One Ray call per clip** (what ``scope-optical-flow run ... --ray ADDRESS`` does): :class:`RayWorkers`
   starts one :class:`ClipWorker` actor per GPU of the cluster (``num_gpus=1``; per CPU with ``--device cpu``),
-  each holding one preprocessor for its life, and hands the clips to whichever actor is free
-  (``ray.util.ActorPool``). A clip runs entirely in one call, so its temporal state never leaves it; a
-  failed clip is reported, the others go on. :func:`clip_task` is the same work as a plain Ray task. Inputs
-  and outputs must be on storage every node sees (the paths are used as they are).
+  each loading one preprocessor for its life while the clips are planned, and hands the clips to whichever
+  actor is free (``ray.util.ActorPool``), the largest first. A clip runs entirely in one call, so its
+  temporal state never leaves it; a failed clip is reported, the others go on. :func:`clip_task` is the same
+  work as a plain Ray task. Inputs and outputs must be on storage every node sees (the paths are used as
+  they are).
 - **Ray Data**: :class:`FlowMapBatches` is a callable class for ``map_batches``/``map_groups`` with one actor
   per GPU. Rows are frames (columns ``clip``, ``frame``, ``image``); it adds ``flow_map`` (and ``flow``)::
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .clips import ClipJob, ClipResult, WriteSettings, run_job
+from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
 from .errors import EXIT_FAILURE, CliError
 
 RAY_INSTALL_HINT = 'pip install "scope-optical-flow-tensorrt[ray]" (or pip install ray)'
@@ -58,51 +59,62 @@ def clip_task(job: ClipJob, write: WriteSettings, model: dict[str, Any], verbose
 
 
 class ClipWorker:
-    """Ray actor body: one preprocessor on the actor's device (loaded on its first clip), one clip per call."""
+    """Ray actor body: one preprocessor on the actor's device, one clip per call. Given ``model``
+    (``build_preprocessor``'s arguments) it loads it at creation, warmed up at ``warmup`` frames per call,
+    so actors load while the driver is still planning; otherwise on its first clip."""
+
+    def __init__(self, model: dict[str, Any] | None = None, warmup: int | bool = False) -> None:
+        if model is not None:
+            try:
+                worker_preprocessor(model, warmup=warmup)
+            except Exception:  # reported with the first clip (run_job retries and marks it fatal)
+                pass
 
     def run(self, job: ClipJob, write: WriteSettings, model: dict[str, Any], verbose: bool = False) -> ClipResult:
         return run_job(job, write, model, verbose=verbose)
 
 
-def run_on_ray(
-    jobs: list[ClipJob],
-    write: WriteSettings,
-    model: dict[str, Any],
-    address: str,
-    on_result: Callable[[ClipResult], None],
-) -> list[str]:
-    """Run the clips on the Ray cluster at ``address`` (``auto``, ``ray://HOST:PORT``, ``local``; an already
-    initialized Ray is used as it is): one :class:`ClipWorker` actor per GPU of the cluster (per CPU with
-    ``--device cpu``), clips handed to whichever actor is free (``ray.util.ActorPool``), each result passed to
-    ``on_result`` as it arrives. Returns a description of the workers."""
-    ray = import_ray()
-    from ray.util import ActorPool
+class RayWorkers:
+    """One :class:`ClipWorker` actor per GPU of the Ray cluster at ``address`` (per CPU with ``--device cpu``),
+    at most ``max_workers``, created now so they load the model while the caller plans (a context manager:
+    leaving it kills them). ``address``: ``auto``, ``ray://HOST:PORT``, ``local``; an already initialized Ray
+    is used as it is."""
 
-    from .state import settings
+    def __init__(self, address: str, write: WriteSettings, model: dict[str, Any], max_workers: int) -> None:
+        ray = import_ray()
+        from .state import settings
 
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=settings.verbose)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
-                           "'ray start --head', or pass --ray local for a Ray instance on this machine).") from error
-    on_gpu = str(model["device"]).startswith("cuda")
-    resources = ray.cluster_resources()
-    slots = int(resources.get("GPU" if on_gpu else "CPU", 0))
-    if slots < 1:
-        raise CliError(f"the Ray cluster at {address!r} has no {'GPU' if on_gpu else 'CPU'}; add nodes with GPUs, "
-                       "or pass --device cpu to run on its CPUs.")
-    # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so "cuda" is the actor's GPU.
-    actor_model = {**model, "device": "cuda" if on_gpu else "cpu"}
-    actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=1)(ClipWorker)
-    actors = [actor_class.remote() for _ in range(min(slots, len(jobs)))]
-    pool = ActorPool(actors)
-    originals = {_absolute(job): job for job in jobs}  # workers may run elsewhere: no paths relative to here
-    for job in originals:
-        pool.submit(lambda actor, clip: actor.run.remote(clip, write, actor_model, settings.verbose), job)
-    finished: set[ClipJob] = set()
-    lost: list[str] = []
-    try:
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=settings.verbose)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
+                               "'ray start --head', or pass --ray local for a Ray instance on this machine).") from error
+        on_gpu = str(model["device"]).startswith("cuda")
+        slots = int(ray.cluster_resources().get("GPU" if on_gpu else "CPU", 0))
+        if slots < 1:
+            raise CliError(f"the Ray cluster at {address!r} has no {'GPU' if on_gpu else 'CPU'}; add nodes with "
+                           "GPUs, or pass --device cpu to run on its CPUs.")
+        self.write, self.verbose = write, settings.verbose
+        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so "cuda" is the actor's GPU.
+        self.model = {**model, "device": "cuda" if on_gpu else "cpu"}
+        actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=1)(ClipWorker)
+        self.actors = [actor_class.remote(self.model, write.chunk) for _ in range(min(slots, max_workers))]
+        self.labels = [f"Ray cluster, {len(self.actors)} {'GPU' if on_gpu else 'CPU'} worker(s)"]
+        self._ray = ray
+
+    def run(self, jobs: list[ClipJob], on_result: Callable[[ClipResult], None],
+            on_frames: Callable[[int], None] | None = None) -> None:
+        """Run ``jobs``, handed to free actors in this order (``ray.util.ActorPool``), each result passed to
+        ``on_result`` as it arrives (Ray reports no frame progress: ``on_frames`` is not called)."""
+        from ray.util import ActorPool
+
+        pool = ActorPool(self.actors)
+        originals = {_absolute(job): job for job in jobs}  # workers may run elsewhere: no paths relative to here
+        for job in originals:
+            pool.submit(lambda actor, clip: actor.run.remote(clip, self.write, self.model, self.verbose), job)
+        finished: set[ClipJob] = set()
+        lost: list[str] = []
         while pool.has_next() and len(lost) < len(jobs):
             try:
                 result = pool.get_next_unordered()
@@ -112,15 +124,21 @@ def run_on_ray(
             result.job = originals.get(result.job, result.job)
             finished.add(result.job)
             on_result(result)
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-    for job in jobs:
-        if job not in finished:
-            reason = lost[0] if lost else "no result came back"
-            on_result(ClipResult(job, error=f"its Ray worker failed: {reason}", exit_code=EXIT_FAILURE))
-    kind = "GPU" if on_gpu else "CPU"
-    return [f"Ray cluster, {len(actors)} {kind} worker(s)"]
+        for job in jobs:
+            if job not in finished:
+                reason = lost[0] if lost else "no result came back"
+                on_result(ClipResult(job, error=f"its Ray worker failed: {reason}", exit_code=EXIT_FAILURE))
+
+    def ready_seconds(self) -> dict[str, float]:
+        """Empty: actors do not report when they are loaded (their first clip's start shows it)."""
+        return {}
+
+    def __enter__(self) -> RayWorkers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
 
 
 def _absolute(job: ClipJob) -> ClipJob:

@@ -4,7 +4,10 @@ Ray Data callable class. CPU, 128x128 compute, untrained weights, 2 flow updates
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,11 @@ pytest.importorskip("click")
 pytest.importorskip("tqdm")
 pytest.importorskip("PIL")
 from PIL import Image
-from scope_optical_flow_tensorrt.cli import main
+from scope_optical_flow_tensorrt.cli import batch, main
 from scope_optical_flow_tensorrt.cli.batch import parse_devices, plan_jobs
+from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings
+from scope_optical_flow_tensorrt.cli.dispatch import clip_size, largest_first
+from scope_optical_flow_tensorrt.cli.pool import WorkerPool
 from scope_optical_flow_tensorrt.cli.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_USAGE, CliError
 from scope_optical_flow_tensorrt.cli.ray_runner import FlowMapBatches
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
@@ -112,6 +118,84 @@ def test_two_cpu_workers_match_one_process_and_resume(tmp_path: Path, clips: Pat
     assert code == EXIT_FAILURE
     assert "failed: " in err and str(tmp_path / "multi" / "clip2") in err and "--overwrite" in err
     assert not (tmp_path / "multi_npy" / "clip2.npy").exists()
+
+
+# -- dispatch order and worker start-up ------------------------------------------------------------------------
+
+SIZED_CLIPS = {"a.mp4": 3, "b.mp4": 6, "c.mp4": 4, "d.mp4": 6}  # name order is not size order; b and d tie
+
+
+@pytest.fixture
+def sized_clips(tmp_path: Path) -> Path:
+    folder = tmp_path / "sized"
+    folder.mkdir()
+    for index, (name, frames) in enumerate(SIZED_CLIPS.items()):
+        write_video(folder / name, moving_frames(frames, 48, 64, seed=index))
+    return folder
+
+
+def test_largest_first_by_frames_else_by_bytes(tmp_path: Path, sized_clips: Path) -> None:
+    jobs = [ClipJob((str(sized_clips / name),), flow_npy=tmp_path / f"{name}.npy") for name in SIZED_CLIPS]
+    assert [clip_size(job).frames for job in jobs] == list(SIZED_CLIPS.values())
+    # Largest first; the tie (b, d) keeps the listed order.
+    assert [Path(job.inputs[0]).name for job in largest_first(jobs)] == ["b.mp4", "d.mp4", "c.mp4", "a.mp4"]
+    frames = tmp_path / "frames"  # an image folder counts its files as frames
+    frames.mkdir()
+    for index, image in enumerate(moving_frames(5, 48, 64)):
+        Image.fromarray(image).save(frames / f"{index}.png")
+    with_images = [*jobs, ClipJob((str(frames),), flow_npy=tmp_path / "frames.npy")]
+    assert [job.inputs[0] for job in largest_first(with_images)][:3] == [
+        str(sized_clips / "b.mp4"), str(sized_clips / "d.mp4"), str(frames)]
+    # One clip of unknown length (it cannot be opened): every clip is ordered by bytes on disk instead.
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 10)
+    with_broken = [*jobs, ClipJob((str(broken),), flow_npy=tmp_path / "broken.npy")]
+    assert clip_size(with_broken[-1]).frames is None and clip_size(with_broken[-1]).bytes == 10
+    by_bytes = sorted(with_broken, key=lambda job: -Path(job.inputs[0]).stat().st_size)
+    assert largest_first(with_broken) == by_bytes and by_bytes[-1].inputs[0] == str(broken)
+
+
+def test_one_worker_runs_the_largest_clips_first(tmp_path: Path, sized_clips: Path, run_main) -> None:
+    code, out, err = run_main("run", sized_clips, "--flow-npy", tmp_path / "npy", "--devices", "cpu",
+                              "--report", tmp_path / "report.json", *FAST)
+    assert code == 0, err
+    clips = json.loads((tmp_path / "report.json").read_text())["clips"]
+    started = [Path(clip["input"][0]).name for clip in sorted(clips, key=lambda clip: clip["started_at"])]
+    assert started == ["b.mp4", "d.mp4", "c.mp4", "a.mp4"]  # one worker: the dispatch order
+    assert [np.load(tmp_path / "npy" / f"{Path(name).stem}.npy").shape[0] for name in SIZED_CLIPS] == list(
+        SIZED_CLIPS.values())
+
+
+def test_workers_start_before_the_clips_are_planned(tmp_path: Path, sized_clips: Path, run_main,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    workers_while_planning: list[int] = []
+
+    def planning(jobs: list[ClipJob]) -> list[ClipJob]:
+        workers_while_planning.append(len(multiprocessing.active_children()))
+        return largest_first(jobs)
+
+    monkeypatch.setattr(batch, "largest_first", planning)
+    code, out, err = run_main("run", sized_clips, "--flow-npy", tmp_path / "npy", "--devices", "cpu:2",
+                              "--report", tmp_path / "report.json", *FAST)
+    assert code == 0, err
+    assert workers_while_planning == [2]  # both worker processes existed before the clips were ordered
+    ready = json.loads((tmp_path / "report.json").read_text())["worker_ready_s"]
+    assert len(ready) == 2 and all(key.startswith("cpu pid ") and 0 < value < 120 for key, value in ready.items())
+
+
+def test_worker_pool_loads_the_model_before_any_clip_and_stops_early(tmp_path: Path) -> None:
+    model = {"size": (128, 128), "weights": None, "device": "cpu", "fp16": False, "num_flow_updates": 2,
+             "backend": "auto", "strict_device": False, "models_dir": None, "cuda_graphs": False}
+    with WorkerPool(["cpu"], WriteSettings(chunk=2), model) as pool:
+        assert len(multiprocessing.active_children()) == 1  # spawned at once, not when clips come
+        deadline = time.monotonic() + 120
+        while not pool.ready_seconds() and time.monotonic() < deadline and multiprocessing.active_children():
+            time.sleep(0.1)
+        assert len(pool.ready_seconds()) == 1  # loaded (and warmed up) with no clip submitted
+    # A pool left before its workers are loaded stops them before they load the model.
+    with WorkerPool(["cpu"], WriteSettings(chunk=2), model) as pool:
+        pass
+    assert pool.ready_seconds() == {} and not multiprocessing.active_children()
 
 
 def test_corrupt_clip_is_reported_and_the_others_written(tmp_path: Path, run_main) -> None:
