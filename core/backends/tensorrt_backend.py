@@ -23,7 +23,9 @@ from ..engine_manager import EngineSpec, load_engine, load_runtime_cache, save_r
 from ..log import logger
 from ..onnx_export import INPUT_NAME, OUTPUT_NAME
 from ..paths import plugin_models_dir
-from ..trt_build import FLAVOUR_TITLES, TENSORRT_RTX, build_target, import_tensorrt, tensorrt_logger
+from ..trt_build import (
+    FLAVOUR_TITLES, TENSORRT_RTX, build_target, import_tensorrt, require_tensorrt, tensorrt_logger,
+)
 from ..weights import WeightsInfo, WeightsSpec
 from .base import BackendConfig
 
@@ -34,6 +36,7 @@ class TensorRTFlowBackend:
     name = "tensorrt"
 
     def __init__(self, config: BackendConfig, weights: WeightsSpec) -> None:
+        require_tensorrt()  # the install hint first, on any device
         target = build_target(config.device)  # raises without CUDA, or when no installed flavour fits the GPU
         trt = import_tensorrt(target.flavour)
         self.target = target
