@@ -137,7 +137,7 @@ def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> Non
         return
     click.echo(f"python      {report['python']} ({report['platform']})")
     for name, version in report["packages"].items():
-        click.echo(f"{name:<12}{version or 'not installed'}")
+        click.echo(f"{name:<11} {version or 'not installed'}")
     gpus = report["gpus"]
     click.echo("gpus        " + ("; ".join(f"{g['index']}: {g['name']} ({g['memory_gib']} GiB, sm_{g['capability']})"
                                           for g in gpus) if gpus else f"none ({report['cuda_note']})"))
