@@ -15,7 +15,7 @@ from .errors import CliError, UsageError
 from .options import SizeType, model_option, weights_spec
 from .state import say
 
-PACKAGES = ("torch", "torchvision", "tensorrt", "onnx", "onnxruntime", "polygraphy", "av")
+PACKAGES = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "onnx", "onnxruntime", "polygraphy", "av")
 
 
 def engine_manager() -> ModuleType:
@@ -47,6 +47,12 @@ def engine_manager() -> ModuleType:
               help="Cache folder [default: <models root>/optical-flow-tensorrt].")
 @click.option("--device", default="cuda", show_default=True, help="GPU to build for (engines are per GPU model).")
 @click.option("--onnx-only", is_flag=True, help="Only export the ONNX graph (works without TensorRT or a GPU).")
+@click.option("--tensorrt-targets", "tensorrt_targets", default=None, metavar="SM,...",
+              help="Build portable TensorRT for RTX engines for these compute capabilities (e.g. sm86,sm89,sm120) "
+                   "without a GPU; a GPU of a listed capability loads them without building. Needs tensorrt-rtx "
+                   "(pip install 'scope-optical-flow-tensorrt[tensorrt-rtx]'). Without it, the engine is built for "
+                   "--device with the TensorRT flavour that fits it (TensorRT 10/11 first, then TensorRT for RTX; "
+                   "$SCOPE_OPTICAL_FLOW_TENSORRT picks one).")
 @click.option("--torch", "torch_path", is_flag=True,
               help="Compile the PyTorch path (torch.compile) instead and keep its kernels in the cache (needs CUDA).")
 @click.option("--chunk", "chunks", type=click.IntRange(min=1), multiple=True, default=(4, 16), show_default=True,
@@ -61,18 +67,25 @@ def prebuild_command(
     models_dir: Path | None,
     device: str,
     onnx_only: bool,
+    tensorrt_targets: str | None,
     torch_path: bool,
     chunks: tuple[int, ...],
 ) -> None:
     """Export ONNX graphs and build TensorRT engines ahead of time (or, with --torch, compile the PyTorch path),
-    so the first run starts at once."""
+    so the first run starts at once. Each line printed names the file built and the TensorRT flavour, version
+    and compute capabilities it was built with."""
     manager = engine_manager()
     from ..core.models import model_spec
+    from ..core.trt_rtx import parse_targets
 
     try:
         model_spec(raft_model)
     except ValueError as error:
         raise UsageError(f"--model: {error}") from error
+    try:
+        targets = parse_targets(tensorrt_targets) if tensorrt_targets is not None else None
+    except ValueError as error:
+        raise UsageError(f"--tensorrt-targets: {error}") from error
     for height, width in sizes:
         arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
                      "weights": weights_spec(weights), "models_dir": models_dir, "device": device,
@@ -91,10 +104,23 @@ def prebuild_command(
             path = manager.export_onnx_cached(height, width, **arguments)
         else:
             try:
-                path = manager.prebuild_engine(height, width, **arguments)
-            except RuntimeError as error:
+                path = manager.prebuild_engine(height, width, tensorrt_targets=targets, **arguments)
+            except (RuntimeError, ValueError) as error:
                 raise CliError(f"{error} (To export only the ONNX graph: prebuild --onnx-only.)") from error
+            say(f"{height}x{width}: {path} ({built_with(path)})")
+            continue
         say(f"{height}x{width}: {path}")
+
+
+def built_with(path: Path) -> str:
+    """``"TensorRT for RTX 1.7.1.116, compute capabilities 8.6, 8.9, 12.0"``, from an engine's sidecar."""
+    from ..core.engine_cache import read_sidecar
+
+    sidecar = read_sidecar(path) or {}
+    key = sidecar.get("key") or {}
+    text = str((sidecar.get("info") or {}).get("built_with") or key.get("tensorrt_version", "unknown TensorRT"))
+    targets = key.get("compute_targets") or ([key["compute_capability"]] if key.get("compute_capability") else [])
+    return f"{text}, compute capabilities {', '.join(targets)}" if targets else text
 
 
 @click.command("info", short_help="GPU, versions, backends, weights, models folder, cached engines.")
@@ -111,11 +137,14 @@ def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> Non
         return
     click.echo(f"python      {report['python']} ({report['platform']})")
     for name, version in report["packages"].items():
-        click.echo(f"{name:<12}{version or 'not installed'}")
+        click.echo(f"{name:<11} {version or 'not installed'}")
     gpus = report["gpus"]
     click.echo("gpus        " + ("; ".join(f"{g['index']}: {g['name']} ({g['memory_gib']} GiB, sm_{g['capability']})"
                                           for g in gpus) if gpus else f"none ({report['cuda_note']})"))
-    click.echo(f"backends    {', '.join(report['backends'])} (tensorrt installed: {report['tensorrt_available']})")
+    click.echo(f"backends    {', '.join(report['backends'])} (tensorrt installed: {report['tensorrt_available']}; "
+               f"flavours: {', '.join(report['tensorrt_flavours']) or 'none'})")
+    for line in report["tensorrt_choice"]:
+        click.echo(f"tensorrt    {line}")
     weights = report["weights"]
     click.echo(f"model       {report['model']}")
     click.echo(f"weights     {weights['status']}")
@@ -131,8 +160,9 @@ def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> Non
         for entry in engines:
             key = entry.get("key")
             key_text = " ".join(f"{k}={v}" for k, v in key.items()) if isinstance(key, dict) else str(key)
+            built = f"  [{entry['built_with']}]" if entry.get("built_with") else ""
             click.echo(f"  {entry.get('kind', '?'):<5} {entry.get('size_bytes', 0) / 2**20:8.1f} MiB  "
-                       f"{entry.get('path')}  {key_text}")
+                       f"{entry.get('path')}{built}  {key_text}")
 
 
 def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> dict[str, Any]:
@@ -140,6 +170,7 @@ def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> d
 
     from ..core.backends import BACKENDS, tensorrt_available
     from ..core.paths import plugin_models_dir
+    from ..core.trt_build import choose_flavour, installed_flavours
 
     gpus = []
     if torch.cuda.is_available():
@@ -148,6 +179,13 @@ def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> d
             gpus.append({"index": index, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
                          "capability": f"{props.major}{props.minor}"})
     cuda_note = "CUDA build, no GPU visible" if torch.version.cuda else "CPU-only PyTorch build"
+    choice = []
+    for gpu in gpus:  # which flavour each GPU would run, and why (or why none)
+        capability = f"{gpu['capability'][:-1]}.{gpu['capability'][-1]}"
+        try:
+            choice.append(f"gpu {gpu['index']}: {choose_flavour(capability, gpu['name'])[1]}")
+        except RuntimeError as error:
+            choice.append(f"gpu {gpu['index']}: {error}")
     try:
         engines: list[dict[str, Any]] | str = [
             {key: (str(value) if isinstance(value, Path) else value) for key, value in entry.items()}
@@ -164,6 +202,8 @@ def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> d
         "cuda_note": cuda_note,
         "backends": list(BACKENDS),
         "tensorrt_available": tensorrt_available(),
+        "tensorrt_flavours": list(installed_flavours()),
+        "tensorrt_choice": choice,
         "model": model,
         "weights": weights_status(model),
         "models_dir": str(plugin_models_dir(models_dir)),

@@ -36,7 +36,8 @@ LOCK_NAME = ".raft_small.lock"
 TEMP_MARKER = ".tmp-"
 ARTIFACT_PREFIXES = tuple(f"{name}_" for name in MODEL_NAMES)  # raft_small_..., raft_large_...
 # .torchcache: compiled PyTorch kernels (core.compiled_cache)
-ARTIFACT_SUFFIXES = (".onnx", ".trt", ".torchcache")
+# .rtcache: TensorRT for RTX's runtime cache beside its engine (core.engine_manager)
+ARTIFACT_SUFFIXES = (".onnx", ".trt", ".rtcache", ".torchcache")
 # A first TensorRT build takes minutes; a process waiting for another one's build waits this long at most.
 LOCK_TIMEOUT_S = 3600.0
 LOCK_NOTICE_S = 2.0

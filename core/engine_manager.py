@@ -7,6 +7,11 @@ Files live in ``core.paths.plugin_models_dir(models_dir)``, named after the mode
   updates, weights identity, opset);
 - ``{model}_{H}x{W}_{gpu}-{hash}.trt``: an engine for one GPU model (sanitized name), built from the graph
   of its precision, ``hash`` over precision, flow updates, weights identity and the frame profile;
+- ``{model}_{H}x{W}_portable-{hash}.trt``: a TensorRT-for-RTX engine built without a GPU for a list of
+  compute capabilities (``prebuild --tensorrt-targets``); a GPU of a listed capability loads it when no engine
+  of its own exists;
+- ``<engine stem>.rtcache``: TensorRT for RTX's runtime cache (the kernels compiled just in time for that
+  engine on this GPU), keyed by the engine's sha256, GPU and TensorRT version;
 - ``<file>.json`` next to each: the full key, size, sha256 and build information.
 
 The hash keeps differently configured files of one size side by side (switching settings never rebuilds
@@ -28,6 +33,7 @@ import torch
 
 from .compiled_cache import clear_torch_cache_dir, list_compiled_entries
 from .engine_cache import (
+    build_artifact,
     cached_files,
     check_artifact,
     clear_directory,
@@ -51,11 +57,14 @@ from .compute_size import check_compute_size, default_max_pairs
 from .raft import RaftSequenceFlow
 from .trt_build import (
     BUILD_RECIPE,
+    FLAVOUR_TITLES,
     TENSORRT_INSTALL_HINT,
+    TENSORRT_RTX,
     BuildTarget,
     build_engine_bytes,
     build_target,
-    import_tensorrt,
+    portable_target,
+    require_tensorrt,
 )
 from .models import DEFAULT_MODEL, model_spec
 from .weights import WeightsInfo, WeightsSpec, load_raft
@@ -136,7 +145,9 @@ def engine_key(spec: EngineSpec, weights_identity: str, target: BuildTarget, onn
         "profile_frames": [2, spec.max_frames, spec.max_frames],  # min / opt / max frames per call
         "gpu_name": target.gpu_name,
         "compute_capability": target.compute_capability,
+        "tensorrt_flavour": target.flavour,
         "tensorrt_version": target.tensorrt_version,
+        "compute_targets": list(target.compute_targets),
         "workspace_bytes": target.workspace_bytes,
         "onnx_sha256": onnx_sha256,
         "package_version": package_version(),
@@ -144,7 +155,11 @@ def engine_key(spec: EngineSpec, weights_identity: str, target: BuildTarget, onn
 
 
 _ONNX_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "opset")
-_ENGINE_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "precision", "profile_frames")
+_ENGINE_NAME_FIELDS = ("height", "width", "num_flow_updates", "weights", "precision", "profile_frames",
+                       "tensorrt_flavour", "compute_targets")
+# Fields a portable TensorRT-for-RTX engine may differ in from the engine a GPU would build for itself.
+_TARGET_FIELDS = ("gpu_name", "compute_capability", "compute_targets", "workspace_bytes")
+RUNTIME_CACHE_SUFFIX = ".rtcache"
 
 
 def onnx_path(directory: Path, key: dict[str, Any]) -> Path:
@@ -159,6 +174,38 @@ def engine_path(directory: Path, key: dict[str, Any]) -> Path:
     digest = key_hash({name: key[name] for name in _ENGINE_NAME_FIELDS})
     gpu = sanitize_gpu_name(key["gpu_name"])
     return directory / f"{key['model']}_{key['height']}x{key['width']}_{gpu}-{digest}.trt"
+
+
+def runtime_cache_path(engine: Path) -> Path:
+    """Where TensorRT for RTX's runtime cache of ``engine`` is kept (beside it, same stem)."""
+    return engine.with_suffix(RUNTIME_CACHE_SUFFIX)
+
+
+def runtime_cache_key(engine: Path, target: BuildTarget) -> dict[str, Any]:
+    sidecar = read_sidecar(engine) or {}
+    return {
+        "format": CACHE_FORMAT,
+        "kind": "tensorrt_runtime_cache",
+        "engine_file": engine.name,
+        "engine_sha256": sidecar.get("sha256"),
+        "gpu_name": target.gpu_name,
+        "compute_capability": target.compute_capability,
+        "tensorrt_flavour": target.flavour,
+        "tensorrt_version": target.tensorrt_version,
+    }
+
+
+def portable_engine(directory: Path, key: dict[str, Any], capability: str) -> Path | None:
+    """A valid portable engine in ``directory`` for ``key`` whose targets include ``capability``, or ``None``."""
+    wanted = {name: value for name, value in key.items() if name not in _TARGET_FIELDS}
+    for path in cached_files(directory):
+        stored = (read_sidecar(path) or {}).get("key")
+        if path.suffix != ".trt" or not isinstance(stored, dict) or stored.get("gpu_name") != "portable":
+            continue
+        same = {name: value for name, value in stored.items() if name not in _TARGET_FIELDS} == wanted
+        if same and capability in stored.get("compute_targets", ()) and check_artifact(path, stored) is None:
+            return path
+    return None
 
 
 # -- ONNX -----------------------------------------------------------------------------------------------
@@ -248,10 +295,11 @@ def export_onnx_cached(
 def write_engine_with_tensorrt(onnx: Path, destination: Path, spec: EngineSpec, target: BuildTarget) -> None:
     """The real :data:`EngineBuilder`: polygraphy/TensorRT build of a strongly typed network, bytes written to
     ``destination`` (``onnx`` is the graph of ``spec``'s precision)."""
-    device = torch.device("cuda", torch.cuda.current_device())
+    device = None if target.portable else torch.device("cuda", torch.cuda.current_device())
     data = build_engine_bytes(
         onnx, height=spec.height, width=spec.width, fp16=spec.fp16, max_frames=spec.max_frames,
-        workspace_bytes=target.workspace_bytes, device=device,
+        workspace_bytes=target.workspace_bytes, device=device, flavour=target.flavour,
+        compute_targets=target.compute_targets,
     )
     destination.write_bytes(data)
 
@@ -265,7 +313,9 @@ def ensure_engine(
 ) -> tuple[Path, WeightsInfo]:
     """The cached engine for ``spec`` on ``target``, exporting ONNX and building first where needed.
 
-    ``builder`` defaults to :func:`write_engine_with_tensorrt` (tests inject a fake one).
+    ``builder`` defaults to :func:`write_engine_with_tensorrt` (tests inject a fake one). On a GPU that a
+    TensorRT-for-RTX target describes, a valid portable engine listing its compute capability
+    (:func:`portable_engine`) is used when the GPU has no engine of its own: nothing is built.
     """
     build = builder or write_engine_with_tensorrt
     with locked(directory):
@@ -274,9 +324,35 @@ def ensure_engine(
         sidecar = read_sidecar(onnx) or {}
         key = engine_key(spec, info.identity, target, str(sidecar.get("sha256", "")))
         path = engine_path(directory, key)
-        extra = {"onnx_file": onnx.name, "weights_description": info.description}
+        if target.flavour == TENSORRT_RTX and not target.portable and check_artifact(path, key) is not None:
+            shipped = portable_engine(directory, key, target.compute_capability)
+            if shipped is not None:
+                logger.info("using the portable TensorRT for RTX engine %s (built for compute capabilities %s)",
+                            shipped.name, ", ".join((read_sidecar(shipped) or {})["key"]["compute_targets"]))
+                return shipped, info
+        extra = {"onnx_file": onnx.name, "weights_description": info.description,
+                 "built_with": f"{FLAVOUR_TITLES[target.flavour]} {target.tensorrt_version}"}
         ensure_artifact(path, key, lambda temp: build(onnx, temp, spec, target), info=extra, label="TensorRT engine")
     return path, info
+
+
+def load_runtime_cache(engine: Path, target: BuildTarget) -> bytes | None:
+    """TensorRT for RTX's runtime cache kept for ``engine`` on this GPU, or ``None`` (none, stale or corrupt)."""
+    path = runtime_cache_path(engine)
+    with locked(engine.parent):
+        if check_artifact(path, runtime_cache_key(engine, target)) is not None:
+            return None
+        return path.read_bytes()
+
+
+def save_runtime_cache(engine: Path, target: BuildTarget, data: bytes) -> Path | None:
+    """Keep ``data`` (a serialized runtime cache) beside ``engine`` under the cache's key/sidecar/lock rules."""
+    if not data:
+        return None
+    path = runtime_cache_path(engine)
+    with locked(engine.parent):
+        return build_artifact(path, runtime_cache_key(engine, target), lambda temp: temp.write_bytes(data),
+                              info={"built_with": f"{FLAVOUR_TITLES[target.flavour]} {target.tensorrt_version}"})
 
 
 def load_engine(
@@ -316,11 +392,15 @@ def prebuild_engine(
     models_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cuda",
     model: str = DEFAULT_MODEL,
+    tensorrt_targets: tuple[str, ...] | None = None,
 ) -> Path:
     """Export ONNX if needed and build the TensorRT engine for these settings ahead of time; returns its path.
 
     ``max_pairs=None`` uses the preprocessor's default for this size, so the preprocessor with the same
     settings finds this engine. Raises ``RuntimeError`` (with the install hint) without TensorRT or CUDA.
+
+    ``tensorrt_targets`` (compute capabilities such as ``("8.6", "8.9", "12.0")``) builds a portable TensorRT
+    for RTX engine instead, without a GPU (``device`` is not used): a GPU of a listed capability loads it.
     """
     check_compute_size(height, width)
     check_positive("num_flow_updates", num_flow_updates)
@@ -329,7 +409,9 @@ def prebuild_engine(
     name = model_spec(model).name
     spec = EngineSpec(height, width, bool(fp16), num_flow_updates, max_pairs or default_max_pairs(height, width, name),
                       model=name)
-    import_tensorrt()  # first, so a machine without TensorRT gets the install hint
+    if tensorrt_targets:
+        return ensure_engine(plugin_models_dir(models_dir), spec, weights, portable_target(tuple(tensorrt_targets)))[0]
+    require_tensorrt()  # first, so a machine without TensorRT gets the install hint
     resolved = cuda_device(device)
     target = build_target(resolved)
     with torch.cuda.device(resolved):
@@ -352,7 +434,9 @@ def list_cached_engines(models_dir: str | os.PathLike[str] | None = None) -> lis
         row.update(
             key=key,
             path=path,
-            kind={".onnx": "onnx", ".trt": "tensorrt"}.get(path.suffix, str(key.get("kind", path.suffix))),
+            kind={".onnx": "onnx", ".trt": "tensorrt", RUNTIME_CACHE_SUFFIX: "tensorrt_runtime_cache"}.get(
+                path.suffix, str(key.get("kind", path.suffix))),
+            built_with=(sidecar.get("info") or {}).get("built_with") if isinstance(sidecar.get("info"), dict) else None,
             size_bytes=path.stat().st_size,
             valid_metadata=bool(key) and sidecar.get("size_bytes") == path.stat().st_size,
             created=sidecar.get("created"),

@@ -24,7 +24,10 @@ opset 18 GridSample is still GridSample-16 (``mode="bilinear"``), which TensorRT
 Exporter: the ``torch.export``-based exporter (``dynamo=True``) when ``onnxscript`` imports, else the
 TorchScript exporter (``dynamo=False``); both exist in torch 2.4 up to at least 2.14 and give graphs that
 match PyTorch to ~1e-5 pixels. Graphs are checked with ``onnx.checker`` and constant-folded with polygraphy
-when ``onnx_graphsurgeon`` (which polygraphy's folding needs) is installed.
+when ``onnx_graphsurgeon`` (which polygraphy's folding needs) is installed. Both exporters' graphs build with
+TensorRT for RTX 1.7 since the correlation's 1/sqrt(C) scale is applied after f1's transpose (applied before
+it, Myelin failed on the pyramid's MatMuls in both graphs; see benchmarks/NOTES.md), so the faster
+``torch.export`` exporter stays the default.
 """
 
 from __future__ import annotations

@@ -165,7 +165,9 @@ class RaftSequenceFlow(nn.Module):
         and the full-resolution volume is written once and never read back (nor divided in a pass of its own:
         the scale goes on ``f1``)."""
         pairs, channels, h, w = fmap1.shape
-        f1 = (fmap1.to(self.corr_dtype) * channels**-0.5).reshape(pairs, channels, h * w).transpose(1, 2)
+        # The scale goes on after the transpose: scaling [P, C, H, W] before it (same values) makes TensorRT for
+        # RTX 1.7 fail to build the pyramid's MatMuls (Myelin formats.cpp CHECK; see benchmarks/NOTES.md).
+        f1 = fmap1.to(self.corr_dtype).reshape(pairs, channels, h * w).transpose(1, 2) * channels**-0.5
         f2 = fmap2.to(self.corr_dtype)
         pyramid = []
         for index in range(self.num_levels):

@@ -1,4 +1,12 @@
-"""TensorRT 10 and 11 specifics: importing it, describing the GPU, building an engine from ONNX with polygraphy.
+"""TensorRT flavours and the engine build: importing TensorRT, choosing the flavour, describing the target,
+building an engine from ONNX with polygraphy.
+
+Two flavours serve the ``tensorrt`` backend (:data:`FLAVOURS`, in order of preference): TensorRT 10/11
+(module ``tensorrt``; compute capability 7.5 and up, data-centre GPUs included) and TensorRT for RTX (module
+``tensorrt_rtx``; the RTX compute capabilities its ``ComputeCapability`` enum lists, 7.5 to 12.x, *not* 9.0,
+so no H100/H200). ``$SCOPE_OPTICAL_FLOW_TENSORRT`` (``tensorrt`` or ``tensorrt_rtx``) picks one. Everything
+TensorRT-for-RTX-specific (compute-capability targets, runtime config, runtime cache) lives in the sibling
+:mod:`.trt_rtx`; the build below is shared, as polygraphy shares its loaders between the two.
 
 Nothing here is imported unless the TensorRT backend or an engine build is used. The build is polygraphy's
 lazy loader chain ``engine_bytes_from_network(network_from_onnx_path(path, strongly_typed=True),
@@ -18,7 +26,10 @@ run in full fp32.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -33,8 +44,15 @@ from .onnx_export import INPUT_NAME, read_precision
 
 TENSORRT_INSTALL_HINT = (
     "pip install tensorrt (from NVIDIA's package index: pip install --extra-index-url https://pypi.nvidia.com "
-    "tensorrt), or pip install 'scope-optical-flow-tensorrt[tensorrt]'"
+    "tensorrt), or pip install 'scope-optical-flow-tensorrt[tensorrt]'; on an RTX GPU (compute capability 7.5 "
+    "to 12.x, not 9.0) also TensorRT for RTX from PyPI: pip install 'scope-optical-flow-tensorrt[tensorrt-rtx]'"
 )
+FLAVOUR_ENV = "SCOPE_OPTICAL_FLOW_TENSORRT"
+TENSORRT = "tensorrt"  # TensorRT 10/11
+TENSORRT_RTX = "tensorrt_rtx"  # TensorRT for RTX
+FLAVOURS: tuple[str, ...] = (TENSORRT, TENSORRT_RTX)  # preference order when several can serve a GPU
+FLAVOUR_TITLES = {TENSORRT: "TensorRT 10/11", TENSORRT_RTX: "TensorRT for RTX"}
+TENSORRT_MIN_CAPABILITY = (7, 5)  # TensorRT 10 dropped Maxwell, Pascal and Volta
 # TensorRT's scratch memory for tactics; capped at half the GPU's memory on small cards.
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 MIN_FRAMES = 2
@@ -47,43 +65,168 @@ BUILD_RECIPE = "strongly-typed-v1"
 POLYGRAPHY_FOR_TENSORRT_11 = (0, 50, 3)
 
 
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt``, or a ``RuntimeError`` that says how to install it."""
+def import_tensorrt(flavour: str = TENSORRT) -> ModuleType:
+    """``import tensorrt`` (or ``tensorrt_rtx``), or a ``RuntimeError`` that says how to install it."""
+    check_flavour_name(flavour)
     try:
-        import tensorrt
+        module = importlib.import_module(flavour)
     except Exception as error:  # ImportError, or a broken install failing to load its libraries
         raise RuntimeError(
-            f"TensorRT is not available ({type(error).__name__}: {error}). Install it with: {TENSORRT_INSTALL_HINT}; "
-            "or use backend='torch'."
+            f"{FLAVOUR_TITLES[flavour]} is not available ({type(error).__name__}: {error}). Install it with: "
+            f"{TENSORRT_INSTALL_HINT}; or use backend='torch'."
         ) from error
-    return tensorrt
+    return module
+
+
+def check_flavour_name(flavour: str) -> None:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"TensorRT flavour {flavour!r} is not known; use one of {', '.join(FLAVOURS)} "
+                         f"(e.g. ${FLAVOUR_ENV}=tensorrt_rtx).")
+
+
+def flavour_available(flavour: str) -> bool:
+    """Whether ``flavour`` imports (a broken install counts as missing)."""
+    try:
+        import_tensorrt(flavour)
+    except RuntimeError:
+        return False
+    return True
+
+
+def installed_flavours() -> tuple[str, ...]:
+    """The flavours that import here, in preference order."""
+    return tuple(flavour for flavour in FLAVOURS if flavour_available(flavour))
+
+
+def require_tensorrt() -> None:
+    """A ``RuntimeError`` with the install hint when no flavour is installed."""
+    if not installed_flavours():
+        import_tensorrt()  # raises, naming TensorRT 10/11's import error and how to install either flavour
+
+
+def supported_capabilities(flavour: str) -> tuple[str, ...] | None:
+    """The compute capabilities ``flavour`` builds and runs engines for (``None``: every one from 7.5 up)."""
+    if flavour == TENSORRT:
+        return None
+    from .trt_rtx import rtx_capabilities
+
+    return rtx_capabilities(import_tensorrt(TENSORRT_RTX))
+
+
+def flavour_supports(flavour: str, capability: str) -> bool:
+    supported = supported_capabilities(flavour)
+    if supported is None:
+        return _version_tuple(capability) >= TENSORRT_MIN_CAPABILITY
+    return capability in supported
+
+
+def choose_flavour(capability: str, gpu_name: str = "this GPU") -> tuple[str, str]:
+    """The TensorRT flavour for a GPU of ``capability`` (``"8.9"``) and why, as ``(flavour, reason)``.
+
+    ``$SCOPE_OPTICAL_FLOW_TENSORRT`` decides when set; otherwise the first of :data:`FLAVOURS` that is
+    installed and supports the GPU. Raises ``RuntimeError`` (one line, before any build) when none can serve.
+    """
+    wanted = os.environ.get(FLAVOUR_ENV, "").strip()
+    candidates = FLAVOURS
+    if wanted:
+        check_flavour_name(wanted)
+        candidates = (wanted,)
+    skipped: list[str] = []
+    for flavour in candidates:
+        title = FLAVOUR_TITLES[flavour]
+        if not flavour_available(flavour):
+            skipped.append(f"{title} is not installed")
+            continue
+        if not flavour_supports(flavour, capability):
+            supported = supported_capabilities(flavour) or ()
+            listed = ", ".join(supported) if supported else f"{'.'.join(map(str, TENSORRT_MIN_CAPABILITY))} and up"
+            skipped.append(f"{title} does not support compute capability {capability} (it supports {listed})")
+            continue
+        why = f"${FLAVOUR_ENV}={wanted}" if wanted else ("; ".join(skipped + [f"{title} is installed"]))
+        return flavour, f"{title} for {gpu_name} (compute capability {capability}): {why}"
+    raise RuntimeError(
+        f"no installed TensorRT flavour can serve {gpu_name} (compute capability {capability}): "
+        f"{'; '.join(skipped)}. Install one that can ({TENSORRT_INSTALL_HINT}), or use backend='torch'."
+    )
 
 
 @dataclass(frozen=True)
 class BuildTarget:
-    """The GPU and TensorRT an engine is built for (an engine only runs where all of these match)."""
+    """The GPU(s) and TensorRT an engine is built for (an engine only runs where all of these match).
+
+    ``compute_targets`` lists the compute capabilities a TensorRT-for-RTX engine is compiled for (empty for
+    TensorRT 10/11, whose engines are for the GPU that built them); a portable engine (built without a GPU, see
+    :func:`portable_target`) has ``gpu_name`` ``"portable"`` and no ``compute_capability``.
+    """
 
     gpu_name: str
     compute_capability: str
     tensorrt_version: str
     workspace_bytes: int
+    flavour: str = TENSORRT
+    compute_targets: tuple[str, ...] = ()
+
+    @property
+    def portable(self) -> bool:
+        return self.gpu_name == PORTABLE_GPU_NAME
 
 
-def build_target(device: torch.device) -> BuildTarget:
-    """Describe ``device`` (a CUDA device) and the installed TensorRT."""
-    trt = import_tensorrt()
+PORTABLE_GPU_NAME = "portable"
+
+
+def build_target(device: torch.device, flavour: str | None = None) -> BuildTarget:
+    """Describe ``device`` (a CUDA device) and the TensorRT flavour for it (``None``: :func:`choose_flavour`)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError(
             f"TensorRT engines need a CUDA GPU, but the device is {device}. Use backend='torch' (or 'onnxruntime') "
             "on the CPU."
         )
     properties = torch.cuda.get_device_properties(device)
+    capability = f"{properties.major}.{properties.minor}"
+    if flavour is None:
+        flavour = choose_flavour(capability, properties.name)[0]
+    trt = import_tensorrt(flavour)
     return BuildTarget(
         gpu_name=properties.name,
-        compute_capability=f"{properties.major}.{properties.minor}",
+        compute_capability=capability,
         tensorrt_version=str(trt.__version__),
         workspace_bytes=int(min(DEFAULT_WORKSPACE_BYTES, properties.total_memory // 2)),
+        flavour=flavour,
+        compute_targets=(capability,) if flavour == TENSORRT_RTX else (),
     )
+
+
+def portable_target(compute_targets: tuple[str, ...]) -> BuildTarget:
+    """A TensorRT-for-RTX target for GPUs of ``compute_targets`` (``("8.6", "12.0")``), built without a GPU."""
+    from .trt_rtx import check_targets
+
+    trt = import_tensorrt(TENSORRT_RTX)
+    targets = check_targets(trt, compute_targets)
+    return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), DEFAULT_WORKSPACE_BYTES, TENSORRT_RTX, targets)
+
+
+def bind_polygraphy(flavour: str) -> None:
+    """Point polygraphy's TensorRT handles at ``flavour``'s module.
+
+    polygraphy picks ``tensorrt`` or ``tensorrt_rtx`` once, from ``$POLYGRAPHY_USE_TENSORRT_RTX`` at its first
+    import; a process that builds with the other flavour (or imported polygraphy before choosing) gets the
+    module-level handles of the loaders it uses rebound here (a no-op when they already match).
+    """
+    from polygraphy import config as polygraphy_config
+
+    wanted = flavour == TENSORRT_RTX
+    if polygraphy_config.USE_TENSORRT_RTX == wanted:
+        return
+    from polygraphy.mod.trt_importer import lazy_import_trt
+
+    polygraphy_config.USE_TENSORRT_RTX = wanted
+    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if wanted else "0"
+    handle = lazy_import_trt()
+    for name in ("polygraphy.util.util", "polygraphy.backend.trt.util", "polygraphy.backend.trt.loader",
+                 "polygraphy.backend.trt.config", "polygraphy.backend.tensorrt_rtx.config",
+                 "polygraphy.datatype.tensorrt"):
+        importlib.import_module(name).trt = handle
+    importlib.import_module("polygraphy.backend.trt.util").TRT_LOGGER = None  # rebuilt from the new module
 
 
 def build_engine_bytes(
@@ -94,11 +237,16 @@ def build_engine_bytes(
     fp16: bool,
     max_frames: int,
     workspace_bytes: int,
-    device: torch.device,
+    device: torch.device | None,
+    flavour: str = TENSORRT,
+    compute_targets: tuple[str, ...] = (),
 ) -> bytes:
     """Parse ``onnx_path`` as a strongly typed network and build a serialized engine (takes minutes; progress
     goes to the log). The precision comes from the graph's types: ``fp16`` says which graph ``onnx_path`` must
-    be (its recorded precision is checked, so an fp32 graph never becomes an "fp16" engine)."""
+    be (its recorded precision is checked, so an fp32 graph never becomes an "fp16" engine).
+
+    ``flavour`` ``tensorrt_rtx`` compiles for ``compute_targets`` (:mod:`.trt_rtx`); with ``device=None`` the
+    build runs without a GPU (TensorRT for RTX only)."""
     wanted = "fp16" if fp16 else "fp32"
     recorded = read_precision(onnx_path)
     if recorded != wanted:
@@ -106,8 +254,10 @@ def build_engine_bytes(
             f"{onnx_path} is {'an ' + recorded if recorded else 'an unlabelled'} graph, but an {wanted} engine was "
             "requested; delete it (or run clear_cache()) so it is exported again."
         )
-    trt = import_tensorrt()
-    check_polygraphy(str(trt.__version__))
+    trt = import_tensorrt(flavour)
+    if flavour == TENSORRT:
+        check_polygraphy(str(trt.__version__))
+    bind_polygraphy(flavour)
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     opt_frames = max(MIN_FRAMES, max_frames)
@@ -118,21 +268,32 @@ def build_engine_bytes(
         max=(opt_frames, 3, height, width),
     )
     network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
-    config = CreateConfig(
+    settings: dict[str, Any] = dict(
         profiles=[profile],
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)},
         progress_monitor=_progress_monitor(trt),
     )
+    if flavour == TENSORRT_RTX:
+        from .trt_rtx import create_config
+
+        config = create_config(trt, compute_targets, **settings)
+    else:
+        config = CreateConfig(**settings)
+    targets = f", for compute capabilities {', '.join(compute_targets)}" if compute_targets else ""
     logger.warning(
-        "building a TensorRT engine for RAFT at %dx%d (%s, up to %d frames per call). A first build takes "
-        "several minutes; it is cached afterwards.", height, width, wanted, opt_frames,
+        "building a %s engine for RAFT at %dx%d (%s, up to %d frames per call%s). A first build can take "
+        "minutes; it is cached afterwards.", FLAVOUR_TITLES[flavour], height, width, wanted, opt_frames, targets,
     )
     started = time.monotonic()
-    with torch.cuda.device(device):
-        serialized = engine_bytes_from_network(network, config=config)
+    with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
+        try:
+            serialized = engine_bytes_from_network(network, config=config)
+        except Exception as error:  # polygraphy raises PolygraphyException("Invalid Engine ...") on a failed build
+            raise RuntimeError(f"{FLAVOUR_TITLES[flavour]} could not build an engine from {onnx_path}: {error} "
+                               "(see the TensorRT log above).") from error
     if not serialized:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above).")
-    logger.warning("TensorRT engine built in %.0f s", time.monotonic() - started)
+    logger.warning("%s engine built in %.0f s", FLAVOUR_TITLES[flavour], time.monotonic() - started)
     return bytes(serialized)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 
 import pytest
 import torch
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import backends, log
+from scope_optical_flow_tensorrt.core import backends, log, trt_build
 from scope_optical_flow_tensorrt.core.backends import BACKENDS, BackendConfig, choose_backend, create_backend
 
 CUDA = torch.device("cuda", 0)  # choose_backend only looks at the device type; no GPU is touched
@@ -24,6 +25,7 @@ def fresh_log_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "tensorrt_available", lambda: False)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # and so does `import tensorrt_rtx`
 
 
 def package_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -46,11 +48,62 @@ def test_auto_without_tensorrt_uses_torch_with_one_log_line(no_tensorrt: None, c
     assert records[0].levelno == logging.WARNING
 
 
+def gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
+    """Pretend the CUDA device is ``name`` of ``capability`` (only its properties are read)."""
+    properties = types.SimpleNamespace(name=name, major=capability[0], minor=capability[1])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+
+
+def flavours_installed(monkeypatch: pytest.MonkeyPatch, *installed: str) -> None:
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: bool(installed))
+    monkeypatch.setattr(trt_build, "flavour_available", lambda flavour: flavour in installed)
+    monkeypatch.setattr(trt_build, "supported_capabilities",
+                        lambda flavour: None if flavour == "tensorrt" else ("7.5", "8.0", "8.6", "8.9", "12.0"))
+
+
 def test_auto_with_tensorrt_on_cuda_picks_tensorrt(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(backends, "tensorrt_available", lambda: True)
+    flavours_installed(monkeypatch, "tensorrt", "tensorrt_rtx")
+    gpu(monkeypatch, "NVIDIA GeForce RTX 4090", (8, 9))
+    monkeypatch.delenv(trt_build.FLAVOUR_ENV, raising=False)
     with caplog.at_level(logging.INFO, logger="scope_optical_flow_tensorrt"):
         assert choose_backend("auto", CUDA) == "tensorrt"
-    assert any("builds an engine" in record.getMessage() for record in package_records(caplog))
+    (message,) = [record.getMessage() for record in package_records(caplog)]
+    assert "builds an engine" in message and "TensorRT 10/11 for NVIDIA GeForce RTX 4090" in message  # first when both
+
+
+@pytest.mark.parametrize(("installed", "env", "capability", "expected", "why"), [
+    (("tensorrt_rtx",), "", (8, 9), "tensorrt_rtx", "TensorRT 10/11 is not installed"),
+    (("tensorrt", "tensorrt_rtx"), "tensorrt_rtx", (8, 9), "tensorrt_rtx", "$SCOPE_OPTICAL_FLOW_TENSORRT=tensorrt_rtx"),
+    (("tensorrt", "tensorrt_rtx"), "", (9, 0), "tensorrt", "TensorRT 10/11 is installed"),
+])
+def test_flavour_choice_and_its_reason(monkeypatch: pytest.MonkeyPatch, installed, env, capability, expected, why) -> None:
+    flavours_installed(monkeypatch, *installed)
+    monkeypatch.setenv(trt_build.FLAVOUR_ENV, env)
+    flavour, reason = trt_build.choose_flavour(".".join(map(str, capability)), "GPU")
+    assert flavour == expected and why in reason
+
+
+def test_a_gpu_no_installed_flavour_supports_gets_one_line_and_auto_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TensorRT for RTX alone on an H100 (compute capability 9.0): one clear line before any build; auto runs
+    PyTorch, backend='tensorrt' raises it."""
+    flavours_installed(monkeypatch, "tensorrt_rtx")
+    gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    monkeypatch.delenv(trt_build.FLAVOUR_ENV, raising=False)
+    with caplog.at_level(logging.INFO, logger="scope_optical_flow_tensorrt"):
+        assert choose_backend("auto", CUDA) == "torch"
+    (message,) = [record.getMessage() for record in package_records(caplog)]
+    assert "backend: torch" in message and "H100" in message and "does not support compute capability 9.0" in message
+    assert "\n" not in message
+    with pytest.raises(RuntimeError, match=r"no installed TensorRT flavour can serve NVIDIA H100.*9\.0"):
+        choose_backend("tensorrt", CUDA)
+    monkeypatch.setenv(trt_build.FLAVOUR_ENV, "tensorrt")  # asked for a flavour that is not installed
+    with pytest.raises(RuntimeError, match="TensorRT 10/11 is not installed"):
+        choose_backend("tensorrt", CUDA)
+    monkeypatch.setenv(trt_build.FLAVOUR_ENV, "tensorrt-11")
+    with pytest.raises(ValueError, match="tensorrt, tensorrt_rtx"):
+        choose_backend("tensorrt", CUDA)
 
 
 def test_auto_on_cpu_uses_torch_even_with_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:

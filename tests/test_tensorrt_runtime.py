@@ -15,6 +15,7 @@ network is strongly typed and no precision flag or per-layer precision call is m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import enum
 import hashlib
@@ -521,3 +522,89 @@ def test_tensorrt11_needs_a_polygraphy_that_avoids_removed_apis(monkeypatch: pyt
         trt_build.check_polygraphy("11.4.0")
     monkeypatch.setattr(polygraphy, "__version__", "0.53.6")
     trt_build.check_polygraphy("11.4.0")
+
+
+# -- TensorRT for RTX's runtime path (needs a GPU TensorRT for RTX supports: stand-in here) -------------------
+
+
+class FakeRuntimeCache:
+    def __init__(self, loaded: list[bytes]) -> None:
+        self.loaded, self.blob = loaded, b""
+
+    def deserialize(self, blob: bytes) -> bool:
+        self.loaded.append(bytes(blob))
+        self.blob = bytes(blob)
+        return True
+
+    def serialize(self) -> bytes:
+        return self.blob + b"+kernels"
+
+
+class FakeRuntimeConfig:
+    def __init__(self, loaded: list[bytes]) -> None:
+        self.loaded = loaded
+        self.dynamic_shapes_kernel_specialization_strategy = "LAZY"
+        self.cuda_graph_strategy = "DISABLED"
+        self.cache: FakeRuntimeCache | None = None
+
+    def create_runtime_cache(self) -> FakeRuntimeCache:
+        return FakeRuntimeCache(self.loaded)
+
+    def set_runtime_cache(self, cache: FakeRuntimeCache) -> None:
+        self.cache = cache
+
+    def get_runtime_cache(self) -> FakeRuntimeCache | None:
+        return self.cache
+
+
+def test_tensorrt_rtx_context_uses_eager_specialization_graphs_and_a_kept_runtime_cache(
+    fake_trt_setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With TensorRT for RTX the context gets a runtime config (eager kernel specialization, so warm-up pays;
+    whole-graph CUDA capture when cuda_graphs is on) and its runtime cache is kept beside the engine after the
+    first call at a frame count, then loaded by the next process."""
+    setup = fake_trt_setup
+    loaded: list[bytes] = []
+    configs: list[FakeRuntimeConfig] = []
+    rtx = types.ModuleType("tensorrt_rtx")
+    vars(rtx).update({name: value for name, value in vars(sys.modules["tensorrt"]).items() if not name.startswith("__")})
+    rtx.__version__ = "1.99.0-fake"
+    rtx.DynamicShapesKernelSpecializationStrategy = types.SimpleNamespace(LAZY="LAZY", EAGER="EAGER", NONE="NONE")
+    rtx.CudaGraphStrategy = types.SimpleNamespace(DISABLED="DISABLED", WHOLE_GRAPH_CAPTURE="WHOLE_GRAPH_CAPTURE")
+
+    def create_runtime_config(engine: FakeEngine) -> FakeRuntimeConfig:
+        configs.append(FakeRuntimeConfig(loaded))
+        return configs[-1]
+
+    def create_execution_context(engine: FakeEngine, config: FakeRuntimeConfig | None = None) -> FakeContext:
+        assert config is configs[-1], "the context must be created with the runtime config"
+        engine.contexts.append(FakeContext(engine))
+        return engine.contexts[-1]
+
+    monkeypatch.setattr(FakeEngine, "create_runtime_config", create_runtime_config, raising=False)
+    monkeypatch.setattr(FakeEngine, "create_execution_context", create_execution_context)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+    target = BuildTarget("Fake RTX 4090", "8.9", "1.99.0-fake", 1 << 30, "tensorrt_rtx", ("8.9",))
+    monkeypatch.setattr(tensorrt_backend, "build_target", lambda device: target)
+    synchronized: list[int] = []
+    stream = types.SimpleNamespace(cuda_stream=STREAM_HANDLE, synchronize=lambda: synchronized.append(1))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+
+    backend = create_backend("tensorrt", setup.config, None)
+    assert configs[0].dynamic_shapes_kernel_specialization_strategy == "EAGER"
+    assert configs[0].cuda_graph_strategy == "WHOLE_GRAPH_CAPTURE" and loaded == []
+    frames = torch.rand(3, 3, SIZE, SIZE)
+    backend.flow(frames)
+    backend.flow(frames)  # same frame count: nothing saved again, no second synchronization
+    cache_file = backend.engine_path.with_suffix(".rtcache")
+    assert cache_file.read_bytes() == b"+kernels" and len(synchronized) == 1
+    sidecar = json.loads(cache_file.with_name(cache_file.name + ".json").read_text())
+    assert sidecar["key"]["engine_file"] == backend.engine_path.name and sidecar["key"]["gpu_name"] == "Fake RTX 4090"
+
+    create_backend("tensorrt", setup.config, None)  # the next process loads it
+    assert loaded == [b"+kernels"]
+    cache_file.write_bytes(b"corrupt")  # a damaged cache is ignored (not handed to TensorRT), the engine still loads
+    create_backend("tensorrt", setup.config, None)
+    assert loaded == [b"+kernels"]
+    no_graphs = create_backend("tensorrt", dataclasses.replace(setup.config, cuda_graphs=False), None)
+    assert configs[-1].cuda_graph_strategy == "DISABLED" and no_graphs.engine_path == backend.engine_path

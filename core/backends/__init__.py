@@ -7,7 +7,7 @@ import functools
 import torch
 
 from ..log import log_once
-from ..trt_build import TENSORRT_INSTALL_HINT, import_tensorrt
+from ..trt_build import TENSORRT_INSTALL_HINT, choose_flavour, installed_flavours
 from ..weights import WeightsSpec
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
@@ -17,12 +17,16 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "tensorrt", "onnxruntime")
 
 @functools.cache
 def tensorrt_available() -> bool:
-    """Whether ``import tensorrt`` works (tried once per process; a broken install counts as missing)."""
-    try:
-        import_tensorrt()
-    except RuntimeError:
-        return False
-    return True
+    """Whether a TensorRT flavour (``tensorrt`` or ``tensorrt_rtx``) imports (tried once per process; a broken
+    install counts as missing)."""
+    return bool(installed_flavours())
+
+
+def tensorrt_flavour_for(device: torch.device) -> tuple[str, str]:
+    """``(flavour, reason)`` for the CUDA ``device`` (see ``core.trt_build.choose_flavour``); ``RuntimeError``
+    with one clear line when no installed flavour supports the GPU."""
+    properties = torch.cuda.get_device_properties(device)
+    return choose_flavour(f"{properties.major}.{properties.minor}", properties.name)
 
 
 def choose_backend(requested: str, device: torch.device) -> str:
@@ -44,6 +48,8 @@ def choose_backend(requested: str, device: torch.device) -> str:
                 f"backend='tensorrt' needs a CUDA GPU, but the device is {device}. Use device='cuda' on a machine "
                 "with an NVIDIA GPU, or backend='torch'."
             )
+        flavour, reason = tensorrt_flavour_for(device)  # raises before any build when no flavour fits the GPU
+        log_once(f"backend-tensorrt-{flavour}", f"optical flow backend: tensorrt, running on {reason}.", 20)
         return requested
     if requested == "onnxruntime":
         from .onnxruntime_backend import import_onnxruntime
@@ -56,9 +62,15 @@ def choose_backend(requested: str, device: torch.device) -> str:
         log_once("backend-auto-cpu", "optical flow backend: torch (running on the CPU; TensorRT needs CUDA).", 20)
         return "torch"
     if tensorrt_available():
+        try:
+            flavour, reason = tensorrt_flavour_for(device)
+        except RuntimeError as error:
+            log_once("backend-auto-no-flavour", f"optical flow backend: torch, because {error}")
+            return "torch"
         log_once(
-            "backend-auto-tensorrt",
-            "optical flow backend: tensorrt. The first use at a new size builds an engine (minutes), cached after.",
+            f"backend-auto-tensorrt-{flavour}",
+            f"optical flow backend: tensorrt, running on {reason}. The first use at a new size builds an engine "
+            "(minutes), cached after.",
             20,
         )
         return "tensorrt"
@@ -93,4 +105,5 @@ __all__ = [
     "choose_backend",
     "create_backend",
     "tensorrt_available",
+    "tensorrt_flavour_for",
 ]

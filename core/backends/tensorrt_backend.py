@@ -4,6 +4,11 @@ The engine is deserialized once and run through one execution context. Input and
 on the preprocessor's device, bound by address (``set_tensor_address``); ``set_input_shape`` and the output
 buffer change only when the number of frames changes; ``execute_async_v3`` is queued on
 ``torch.cuda.current_stream()``, so nothing waits for the GPU (no host synchronization in ``flow``).
+
+Both TensorRT flavours run here (see :mod:`..trt_build`); with TensorRT for RTX the context is created with
+the runtime config of :mod:`..trt_rtx` (eager shape specialization, its own CUDA-graph capture when
+``cuda_graphs`` is on, the runtime cache loaded from beside the engine), and the runtime cache is saved back
+after the first call at each new frame count (one stream synchronization per shape, paid by warm-up).
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine_manager import EngineSpec, load_engine
+from .. import trt_rtx
+from ..engine_manager import EngineSpec, load_engine, load_runtime_cache, save_runtime_cache
+from ..log import logger
 from ..onnx_export import INPUT_NAME, OUTPUT_NAME
 from ..paths import plugin_models_dir
-from ..trt_build import build_target, import_tensorrt, tensorrt_logger
+from ..trt_build import (
+    FLAVOUR_TITLES, TENSORRT_RTX, build_target, import_tensorrt, require_tensorrt, tensorrt_logger,
+)
 from ..weights import WeightsInfo, WeightsSpec
 from .base import BackendConfig
 
@@ -27,8 +36,10 @@ class TensorRTFlowBackend:
     name = "tensorrt"
 
     def __init__(self, config: BackendConfig, weights: WeightsSpec) -> None:
-        trt = import_tensorrt()
-        target = build_target(config.device)  # raises without CUDA
+        require_tensorrt()  # the install hint first, on any device
+        target = build_target(config.device)  # raises without CUDA, or when no installed flavour fits the GPU
+        trt = import_tensorrt(target.flavour)
+        self.target = target
         self.config = config
         self.device = config.device
         self.max_pairs = config.max_pairs
@@ -41,7 +52,16 @@ class TensorRTFlowBackend:
             self.engine, self.engine_path, self.weights_info = load_engine(
                 plugin_models_dir(config.models_dir), spec, weights, target, self._runtime.deserialize_cuda_engine
             )
-            self.context = self.engine.create_execution_context()
+            self._runtime_config = None
+            if target.flavour == TENSORRT_RTX:
+                cached = load_runtime_cache(self.engine_path, target)
+                self.context, self._runtime_config = trt_rtx.create_context(
+                    trt, self.engine, cached, config.cuda_graphs)
+            else:
+                self.context = self.engine.create_execution_context()
+        logger.info("TensorRT backend: %s %s, engine %s", FLAVOUR_TITLES[target.flavour], target.tensorrt_version,
+                    self.engine_path.name)
+        self._runtime_cached_frames: set[int] = set()
         if self.context is None:
             raise RuntimeError(f"TensorRT could not create an execution context for {self.engine_path} (out of GPU memory?).")
         self._check_io(trt)
@@ -66,9 +86,17 @@ class TensorRTFlowBackend:
             stream = torch.cuda.current_stream(self.device)
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"TensorRT failed to run the engine {self.engine_path} (see the TensorRT log).")
+            if self._runtime_config is not None and num_frames not in self._runtime_cached_frames:
+                self._save_runtime_cache(stream, num_frames)
             # The output buffer is reused by the next call, and callers keep several results (one per window)
             # before concatenating them: hand out a copy (queued on the same stream, no synchronization).
             return self._output.clone()
+
+    def _save_runtime_cache(self, stream: Any, num_frames: int) -> None:
+        """Keep the kernels compiled for this frame count (first call at it only; waits for the stream once)."""
+        stream.synchronize()
+        self._runtime_cached_frames.add(num_frames)
+        save_runtime_cache(self.engine_path, self.target, trt_rtx.serialize_runtime_cache(self._runtime_config))
 
     def _resize(self, num_frames: int) -> None:
         """Set the input shape for ``num_frames`` and (re)allocate and bind the output buffer."""
