@@ -27,16 +27,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _checkout import use_this_checkout  # noqa: E402  (same folder)
 
 use_this_checkout()  # run from a checkout without installing
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
-from scope_optical_flow_tensorrt.core.backends import BACKENDS  # noqa: E402
-from scope_optical_flow_tensorrt.core.backends import torch_backend  # noqa: E402
-from scope_optical_flow_tensorrt.core.models import MODEL_NAMES, model_spec  # noqa: E402
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
+from scope_optical_flow_tensorrt.core.backends import (
+    BACKENDS,  # noqa: E402
+    torch_backend,  # noqa: E402
+)
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow  # noqa: E402
+from scope_optical_flow_tensorrt.core.model.specs import MODEL_NAMES, model_spec  # noqa: E402
 
 UPDATES = 12
 
@@ -96,8 +97,7 @@ def variant_settings(name: str) -> Iterator[None]:
     part of Dynamo's guards, so such a variant starts from a reset Dynamo (else it reuses the default's compiled
     code: a first run of the full-volume row took 0.3 s to its first call, i.e. compiled nothing)."""
     import torch._inductor.config as inductor_config
-
-    from scope_optical_flow_tensorrt.core import fast_update
+    from scope_optical_flow_tensorrt.core.model import fast_update
 
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK in name
@@ -169,7 +169,7 @@ def naive_loop(
     model = model_spec(model_name).build(weights=None).to(device).eval()
     if weights is not None:
         state = torch.load(weights, map_location=device, weights_only=True)
-        from scope_optical_flow_tensorrt.core.weights import convert_state_dict
+        from scope_optical_flow_tensorrt.core.model.weights import convert_state_dict
 
         model.load_state_dict(convert_state_dict(state, model_name), strict=False)
 
@@ -342,7 +342,7 @@ def main() -> None:
 
 def find_weights(paths: list[str] | None) -> dict[str, Path]:
     """Model name -> a pretrained file holding its weights, from ``paths`` or ../shared/weights."""
-    from scope_optical_flow_tensorrt.core.weights import checkpoint_model
+    from scope_optical_flow_tensorrt.core.model.weights import checkpoint_model
 
     if paths is None:
         shared = Path(__file__).resolve().parents[2] / "shared" / "weights"

@@ -18,17 +18,16 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _checkout import use_this_checkout  # noqa: E402  (same folder)
+from _timing import event_ms, graphed  # noqa: E402  (same folder)
 from torchvision.models.optical_flow import raft_small
 from torchvision.models.optical_flow.raft import CorrBlock
 
-from _checkout import use_this_checkout  # noqa: E402  (same folder)
-from _timing import event_ms, graphed  # noqa: E402  (same folder)
-
 use_this_checkout()
 
-from scope_optical_flow_tensorrt.core import corr_lookup as lookup_module  # noqa: E402
-from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup  # noqa: E402
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
+from scope_optical_flow_tensorrt.core.model import corr_lookup as lookup_module  # noqa: E402
+from scope_optical_flow_tensorrt.core.model.corr_lookup import corr_lookup  # noqa: E402
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow  # noqa: E402
 
 LOOKUPS = 12
 FEATURES = 128  # RAFT Small's feature channels

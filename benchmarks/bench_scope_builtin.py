@@ -44,13 +44,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from _checkout import use_this_checkout  # noqa: E402  (same folder)
 
 use_this_checkout()
 
+from scope_optical_flow_tensorrt.core.model.weights import load_raft_small  # noqa: E402
 from scope_optical_flow_tensorrt.core.resize import resize_images  # noqa: E402
-from scope_optical_flow_tensorrt.core.weights import load_raft_small  # noqa: E402
 
 UPDATES = 12  # the built-in runs torchvision's default; ours is set to the same
 COMPUTE_SIZE = (512, 512)  # both pipelines compute flow at 512x512 whatever the input size
@@ -63,8 +62,8 @@ def import_scope(source: Path) -> None:
         raise SystemExit(f"--scope-src {source}: no scope/core/pipelines/optical_flow/pipeline.py there; pass the "
                          "src folder of a daydreamlive/scope checkout (v0.2.4).")
     try:
-        import pydantic  # noqa: F401
         import pluggy  # noqa: F401
+        import pydantic  # noqa: F401
     except ImportError as error:
         raise SystemExit(f"Scope's modules need pydantic and pluggy ({error}); install them first, e.g. "
                          "pip install --no-index --find-links .whl/scope-bench pydantic pluggy") from error
@@ -143,9 +142,8 @@ def agreement(maps: torch.Tensor, reference: torch.Tensor, key: str) -> dict[str
 def build_builtin(scope_engine: types.ModuleType, raft_state: dict[str, torch.Tensor], device: torch.device,
                   compile_model: bool) -> Any:
     """Scope's ``OpticalFlowPipeline`` as its pipeline manager builds it, with our weights instead of a download."""
-    from torchvision.models.optical_flow import raft_small
-
     from scope.core.pipelines.optical_flow.pipeline import OpticalFlowPipeline
+    from torchvision.models.optical_flow import raft_small
 
     def load_raft_model(use_large_model: bool, device: str = "cuda") -> tuple[torch.nn.Module, None]:
         if use_large_model:

@@ -28,12 +28,11 @@ use_this_checkout()
 
 import onnx  # noqa: E402
 import torch  # noqa: E402
-
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
-from scope_optical_flow_tensorrt.core import engine_manager  # noqa: E402
-from scope_optical_flow_tensorrt.core.onnx_export import check_onnx  # noqa: E402
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow  # noqa: E402
-from scope_optical_flow_tensorrt.core.weights import load_raft_small  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts import engine_manager  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts.onnx_export import check_onnx  # noqa: E402
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow  # noqa: E402
+from scope_optical_flow_tensorrt.core.model.weights import load_raft_small  # noqa: E402
 
 UPDATES = 2
 FP32_OPS = ("MatMul", "AveragePool", "GridSample")

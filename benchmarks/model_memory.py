@@ -27,9 +27,8 @@ FRAMES = (3, 7)
 def measure(model: str, size: int, frames: int) -> int:
     """Peak extra resident bytes of one forward call, in a child process."""
     import torch
-
-    from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-    from scope_optical_flow_tensorrt.core.weights import load_raft
+    from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+    from scope_optical_flow_tensorrt.core.model.weights import load_raft
 
     torch.set_num_threads(2)
     raft, _ = load_raft(model, None)

@@ -18,14 +18,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
-
-from bench_flow import moving_texture, pyramid_from_full_volume  # noqa: E402  (same folder)
 from _timing import event_ms, graphed  # noqa: E402  (same folder)
+from bench_flow import moving_texture, pyramid_from_full_volume  # noqa: E402  (same folder)
 from scope_optical_flow_tensorrt.core.backends.cuda_graph import CudaGraphRunner
-from scope_optical_flow_tensorrt.core.corr_lookup import corr_lookup
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-from scope_optical_flow_tensorrt.core.weights import load_raft_small
+from scope_optical_flow_tensorrt.core.model.corr_lookup import corr_lookup
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.model.weights import load_raft_small
+from torch.profiler import ProfilerActivity, profile
 
 
 def graph_ms(model: torch.nn.Module, frames: torch.Tensor, repeats: int = 20) -> float:
@@ -56,7 +55,7 @@ def stages(size: int, pairs: int, context_gates_once: bool = True, kernels: bool
     0.1 ms goes. ``context_gates_once=False``: the update block as before (context read by every update's
     GRU convolutions). ``kernels``: also the top GPU kernels of one compiled encode and one update step.
     ``channels_last``: the model's weights and activations channels-last (``RaftSequenceFlow(channels_last=True)``)."""
-    from scope_optical_flow_tensorrt.core import fast_update
+    from scope_optical_flow_tensorrt.core.model import fast_update
 
     device = torch.device("cuda")
     frames = moving_texture(pairs + 1, size, device)[0].permute(1, 0, 2, 3).contiguous()
@@ -135,8 +134,7 @@ def kernel_table(label: str, fn: Callable[[], object], calls: int = 5) -> None:
 
 def compile_shapes(size: int) -> None:
     """First-call (compile + capture) time per new window length, static vs dynamic shapes."""
-    from scope_optical_flow_tensorrt.core.backends import BackendConfig
-    from scope_optical_flow_tensorrt.core.backends import torch_backend
+    from scope_optical_flow_tensorrt.core.backends import BackendConfig, torch_backend
 
     device = torch.device("cuda")
     for dynamic in (True, False):

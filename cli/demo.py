@@ -236,8 +236,8 @@ def _load_with_fallback(weights: str, options: dict[str, Any]) -> Any:
 def _default_weights_load(model: str) -> bool:
     """Whether ``weights="DEFAULT"`` loads here (a small file; torchvision caches it). Only a failure to get the
     weights (offline, no cached file) falls back; a missing ``$SCOPE_OPTICAL_FLOW_WEIGHTS`` file stays an error."""
-    from ..core.models import model_spec
-    from ..core.weights import load_raft
+    from ..core.model.specs import model_spec
+    from ..core.model.weights import load_raft
 
     try:
         title = model_spec(model).title

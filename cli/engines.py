@@ -21,7 +21,7 @@ PACKAGES = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "onnx", "onnxrun
 def engine_manager() -> ModuleType:
     """``core.engine_manager``, or a clear error if this installation has none."""
     try:
-        from ..core import engine_manager as module
+        from ..core.artifacts import engine_manager as module
     except ModuleNotFoundError as error:
         if error.name and error.name.endswith("core.engine_manager"):
             raise CliError(
@@ -75,8 +75,8 @@ def prebuild_command(
     so the first run starts at once. Each line printed names the file built and the TensorRT flavour, version
     and compute capabilities it was built with."""
     manager = engine_manager()
-    from ..core.models import model_spec
-    from ..core.trt_rtx import parse_targets
+    from ..core.artifacts.trt_rtx import parse_targets
+    from ..core.model.specs import model_spec
 
     try:
         model_spec(raft_model)
@@ -114,7 +114,7 @@ def prebuild_command(
 
 def built_with(path: Path) -> str:
     """``"TensorRT for RTX 1.7.1.116, compute capabilities 8.6, 8.9, 12.0"``, from an engine's sidecar."""
-    from ..core.engine_cache import read_sidecar
+    from ..core.artifacts.engine_cache import read_sidecar
 
     sidecar = read_sidecar(path) or {}
     key = sidecar.get("key") or {}
@@ -168,9 +168,9 @@ def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> Non
 def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> dict[str, Any]:
     import torch
 
+    from ..core.artifacts.trt_build import choose_flavour, installed_flavours
     from ..core.backends import BACKENDS, tensorrt_available
-    from ..core.paths import plugin_models_dir
-    from ..core.trt_build import choose_flavour, installed_flavours
+    from ..core.common.paths import plugin_models_dir
 
     gpus = []
     if torch.cuda.is_available():
@@ -217,8 +217,8 @@ def weights_status(model: str = "raft_small") -> dict[str, Any]:
 
     import torch
 
-    from ..core.models import model_spec
-    from ..core.weights import WEIGHTS_ENV, default_weights_file
+    from ..core.model.specs import model_spec
+    from ..core.model.weights import WEIGHTS_ENV, default_weights_file
 
     try:
         spec = model_spec(model)
@@ -243,7 +243,7 @@ def weights_status(model: str = "raft_small") -> dict[str, Any]:
 
 
 def _version(name: str) -> str | None:
-    from ..core.engine_cache import installed_version
+    from ..core.artifacts.engine_cache import installed_version
 
     version = installed_version(name)
     if version is not None:

@@ -56,7 +56,7 @@ class ModelType(click.ParamType):
     name = "model"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:  # click <8.2 passes no ctx
-        from ..core.models import MODEL_NAMES
+        from ..core.model.specs import MODEL_NAMES
 
         return "[" + "|".join(MODEL_NAMES) + "]"
 

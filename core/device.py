@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .log import log_once
+from .common.log import log_once
 
 
 def resolve_device(requested: str | torch.device, strict: bool = False) -> torch.device:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .compute_size import check_compute_size
-from .engine_manager import check_positive, cuda_device
-from .models import DEFAULT_MODEL
+from .artifacts.engine_manager import check_positive, cuda_device
+from .model.compute_size import check_compute_size
+from .model.specs import DEFAULT_MODEL
+from .model.weights import WeightsSpec
 from .preprocessor import OpticalFlowTensorRTPreprocessor
-from .weights import WeightsSpec
 
 
 def prebuild_compiled(

@@ -12,16 +12,17 @@ from einops import rearrange
 from torch import Tensor
 
 from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
-from .compute_size import check_compute_size, default_max_pairs
+from .common.log import log_once, logger
+from .common.paths import plugin_models_dir
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
-from .log import log_once, logger
-from .models import DEFAULT_MODEL, model_spec
-from .paths import plugin_models_dir
+from .model.compute_size import check_compute_size, default_max_pairs
+from .model.specs import DEFAULT_MODEL, model_spec
+from .model.weights import WeightsInfo, WeightsSpec
 from .resize import resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
 from .warmup import chunk_sizes, warm_up_backend, window_pair_counts
-from .weights import WeightsInfo, WeightsSpec
+
 
 class OpticalFlowTensorRTPreprocessor:
     """Video frames in, RGB optical-flow maps out (RAFT Small or Large), keeping temporal state across calls.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from .backends import FlowBackend
-from .log import logger
+from .common.log import logger
 
 # ``warmup=True`` means chunks of this many frames (the CLI's and ``bench``'s default).
 DEFAULT_CHUNK_FRAMES = 16

@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from ..core.backends import BACKENDS
-from ..core.models import DEFAULT_MODEL, MODEL_NAMES
+from ..core.model.specs import DEFAULT_MODEL, MODEL_NAMES
 from ..core.visualize import FLOW_STRENGTH_RANGE, NORMALIZATIONS, FlowNormalizer
 from . import flow as work
 from . import host

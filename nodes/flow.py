@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..core import OpticalFlowTensorRTPreprocessor
-from ..core.compiled_cache import ROUTE_BACKGROUND
-from ..core.models import model_spec
-from ..core.log import logger
+from ..core.artifacts.compiled_cache import ROUTE_BACKGROUND
+from ..core.common.log import logger
+from ..core.model.specs import model_spec
+from ..core.model.weights import WeightsSpec
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
 from ..core.warmup import needs_warm_up, window_pair_counts
-from ..core.weights import WeightsSpec
 from . import host
 
 WEIGHTS_DEFAULT = "DEFAULT"

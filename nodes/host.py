@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from ..core.paths import plugin_models_dir
+from ..core.common.paths import plugin_models_dir
 
 MODELS_FOLDER_NAME = "optical_flow"  # ComfyUI/models/optical_flow: RAFT .pth files, ONNX graphs, TensorRT engines
 WEIGHTS_EXTENSIONS = (".pth", ".pt")

@@ -22,9 +22,9 @@ from scope.core.pipelines.interface import Pipeline, Requirements
 from scope.core.pipelines.process import normalize_frame_sizes
 
 from ..core import NORMALIZATIONS, OpticalFlowTensorRTPreprocessor
-from ..core.log import logger
-from ..core.models import DEFAULT_MODEL, MODEL_NAMES
-from ..core.raft import DOWNSAMPLE, MIN_SIZE
+from ..core.common.log import logger
+from ..core.model.raft import DOWNSAMPLE, MIN_SIZE
+from ..core.model.specs import DEFAULT_MODEL, MODEL_NAMES
 from . import DISPLAY_NAME, PREPROCESSOR_ID
 
 # Frames per call: the flow of each chunk's first frame uses the previous chunk's last frame, so the chunk size

@@ -21,9 +21,9 @@ import pytest
 import torch
 from conftest import COMPUTE_SIZE
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import compiled_cache
-from scope_optical_flow_tensorrt.core import log as core_log
+from scope_optical_flow_tensorrt.core.artifacts import compiled_cache
 from scope_optical_flow_tensorrt.core.backends import compile_process, torch_backend
+from scope_optical_flow_tensorrt.core.common import log as core_log
 from torch._dynamo.utils import counters
 
 # Settings of the small CPU preprocessors these tests compile (128x128, 2 flow updates, seeded random weights).

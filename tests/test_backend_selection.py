@@ -8,10 +8,11 @@ import types
 
 import pytest
 import torch
-
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import backends, log, trt_build
+from scope_optical_flow_tensorrt.core import backends
+from scope_optical_flow_tensorrt.core.artifacts import trt_build
 from scope_optical_flow_tensorrt.core.backends import BACKENDS, BackendConfig, choose_backend, create_backend
+from scope_optical_flow_tensorrt.core.common import log
 
 CUDA = torch.device("cuda", 0)  # choose_backend only looks at the device type; no GPU is touched
 
@@ -151,8 +152,8 @@ def test_auto_falls_back_to_torch_when_the_tensorrt_backend_fails(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """backend='auto' chose TensorRT, but its engine build failed: the preprocessor still works, on PyTorch."""
-    from scope_optical_flow_tensorrt.core import log as log_module
     from scope_optical_flow_tensorrt.core import preprocessor as preprocessor_module
+    from scope_optical_flow_tensorrt.core.common import log as log_module
 
     real_create = preprocessor_module.create_backend
 

@@ -21,12 +21,10 @@ from typing import Any
 
 import pytest
 import torch
-
-from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
-from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_FAILED
-
 from conftest import make_frames
 from fake_compile import FAKE_WORKER, FakeTorchCompile, make_preprocessor
+from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
+from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_FAILED
 
 WAIT_S = 120
 

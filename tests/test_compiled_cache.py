@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-
+from conftest import make_frames, run_in_two_processes
+from fake_compile import UPDATES, FakeTorchCompile, make_preprocessor
 from scope_optical_flow_tensorrt.cli.app import cli, main
-from scope_optical_flow_tensorrt.core import compiled_cache, engine_manager, prebuild
-from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_COMPILED_HERE, ROUTE_FAILED
-from scope_optical_flow_tensorrt.core.compiled_cache import (
+from scope_optical_flow_tensorrt.core import prebuild
+from scope_optical_flow_tensorrt.core.artifacts import compiled_cache, engine_manager
+from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import (
     ENTRY_SUFFIX,
     ROUTE_BUILT,
     ROUTE_LOADED,
@@ -35,10 +36,8 @@ from scope_optical_flow_tensorrt.core.compiled_cache import (
     compiled_key,
     entry_path,
 )
-from scope_optical_flow_tensorrt.core.engine_cache import sidecar_path
-
-from conftest import make_frames, run_in_two_processes
-from fake_compile import UPDATES, FakeTorchCompile, make_preprocessor
+from scope_optical_flow_tensorrt.core.artifacts.engine_cache import sidecar_path
+from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_COMPILED_HERE, ROUTE_FAILED
 
 make = make_preprocessor
 
@@ -301,7 +300,7 @@ _REAL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from torch._dynamo.utils import counters
-    from scope_optical_flow_tensorrt.core.compiled_cache import CompiledKernelCache, compiled_key
+    from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import CompiledKernelCache, compiled_key
 
     models = Path(sys.argv[1])
     key = compiled_key(model="raft_small", fused_lookup=False, height=128, width=128, pairs=1, fp16=False, num_flow_updates=1, weights="w",

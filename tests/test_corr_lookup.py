@@ -15,23 +15,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models.optical_flow import raft_small
-from torchvision.models.optical_flow.raft import CorrBlock
-
+from conftest import make_frames
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import corr_lookup as corr_lookup_module
-from scope_optical_flow_tensorrt.core import log as core_log
 from scope_optical_flow_tensorrt.core.backends import BackendConfig
 from scope_optical_flow_tensorrt.core.backends.torch_backend import TorchFlowBackend
-from scope_optical_flow_tensorrt.core.corr_lookup import (
+from scope_optical_flow_tensorrt.core.common import log as core_log
+from scope_optical_flow_tensorrt.core.model import corr_lookup as corr_lookup_module
+from scope_optical_flow_tensorrt.core.model.corr_lookup import (
     corr_lookup,
     fused_lookup_available,
     lookup_channels,
     triton_available,
 )
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-
-from conftest import make_frames
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from torchvision.models.optical_flow import raft_small
+from torchvision.models.optical_flow.raft import CorrBlock
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 PAIRS, FEATURES, HEIGHT, WIDTH = 2, 32, 16, 20  # level sizes 16x20, 8x10, 4x5, 2x2

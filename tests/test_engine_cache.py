@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from filelock import FileLock
-
 from conftest import run_in_two_processes
-from scope_optical_flow_tensorrt.core import engine_cache, engine_manager
-from scope_optical_flow_tensorrt.core.engine_cache import (
+from filelock import FileLock
+from scope_optical_flow_tensorrt.core.artifacts import engine_cache, engine_manager
+from scope_optical_flow_tensorrt.core.artifacts.engine_cache import (
     LOCK_NAME,
     ensure_artifact,
     locked,
     sanitize_gpu_name,
     sidecar_path,
 )
-from scope_optical_flow_tensorrt.core.engine_manager import (
+from scope_optical_flow_tensorrt.core.artifacts.engine_manager import (
     EngineSpec,
     clear_cache,
     ensure_engine,
@@ -35,8 +34,8 @@ from scope_optical_flow_tensorrt.core.engine_manager import (
     load_engine,
     prebuild_engine,
 )
-from scope_optical_flow_tensorrt.core.onnx_export import EXPORT_RECIPE, check_onnx
-from scope_optical_flow_tensorrt.core.trt_build import BUILD_RECIPE, BuildTarget
+from scope_optical_flow_tensorrt.core.artifacts.onnx_export import EXPORT_RECIPE, check_onnx
+from scope_optical_flow_tensorrt.core.artifacts.trt_build import BUILD_RECIPE, BuildTarget
 
 SIZE = 128
 SPEC = EngineSpec(height=SIZE, width=SIZE, fp16=True, num_flow_updates=1, max_pairs=4)
@@ -370,7 +369,7 @@ def test_fp16_torchscript_export_traces_on_cuda_when_there_is_one(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """PyTorch's fp16 CPU kernels make a TorchScript trace of the fp16 graph take minutes at 512x512."""
-    from scope_optical_flow_tensorrt.core.engine_manager import export_device
+    from scope_optical_flow_tensorrt.core.artifacts.engine_manager import export_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert export_device(False, "torchscript").type == export_device(True, "dynamo").type == "cpu"

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_frames
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core.model import weights as weights_module
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.model.weights import convert_state_dict, load_raft_small
 from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
-
-from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import weights as weights_module
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-from scope_optical_flow_tensorrt.core.weights import convert_state_dict, load_raft_small
-
-from conftest import make_frames
 
 
 def seeded_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
@@ -157,7 +155,7 @@ def test_known_motion_gives_the_right_direction_and_size(pretrained_weights: Pat
 def test_fast_update_block_has_the_same_arithmetic(context_gates_once: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tensor-core regrouping (padded channels, fused gates, the context's gate terms computed once per call)
     changes no result beyond rounding."""
-    from scope_optical_flow_tensorrt.core import fast_update
+    from scope_optical_flow_tensorrt.core.model import fast_update
 
     monkeypatch.setattr(fast_update, "CONTEXT_GATES_ONCE", context_gates_once)
     model = raft_small(weights=None).eval()

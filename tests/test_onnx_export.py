@@ -12,22 +12,20 @@ import numpy
 import onnx
 import pytest
 import torch
+from conftest import COMPUTE_SIZE, make_frames
 from onnx import numpy_helper
-
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import engine_manager
-from scope_optical_flow_tensorrt.core.engine_manager import export_onnx_cached, prebuild_engine
-from scope_optical_flow_tensorrt.core.onnx_export import (
+from scope_optical_flow_tensorrt.core.artifacts import engine_manager
+from scope_optical_flow_tensorrt.core.artifacts.engine_manager import export_onnx_cached, prebuild_engine
+from scope_optical_flow_tensorrt.core.artifacts.onnx_export import (
     ONNX_OPSET,
     check_onnx,
     conv_weight_types,
     export_raft_onnx,
     read_precision,
 )
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-from scope_optical_flow_tensorrt.core.weights import load_raft_small
-
-from conftest import COMPUTE_SIZE, make_frames
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.model.weights import load_raft_small
 
 UPDATES = 2
 FLOW_TOLERANCE = 1e-3  # pixels; measured ~1.5e-5 (fp32, CPU)

@@ -6,12 +6,10 @@ import logging
 
 import pytest
 import torch
+from conftest import COMPUTE_SIZE, make_frames
 from einops import rearrange
-
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.preprocessor import default_max_pairs
-
-from conftest import COMPUTE_SIZE, make_frames
 
 UPDATES = 3
 
@@ -221,7 +219,7 @@ def test_default_max_pairs_bounds_the_correlation_memory() -> None:
 
 def test_cuda_fallback_warns_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from scope_optical_flow_tensorrt.core import device as device_module
-    from scope_optical_flow_tensorrt.core import log as log_module
+    from scope_optical_flow_tensorrt.core.common import log as log_module
 
     monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(log_module, "_said", set())

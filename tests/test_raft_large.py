@@ -14,23 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.models import WeightsEnum
-from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, raft_large, raft_small
-
+from conftest import COMPUTE_SIZE, make_frames
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core.compute_size import default_max_pairs
-from scope_optical_flow_tensorrt.core.engine_manager import EngineSpec, ensure_engine, export_onnx_cached
-from scope_optical_flow_tensorrt.core.models import MODEL_NAMES, model_spec
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-from scope_optical_flow_tensorrt.core.trt_build import BuildTarget
-from scope_optical_flow_tensorrt.core.weights import (
+from scope_optical_flow_tensorrt.core.artifacts.engine_manager import EngineSpec, ensure_engine, export_onnx_cached
+from scope_optical_flow_tensorrt.core.artifacts.trt_build import BuildTarget
+from scope_optical_flow_tensorrt.core.model.compute_size import default_max_pairs
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.model.specs import MODEL_NAMES, model_spec
+from scope_optical_flow_tensorrt.core.model.weights import (
     checkpoint_model,
     convert_state_dict,
     default_weights_file,
     load_raft,
 )
-
-from conftest import COMPUTE_SIZE, make_frames
+from torchvision.models import WeightsEnum
+from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, raft_large, raft_small
 
 UPDATES = 2
 
@@ -117,7 +115,7 @@ def test_sequence_model_matches_torchvision_raft_large() -> None:
 
 
 def test_fast_update_block_layout_per_model() -> None:
-    from scope_optical_flow_tensorrt.core.fast_update import FastUpdateBlock
+    from scope_optical_flow_tensorrt.core.model.fast_update import FastUpdateBlock
 
     small = FastUpdateBlock(raft_small(weights=None).update_block)
     large = FastUpdateBlock(raft_large(weights=None).update_block)
@@ -137,7 +135,7 @@ def test_fast_update_block_layout_per_model() -> None:
 @pytest.mark.parametrize("build", [raft_small, raft_large])
 def test_context_gates_once_match_the_full_gru_convolutions(build: Callable[..., RAFT]) -> None:
     """Per update, conv([hidden, context, motion]) == conv([hidden, motion]) + the context terms of encode."""
-    from scope_optical_flow_tensorrt.core.fast_update import FastUpdateBlock
+    from scope_optical_flow_tensorrt.core.model.fast_update import FastUpdateBlock
 
     torch.manual_seed(0)
     block = build(weights=None).update_block.eval()
@@ -310,7 +308,7 @@ def test_onnxruntime_matches_torch_for_raft_large(tmp_path: Path) -> None:
 
 
 def test_engine_cache_names_and_keys_carry_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from scope_optical_flow_tensorrt.core import engine_manager
+    from scope_optical_flow_tensorrt.core.artifacts import engine_manager
 
     monkeypatch.setattr(engine_manager, "resolve_exporter", lambda exporter="auto": "torchscript")
     target = BuildTarget(gpu_name="NVIDIA H100", compute_capability="9.0", tensorrt_version="10.3.0",

@@ -20,12 +20,10 @@ import pluggy
 import pytest
 import torch
 import torchvision
-
-from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core import log as core_log
-from scope_optical_flow_tensorrt.core import preprocessor as core_preprocessor
-
 from conftest import COMPUTE_SIZE, make_frames
+from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+from scope_optical_flow_tensorrt.core import preprocessor as core_preprocessor
+from scope_optical_flow_tensorrt.core.common import log as core_log
 
 ENTRY_POINT_MODULE = "scope_optical_flow_tensorrt.scope_adapter"
 UPDATES = 2

@@ -20,11 +20,10 @@ import pytest
 pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt-rtx)")
 
 from click.testing import CliRunner  # noqa: E402
-
-from scope_optical_flow_tensorrt.core import engine_manager  # noqa: E402
-from scope_optical_flow_tensorrt.core.engine_cache import read_sidecar  # noqa: E402
-from scope_optical_flow_tensorrt.core.engine_manager import EngineSpec, ensure_engine  # noqa: E402
-from scope_optical_flow_tensorrt.core.trt_build import BuildTarget, bind_polygraphy, portable_target  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts import engine_manager  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts.engine_cache import read_sidecar  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts.engine_manager import EngineSpec, ensure_engine  # noqa: E402
+from scope_optical_flow_tensorrt.core.artifacts.trt_build import BuildTarget, bind_polygraphy, portable_target  # noqa: E402
 
 pytestmark = pytest.mark.tensorrt_rtx
 

@@ -15,8 +15,8 @@ network is strongly typed and no precision flag or per-layer precision call is m
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ctypes
+import dataclasses
 import enum
 import hashlib
 import importlib
@@ -27,13 +27,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from scope_optical_flow_tensorrt.core import engine_manager
-from scope_optical_flow_tensorrt.core.backends import BackendConfig, create_backend
-from scope_optical_flow_tensorrt.core.backends import tensorrt_backend
-from scope_optical_flow_tensorrt.core.raft import RaftSequenceFlow
-from scope_optical_flow_tensorrt.core.trt_build import BuildTarget
-from scope_optical_flow_tensorrt.core.weights import load_raft_small
+from scope_optical_flow_tensorrt.core.artifacts import engine_manager
+from scope_optical_flow_tensorrt.core.artifacts.trt_build import BuildTarget
+from scope_optical_flow_tensorrt.core.backends import BackendConfig, create_backend, tensorrt_backend
+from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow
+from scope_optical_flow_tensorrt.core.model.weights import load_raft_small
 
 SIZE = 128
 UPDATES = 1
@@ -441,7 +439,7 @@ def test_engine_build_is_strongly_typed_without_precision_flags(standin_builder,
     """build_engine_bytes through polygraphy's real loaders: a strongly typed network, one batch profile
     (min 2, opt = max = max_frames), the workspace limit and a progress monitor; no precision builder flag and
     no per-layer precision call, for the fp16 graph as for the fp32 one, on TensorRT 10 and 11 alike."""
-    from scope_optical_flow_tensorrt.core import trt_build
+    from scope_optical_flow_tensorrt.core.artifacts import trt_build
 
     for fp16 in (True, False):
         record = standin_builder(major)
@@ -460,7 +458,7 @@ def test_engine_build_is_strongly_typed_without_precision_flags(standin_builder,
 
 
 def test_engine_build_refuses_a_graph_of_the_other_precision(standin_builder, tmp_path: Path) -> None:
-    from scope_optical_flow_tensorrt.core import trt_build
+    from scope_optical_flow_tensorrt.core.artifacts import trt_build
 
     record = standin_builder(11)
     for path, fp16, label in ((labelled_graph(tmp_path / "a.onnx", "fp32"), True, "an fp32 graph"),
@@ -474,8 +472,7 @@ def test_engine_build_refuses_a_graph_of_the_other_precision(standin_builder, tm
 def labelled_graph(path: Path, precision: str | None) -> Path:
     """A tiny ONNX file carrying the precision label core.onnx_export writes (the stand-in never reads its nodes)."""
     import onnx
-
-    from scope_optical_flow_tensorrt.core.onnx_export import PRECISION_METADATA_KEY
+    from scope_optical_flow_tensorrt.core.artifacts.onnx_export import PRECISION_METADATA_KEY
 
     model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     if precision is not None:
@@ -513,8 +510,7 @@ def test_tensorrt11_standin_lacks_weak_typing_and_rejects_the_old_build(standin_
 
 def test_tensorrt11_needs_a_polygraphy_that_avoids_removed_apis(monkeypatch: pytest.MonkeyPatch) -> None:
     import polygraphy
-
-    from scope_optical_flow_tensorrt.core import trt_build
+    from scope_optical_flow_tensorrt.core.artifacts import trt_build
 
     monkeypatch.setattr(polygraphy, "__version__", "0.49.27")  # reads the removed int8_calibrator / precision API
     trt_build.check_polygraphy("10.13.3")  # fine on TensorRT 10

@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 import torch
 import torchvision
-
+from conftest import COMPUTE_SIZE, make_frames
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
-from scope_optical_flow_tensorrt.core.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
+from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
 from scope_optical_flow_tensorrt.core.warmup import chunk_sizes, window_pair_counts
 from scope_optical_flow_tensorrt.nodes import flow as node_flow
 from scope_optical_flow_tensorrt.nodes import host
-
-from conftest import COMPUTE_SIZE, make_frames
 
 if TYPE_CHECKING:
     from fake_compile import FakeTorchCompile

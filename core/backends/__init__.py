@@ -6,9 +6,9 @@ import functools
 
 import torch
 
-from ..log import log_once
-from ..trt_build import TENSORRT_INSTALL_HINT, choose_flavour, installed_flavours
-from ..weights import WeightsSpec
+from ..artifacts.trt_build import TENSORRT_INSTALL_HINT, choose_flavour, installed_flavours
+from ..common.log import log_once
+from ..model.weights import WeightsSpec
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
 

@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from ..log import logger
+from ..common.log import logger
 
 # How a child is started. Tests replace it with a script that installs their stand-in compiler first.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "scope_optical_flow_tensorrt.core.backends.compile_worker"]

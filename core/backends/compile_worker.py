@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..compiled_cache import CompiledKernelCache
-from ..paths import plugin_models_dir
+from ..artifacts.compiled_cache import CompiledKernelCache
+from ..common.paths import plugin_models_dir
 from .base import BackendConfig
 from .compile_process import report_line
 from .torch_backend import TorchFlowBackend

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..log import log_once, logger
+from ..common.log import log_once, logger
 
 WARMUP_RUNS = 2
 _CAPTURING = threading.Lock()

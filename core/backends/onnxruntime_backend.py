@@ -18,11 +18,11 @@ import numpy
 import torch
 from torch import Tensor
 
-from ..engine_manager import ensure_onnx
-from ..log import log_once
-from ..onnx_export import INPUT_NAME, OUTPUT_NAME
-from ..paths import plugin_models_dir
-from ..weights import WeightsInfo, WeightsSpec
+from ..artifacts.engine_manager import ensure_onnx
+from ..artifacts.onnx_export import INPUT_NAME, OUTPUT_NAME
+from ..common.log import log_once
+from ..common.paths import plugin_models_dir
+from ..model.weights import WeightsInfo, WeightsSpec
 from .base import BackendConfig
 
 ONNXRUNTIME_INSTALL_HINT = "pip install onnxruntime (or onnxruntime-gpu), or pip install 'scope-optical-flow-tensorrt[onnx]'"

@@ -18,15 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import trt_rtx
-from ..engine_manager import EngineSpec, load_engine, load_runtime_cache, save_runtime_cache
-from ..log import logger
-from ..onnx_export import INPUT_NAME, OUTPUT_NAME
-from ..paths import plugin_models_dir
-from ..trt_build import (
-    FLAVOUR_TITLES, TENSORRT_RTX, build_target, import_tensorrt, require_tensorrt, tensorrt_logger,
+from ..artifacts import trt_rtx
+from ..artifacts.engine_manager import EngineSpec, load_engine, load_runtime_cache, save_runtime_cache
+from ..artifacts.onnx_export import INPUT_NAME, OUTPUT_NAME
+from ..artifacts.trt_build import (
+    FLAVOUR_TITLES,
+    TENSORRT_RTX,
+    build_target,
+    import_tensorrt,
+    require_tensorrt,
+    tensorrt_logger,
 )
-from ..weights import WeightsInfo, WeightsSpec
+from ..common.log import logger
+from ..common.paths import plugin_models_dir
+from ..model.weights import WeightsInfo, WeightsSpec
 from .base import BackendConfig
 
 

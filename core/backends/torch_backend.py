@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..compiled_cache import (
+from ..artifacts.compiled_cache import (
     ROUTE_BACKGROUND,
     ROUTE_EAGER,
     ROUTE_LOADED,
@@ -18,13 +18,13 @@ from ..compiled_cache import (
     compile_misses,
     compiled_key,
 )
-from ..corr_lookup import fused_lookup_available
-from ..engine_cache import check_artifact
-from ..log import log_once, logger
-from ..models import model_spec
-from ..paths import plugin_models_dir
-from ..raft import EncodeFn, RaftSequenceFlow, UpdateStepFn
-from ..weights import WeightsSpec, load_raft
+from ..artifacts.engine_cache import check_artifact
+from ..common.log import log_once, logger
+from ..common.paths import plugin_models_dir
+from ..model.corr_lookup import fused_lookup_available
+from ..model.raft import EncodeFn, RaftSequenceFlow, UpdateStepFn
+from ..model.specs import model_spec
+from ..model.weights import WeightsSpec, load_raft
 from .base import BackendConfig
 from .compile_process import CompileProcess
 from .cuda_graph import CudaGraphRunner

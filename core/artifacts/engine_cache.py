@@ -25,8 +25,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .log import logger
-from .models import MODEL_NAMES
+from ..common.log import logger
+from ..model.specs import MODEL_NAMES
 
 PACKAGE_NAME = "scope-optical-flow-tensorrt"
 

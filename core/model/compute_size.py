@@ -3,8 +3,8 @@ frame pairs fit one model call by default."""
 
 from __future__ import annotations
 
-from .models import DEFAULT_MODEL, ModelSpec, model_spec
 from .raft import DOWNSAMPLE, MIN_SIZE
+from .specs import DEFAULT_MODEL, ModelSpec, model_spec
 
 # Pairs per model call are bounded so that a call's working memory stays within this many bytes: the all-pairs
 # correlation pyramid, plus what a model needs beyond RAFT Small (RAFT Small's own activations are the headroom

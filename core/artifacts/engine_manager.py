@@ -31,6 +31,16 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..common.log import logger
+from ..common.paths import plugin_models_dir
+from ..model import fast_update as fast_update_module
+from ..model import raft as raft_module
+from ..model import specs as models_module
+from ..model.compute_size import check_compute_size, default_max_pairs
+from ..model.raft import RaftSequenceFlow
+from ..model.specs import DEFAULT_MODEL, model_spec
+from ..model.weights import WeightsInfo, WeightsSpec, load_raft
+from . import onnx_export as onnx_export_module
 from .compiled_cache import clear_torch_cache_dir, list_compiled_entries
 from .engine_cache import (
     build_artifact,
@@ -46,15 +56,7 @@ from .engine_cache import (
     read_sidecar,
     sanitize_gpu_name,
 )
-from . import fast_update as fast_update_module
-from . import models as models_module
-from . import onnx_export as onnx_export_module
-from . import raft as raft_module
-from .log import logger
 from .onnx_export import EXPORT_RECIPE, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_raft_onnx, resolve_exporter
-from .paths import plugin_models_dir
-from .compute_size import check_compute_size, default_max_pairs
-from .raft import RaftSequenceFlow
 from .trt_build import (
     BUILD_RECIPE,
     FLAVOUR_TITLES,
@@ -66,8 +68,6 @@ from .trt_build import (
     portable_target,
     require_tensorrt,
 )
-from .models import DEFAULT_MODEL, model_spec
-from .weights import WeightsInfo, WeightsSpec, load_raft
 
 CACHE_FORMAT = 1
 

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .log import logger
-from .raft import RaftSequenceFlow
+from ..common.log import logger
+from ..model.raft import RaftSequenceFlow
 
 if TYPE_CHECKING:
     import onnx

@@ -88,7 +88,7 @@ def create_context(trt: ModuleType, engine: Any, runtime_cache: bytes | None, cu
                                   else trt.CudaGraphStrategy.DISABLED)
     cache = config.create_runtime_cache()
     if runtime_cache and not cache.deserialize(runtime_cache):
-        from .log import logger
+        from ..common.log import logger
 
         logger.info("the TensorRT for RTX runtime cache does not fit this GPU or driver; kernels are compiled again")
     config.set_runtime_cache(cache)

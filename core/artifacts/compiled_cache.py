@@ -32,10 +32,11 @@ from typing import Any, ContextManager
 
 import torch
 
-from . import corr_lookup as corr_lookup_module
-from . import fast_update as fast_update_module
-from . import models as models_module
-from . import raft as raft_module
+from ..common.log import logger
+from ..model import corr_lookup as corr_lookup_module
+from ..model import fast_update as fast_update_module
+from ..model import raft as raft_module
+from ..model import specs as models_module
 from .engine_cache import (
     ArtifactBuildError,
     build_artifact,
@@ -51,7 +52,6 @@ from .engine_cache import (
     read_sidecar,
     sanitize_gpu_name,
 )
-from .log import logger
 
 CACHE_FORMAT = 1
 ENTRY_SUFFIX = ".torchcache"
@@ -78,11 +78,11 @@ class CompileUnavailable(RuntimeError):
 
 def model_code_digest() -> str:
     """Hash of the modules whose code torch.compile traces, so an edited model recompiles even at one version."""
-    here = Path(__file__).parent
+    core = Path(__file__).parents[1]
     modules = (raft_module, fast_update_module, corr_lookup_module, models_module)
     return files_digest([*(Path(module.__file__) for module in modules),
-                         here / "_corr_lookup_triton.py",  # the fused lookup's kernel
-                         here / "backends" / "torch_backend.py"])  # what is compiled, how
+                         core / "model" / "_corr_lookup_triton.py",  # the fused lookup's kernel
+                         core / "backends" / "torch_backend.py"])  # what is compiled, how
 
 
 def device_identity(device: torch.device) -> tuple[str, str]:

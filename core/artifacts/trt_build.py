@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .log import logger
+from ..common.log import logger
 from .onnx_export import INPUT_NAME, read_precision
 
 TENSORRT_INSTALL_HINT = (

@@ -28,8 +28,8 @@ import torch
 from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import RAFT
 
-from .log import log_once, logger
-from .models import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
+from ..common.log import log_once, logger
+from .specs import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
 
 WEIGHTS_ENV = "SCOPE_OPTICAL_FLOW_WEIGHTS"
 RANDOM_WEIGHTS_SEED = 0
