@@ -8,6 +8,7 @@ import torch
 
 from ..log import log_once
 from ..trt_build import TENSORRT_INSTALL_HINT, import_tensorrt
+from ..vocabulary import words
 from ..weights import WeightsSpec
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
@@ -32,18 +33,20 @@ def choose_backend(requested: str, device: torch.device) -> str:
     a ``RuntimeError`` here (at construction), saying what to install.
     """
     if requested not in BACKENDS:
-        raise ValueError(f"backend={requested!r} is not supported; use one of {', '.join(BACKENDS)}.")
+        raise ValueError(words(
+            f"{{backend=requested}} is not supported; use one of {', '.join(BACKENDS)}.", requested=requested
+        ))
     if requested == "tensorrt":
         if not tensorrt_available():
-            raise RuntimeError(
-                f"backend='tensorrt' but TensorRT is not installed (import tensorrt failed). Install it with: "
-                f"{TENSORRT_INSTALL_HINT}; or use backend='auto' or 'torch'."
-            )
+            raise RuntimeError(words(
+                "{backend='tensorrt'} but TensorRT is not installed (import tensorrt failed). Install it with: "
+                f"{TENSORRT_INSTALL_HINT}; or use {{backend='auto'}} or {{backend='torch'}}."
+            ))
         if device.type != "cuda":
-            raise RuntimeError(
-                f"backend='tensorrt' needs a CUDA GPU, but the device is {device}. Use device='cuda' on a machine "
-                "with an NVIDIA GPU, or backend='torch'."
-            )
+            raise RuntimeError(words(
+                f"{{backend='tensorrt'}} needs a CUDA GPU, but the device is {device}.",
+                "Use {device='cuda'} on a machine with an NVIDIA GPU, or {backend='torch'}.",
+            ))
         return requested
     if requested == "onnxruntime":
         from .onnxruntime_backend import import_onnxruntime
