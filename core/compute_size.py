@@ -53,7 +53,7 @@ def native_compute_size(height: int, width: int) -> tuple[int, int]:
         raise ValueError(words(
             f"the frames are {width}x{height} (width x height), too small to compute flow at their own size: "
             f"RAFT's correlation pyramid needs at least {MIN_SIZE} pixels on each side.",
-            f"Resize the frames to at least {MIN_SIZE}x{MIN_SIZE}, or compute at a fixed size "
-            f"({{height={MIN_SIZE}}}, {{width={MIN_SIZE}}}).",
+            "Resize the frames to at least {0}x{0}, or compute at a fixed size ({{size=fixed}}).".format(MIN_SIZE),
+            fixed=(MIN_SIZE, MIN_SIZE),
         ))
     return padded

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Style = Literal["keyword", "flag", "field"]
+# The compute size: ``height`` and ``width`` together, value ``(height, width)``; faces with one option for both
+# (the command line's ``--size``) name it, the others get both settings.
+SIZE = "size"
 _REFERENCE = re.compile(r"\{(\w+)(?:=([^{}]+))?\}")
 
 
@@ -43,10 +46,14 @@ class Vocabulary:
     settings: Mapping[tuple[str, object], str] = field(default_factory=dict)
 
     def has(self, key: str) -> bool:
-        return self.names is None or key in self.names
+        if self.names is None or key in self.names:
+            return True
+        return key == SIZE and self.has("height") and self.has("width")
 
     def name(self, key: str) -> str:
         """The face's name of option ``key`` (the key itself where the face lacks it)."""
+        if key == SIZE and (self.names is None or SIZE not in self.names):
+            return f"{self.name('height')} and {self.name('width')}"
         return key if self.names is None else self.names.get(key, key)
 
     def value(self, key: str, value: object) -> object:
@@ -64,12 +71,21 @@ class Vocabulary:
             whole = None
         if whole is not None:
             return whole
+        if key == SIZE:
+            return self._size_setting(value)  # type: ignore[arg-type]
         name, spelled = self.name(key), self.value(key, value)
         if self.style == "keyword":
             return f"{name}={spelled!r}"
         if self.style == "flag":
             return name if spelled is True else f"{name} {spelled}"
         return f"{name} = {spelled}"
+
+    def _size_setting(self, size: tuple[object, object]) -> str:
+        height, width = size
+        if self.style == "flag":
+            spelled = self.value(SIZE, size)
+            return f"{self.name(SIZE)} {spelled if spelled is not size else f'{height}x{width}'}"
+        return f"{self.setting('height', height)}, {self.setting('width', width)}"
 
     def describe(self, key: str, value: object) -> str:
         """Like :meth:`setting`, but also for an option the face lacks (``key value``): for status lines."""
