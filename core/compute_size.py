@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .models import DEFAULT_MODEL, ModelSpec, model_spec
 from .raft import DOWNSAMPLE, MIN_SIZE
-from .vocabulary import option_name, words
+from .vocabulary import option_name, setting, words
 
 # Pairs per model call are bounded so that a call's working memory stays within this many bytes: the all-pairs
 # correlation pyramid, plus what a model needs beyond RAFT Small (RAFT Small's own activations are the headroom
@@ -31,8 +31,9 @@ def check_compute_size(height: object, width: object) -> None:
         return
     if height is None or width is None:
         raise ValueError(words(
-            "{height} and {width} are both None (compute at the input's own size) or both numbers of pixels; "
-            f"got {height!r} and {width!r}."
+            "{height=none} and {width=none} go together (compute at the input's own size); otherwise both are "
+            f"numbers of pixels, got {height!r} and {width!r}.",
+            none=None,
         ))
     for key, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -40,7 +41,7 @@ def check_compute_size(height: object, width: object) -> None:
         if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
             suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
             raise ValueError(
-                f"compute {option_name(key)} {value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
+                f"{setting(key, value)} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
                 f"(RAFT's correlation pyramid); try {suggestion}."
             )
 

@@ -220,6 +220,13 @@ class OpticalFlowTensorRTPreprocessor:
         height, width = self.compute_size or (512, 512)
         return default_max_pairs(height, width, self.model)
 
+    @max_batch_pairs.setter
+    def max_batch_pairs(self, value: int) -> None:
+        """Pairs per model call for models built from now on (a loaded model keeps its own)."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{option_name('max_batch_pairs')} must be a positive integer, got {value!r}.")
+        self._requested_max_pairs = value
+
     @property
     def fp16_active(self) -> bool:
         """Whether half precision runs (``fp16`` applies on CUDA only)."""
