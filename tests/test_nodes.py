@@ -6,6 +6,7 @@ these tests do the same (not ``import scope_optical_flow_tensorrt``). Untrained 
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import importlib.util
@@ -378,8 +379,7 @@ def test_vace_preset_native_size_and_the_ready_line_in_node_words(
 
 def test_node_messages_name_node_inputs(pack: types.ModuleType, work: types.ModuleType,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    import scope_optical_flow_tensorrt.core.log as core_log
-
+    core_log = importlib.import_module(f"{pack.__name__}.core.log")  # the pack's own copy of the core
     core_log._said.discard("random-weights-raft_small")
     work.clear_cache()  # the model loads (and says what weights it has) anew
     run(flow_node(pack), images=make_frames(2, 96, 112))
