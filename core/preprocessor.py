@@ -171,7 +171,8 @@ class OpticalFlowTensorRTPreprocessor:
 
     @flow_strength.setter
     def flow_strength(self, value: float) -> None:
-        _check_flow_strength(value)
+        with speaking(self.vocabulary):
+            _check_flow_strength(value)
         self._flow_strength = float(value)
 
     @property
@@ -182,9 +183,10 @@ class OpticalFlowTensorRTPreprocessor:
     @first_frame.setter
     def first_frame(self, value: str) -> None:
         if value not in FIRST_FRAME_MODES:
-            raise ValueError(words(
-                f"{{first_frame=value}} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.", value=value
-            ))
+            with speaking(self.vocabulary):
+                raise ValueError(words(
+                    f"{{first_frame=value}} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.", value=value
+                ))
         self._first_frame = value
 
     @property

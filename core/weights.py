@@ -146,9 +146,8 @@ def _random_model(spec: ModelSpec) -> RAFT:
     log_once(
         f"random-weights-{spec.name}",
         words(
-            f"{spec.title} runs with UNTRAINED random weights ({{weights=None}}): flow maps will not show real "
-            "motion.",
-            "Use {weights='DEFAULT'} or a local .pth file for real results.",
+            f"{spec.title} runs with UNTRAINED random weights: flow maps will not show real motion.",
+            "That is {weights=None}; use {weights='DEFAULT'} or a local .pth file for real results.",
         ),
     )
     return _seeded_model(spec).eval()

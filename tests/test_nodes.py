@@ -384,7 +384,7 @@ def test_node_messages_name_node_inputs(pack: types.ModuleType, work: types.Modu
     work.clear_cache()  # the model loads (and says what weights it has) anew
     run(flow_node(pack), images=make_frames(2, 96, 112))
     notices = [record.getMessage() for record in caplog.records if "UNTRAINED" in record.getMessage()]
-    assert notices and "(weights = untrained (random))" in notices[-1] and "weights = DEFAULT" in notices[-1]
+    assert notices and "That is weights = untrained (random); use weights = DEFAULT" in notices[-1]
     assert "weights=None" not in notices[-1]
 
 
