@@ -40,6 +40,14 @@ def cli_vocabulary() -> Any:
     )
 
 
+def cli_words() -> Any:
+    """A context in which the core's messages name command-line flags (for core calls outside the
+    preprocessor, which speaks the vocabulary it was built with)."""
+    from ..core.vocabulary import speaking
+
+    return speaking(cli_vocabulary())
+
+
 def parse_size(text: str) -> tuple[int, int] | tuple[None, None]:
     """``"512"`` or ``"480x640"`` (height x width) -> ``(height, width)``; ``"native"`` -> ``(None, None)``."""
     if text.strip().lower() == NATIVE:

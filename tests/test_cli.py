@@ -225,7 +225,7 @@ def _video_without_frames(path: Path) -> None:
         ("missing", EXIT_INPUT, "input not found"),
         ("empty folder", EXIT_INPUT, "no images"),
         ("glob without matches", EXIT_INPUT, "matches no image files"),
-        ("not a video", EXIT_INPUT, "as a video"),
+        ("not a video", EXIT_INPUT, "is not a readable video"),
         ("video without frames", EXIT_INPUT, "has no frames"),
         ("frames of two sizes", EXIT_INPUT, "all frames must have one size"),
         ("output under a file", EXIT_OUTPUT, "cannot create the output folder"),
@@ -234,7 +234,7 @@ def _video_without_frames(path: Path) -> None:
         ("bad size", EXIT_USAGE, "multiple of 8"),
         ("unparsable size", EXIT_USAGE, "HEIGHTxWIDTH"),
         ("strength out of range", EXIT_USAGE, "--strength"),
-        ("unknown backend", EXIT_USAGE, "backend='cuda' is not supported"),
+        ("unknown backend", EXIT_USAGE, "--backend cuda is not supported"),
         ("missing weights file", EXIT_USAGE, "weights file not found"),
         ("bad device", EXIT_USAGE, "not a valid torch device"),
     ],
@@ -524,7 +524,7 @@ def test_model_choice_through_prebuild_and_unknown_models(tmp_path: Path, run_ma
                     ["bench"], ["info"]):
         code, _, err = run_main(*command, "--model", "raft_huge")
         assert code == EXIT_USAGE, (command, err)
-        assert "model='raft_huge' is not supported; use one of raft_small, raft_large" in err, command
+        assert "--model raft_huge is not supported; use one of raft_small, raft_large" in err, command
 
 
 # -- the command line's words, VACE's preset --------------------------------------------------------------------
