@@ -10,7 +10,7 @@ Scope's ``ui_field_config`` (Scope v0.2.0 and later render only fields that carr
 Load parameters (preset, model, compute size, flow updates, normalization) rebuild the pipeline when changed; the
 flow strength and the first frame change while streaming. ``preset = vace`` gives VACE's own flow annotator's maps
 (``core.presets``: it replaces the default values of the fields it covers; fields set otherwise win); compute
-size 0 x 0 is the input's own size. Messages name these fields (:data:`SCOPE_VOCABULARY`).
+size 0 x 0 is the input's own size. Messages name these fields (:data:`SCOPE_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from ..core.models import DEFAULT_MODEL, MODEL_NAMES
 from ..core.preprocessor import FIRST_FRAME_MODES
 from ..core.presets import NO_PRESET, PRESET_NAMES
 from ..core.raft import DOWNSAMPLE
-from ..core.vocabulary import Vocabulary, speaking
+from ..core.vocabulary import speaking
 from . import DISPLAY_NAME, PREPROCESSOR_ID
+from .vocabulary import NATIVE_SIZE, SCOPE_SETTINGS
 
 # Frames per call: the flow of each chunk's first frame uses the previous chunk's last frame, so the chunk size
 # only trades latency against per-call overhead.
 CHUNK_FRAMES = 4
 MAX_COMPUTE_SIZE = 2048
-NATIVE_SIZE = 0  # compute_height = compute_width = 0: the input's own size
 # How long the constructor waits for compiled kernels (a first compile at 480x832 took 33 s on an H100).
 COMPILE_WAIT_S = 120
 
@@ -111,7 +111,7 @@ class FlowConfig(BasePipelineConfig):
 
     @model_validator(mode="after")
     def _check_compute_size(self) -> FlowConfig:
-        with speaking(SCOPE_VOCABULARY):  # the core's rule, in these fields' names
+        with speaking(SCOPE_SETTINGS):  # the core's rule, in these fields' names
             check_compute_size(*core_size(self.compute_height, self.compute_width))
         return self
 
@@ -120,19 +120,6 @@ def core_size(compute_height: int, compute_width: int) -> tuple[int | None, int 
     """The core's ``height``/``width`` for these fields (0: ``None``, the input's own size)."""
     return (None if compute_height == NATIVE_SIZE else compute_height,
             None if compute_width == NATIVE_SIZE else compute_width)
-
-
-# How the core's messages name options in Scope: by these settings' field names (others are left out).
-SCOPE_VOCABULARY = Vocabulary(
-    face="Scope settings",
-    style="field",
-    names={
-        "preset": "preset", "model": "model", "height": "compute_height", "width": "compute_width",
-        "num_flow_updates": "num_flow_updates", "flow_strength": "flow_strength", "normalization": "normalization",
-        "first_frame": "first_frame",
-    },
-    values={"height": {None: str(NATIVE_SIZE)}, "width": {None: str(NATIVE_SIZE)}},
-)
 
 
 class FlowPipeline(Pipeline):
@@ -160,7 +147,7 @@ class FlowPipeline(Pipeline):
         self.preprocessor = OpticalFlowTensorRTPreprocessor(
             *core_size(compute_height, compute_width),
             flow_strength=flow_strength, model=model, num_flow_updates=num_flow_updates,
-            normalization=normalization, first_frame=first_frame, preset=preset, vocabulary=SCOPE_VOCABULARY,
+            normalization=normalization, first_frame=first_frame, preset=preset, vocabulary=SCOPE_SETTINGS,
         )
         # Scope shows "Initializing pipeline..." while the constructor runs: load the model and compile (or load
         # the compiled kernels from the models folder) for Scope's chunk shapes now, not on the first live chunk.

@@ -144,7 +144,10 @@ def test_plugin_manager_loads_us_through_the_entry_point() -> None:
 
 def test_register_preprocessors_registers_flow_with_the_core_class() -> None:
     calls = registered_preprocessors(plugin_manager(ScopeHookSpec))
-    assert calls == [("flow", "Flow", OpticalFlowTensorRTPreprocessor)]
+    [(preprocessor_id, name, registered)] = calls
+    assert (preprocessor_id, name) == ("flow", "Flow") and issubclass(registered, OpticalFlowTensorRTPreprocessor)
+    # This form has no settings: its messages name none (not the API's device='cpu').
+    assert registered(device="cpu").vocabulary.names == {}
 
 
 @pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: covered by test_pipeline_hook_with_scope")
@@ -205,6 +208,8 @@ def test_no_argument_construction_has_gpu_defaults_and_is_lazy(
         assert instance.device.type == "cpu"
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("CUDA is not available" in message for message in warnings), warnings
+        # Scope's registry form has no device setting: the warning tells the user of nothing to set.
+        assert not any("device=" in message or "strict_device" in message for message in warnings), warnings
 
 
 def test_scope_context_gives_target_size_maps_in_range(small_class: type) -> None:
