@@ -201,7 +201,7 @@ def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, Weights
         except ValueError:  # no model's weights: say what differs from the requested model
             raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
         raise ValueError(words(
-            f"{path} holds {other.title} weights, but the model is {spec.title}: use {{model=other}} "
+            f"{path} holds {other.title} weights, but the model is {spec.title}: pass {{model=other}} "
             f"to use it, or a {spec.title} checkpoint.",
             other=other.name,
         ))
