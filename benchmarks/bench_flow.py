@@ -32,10 +32,7 @@ from _checkout import use_this_checkout  # noqa: E402  (same folder)
 use_this_checkout()  # run from a checkout without installing
 
 from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor  # noqa: E402
-from scope_optical_flow_tensorrt.core.backends import (
-    BACKENDS,  # noqa: E402
-    torch_backend,  # noqa: E402
-)
+from scope_optical_flow_tensorrt.core.backends import BACKENDS, torch_backend
 from scope_optical_flow_tensorrt.core.model.raft import RaftSequenceFlow  # noqa: E402
 from scope_optical_flow_tensorrt.core.model.specs import MODEL_NAMES, model_spec  # noqa: E402
 

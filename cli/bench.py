@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .options import build_preprocessor, load_model, model_options, weights_spec
+from .options import build_preprocessor, frame_size, load_model, model_options, weights_spec
 
 
 @click.command("bench", short_help="Frames/s and ms per chunk on this machine.")
@@ -28,11 +28,11 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
 
     flow = build_preprocessor(weights=weights_spec(weights), **options)
     load_start = time.perf_counter()
-    load_model(flow, warmup=chunk)
+    height, width = frame_size(options["size"], (512, 512))
+    load_model(flow, warmup=chunk, size=(height, width))
     flow.wait_for_compiled()  # timed with the compiled kernels, not the uncompiled graphs that serve meanwhile
     load_seconds = time.perf_counter() - load_start
     device = flow.device
-    height, width = options["size"]
     generator = torch.Generator(device="cpu").manual_seed(0)
     frames = torch.randint(0, 256, (chunk, height, width, 3), dtype=torch.uint8, generator=generator).to(device)
     is_cuda = device.type == "cuda"

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .errors import UsageError
-from .options import build_preprocessor, load_model, model_options, weights_spec
+from .options import build_preprocessor, frame_size, load_model, model_options, weights_spec
 from .outputs import StagedOutputs, VideoWriter
 from .state import notice, say
 
@@ -190,8 +190,8 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     overwrite = overwrite or _is_old_demo(output)
     with StagedOutputs(overwrite) as staged:
         folder = staged.add(output, folder=True)
-        flow = _load_with_fallback(weights, options)
-        height, width = options["size"]
+        height, width = frame_size(options["size"], (256, 256))
+        flow = _load_with_fallback(weights, options, (height, width))
         clip = synthetic_clip(num_frames, height, width)
         started = time.perf_counter()
         raw = flow.compute_flow(clip.frames, layout="FHWC")[0]  # [F, 2, h, w] at the clip's size
@@ -212,7 +212,7 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
             "pretrained": info.pretrained,
             "device": str(flow.device),
             "backend": flow.backend_name,
-            "compute_size": [height, width],
+            "compute_size": list(flow.compute_size or (height, width)),
             "frames": num_frames,
             "flow_updates": flow.num_flow_updates,
             "seconds": round(seconds, 3),
@@ -223,13 +223,13 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     _report(summary, info.pretrained, output, torch.device(flow.device))
 
 
-def _load_with_fallback(weights: str, options: dict[str, Any]) -> Any:
+def _load_with_fallback(weights: str, options: dict[str, Any], size: tuple[int, int]) -> Any:
     """``--weights auto``: DEFAULT weights if they load, else untrained with a notice nobody can miss."""
     spec = weights_spec(weights)
     if weights.strip().lower() == AUTO:
         spec = "DEFAULT" if _default_weights_load(options.get("raft_model", "raft_small")) else None
     flow = build_preprocessor(weights=spec, **options)
-    load_model(flow)
+    load_model(flow, size=size)
     return flow
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .errors import CliError, UsageError
-from .options import SizeType, model_option, weights_spec
+from .options import SizeType, cli_words, model_option, weights_spec
 from .state import say
 
 PACKAGES = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "onnx", "onnxruntime", "polygraphy", "av")
@@ -79,13 +79,17 @@ def prebuild_command(
     from ..core.model.specs import model_spec
 
     try:
-        model_spec(raft_model)
+        with cli_words():
+            model_spec(raft_model)
     except ValueError as error:
-        raise UsageError(f"--model: {error}") from error
+        raise UsageError(str(error)) from error
     try:
         targets = parse_targets(tensorrt_targets) if tensorrt_targets is not None else None
     except ValueError as error:
         raise UsageError(f"--tensorrt-targets: {error}") from error
+    if any(height is None for height, _ in sizes):
+        raise UsageError("prebuild needs sizes (--size HEIGHTxWIDTH): at --size native a run builds for each input's "
+                         "size when it meets it; prebuild that size here to have it ready.")
     for height, width in sizes:
         arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
                      "weights": weights_spec(weights), "models_dir": models_dir, "device": device,
@@ -221,7 +225,8 @@ def weights_status(model: str = "raft_small") -> dict[str, Any]:
     from ..core.model.weights import WEIGHTS_ENV, default_weights_file
 
     try:
-        spec = model_spec(model)
+        with cli_words():
+            spec = model_spec(model)
     except ValueError as error:
         raise UsageError(str(error)) from error
     default = spec.weights_enum.DEFAULT

@@ -135,7 +135,7 @@ class FrameSource:
                     else:  # a stream whose pixel format changes midway (rare): FFmpeg converts the odd frame
                         yield frame.reformat(format=yuv.layout).to_ndarray(), yuv
         except (av.error.FFmpegError, OSError) as error:
-            raise InputError(f"cannot decode video {self.path}: {error}") from error
+            raise InputError(f"cannot decode video {self.path}: {library_reason(error)}.") from error
 
     def _image_frames(self, readers: int = 1) -> Iterator[np.ndarray]:
         files = self.files or []
@@ -157,7 +157,16 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from error
+        raise InputError(f"cannot read image {path}: {library_reason(error)}.") from error
+
+
+def library_reason(error: BaseException) -> str:
+    """What went wrong, in the library's words without its noise: FFmpeg's and the OS's error text without the
+    error number (``[Errno 1094995529]`` means nothing to a user) or the path (the message names it already)."""
+    reason = getattr(error, "strerror", None)
+    if not isinstance(reason, str) or not reason:
+        reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(error)) or type(error).__name__
+    return reason.rstrip(".")
 
 
 def _allocate_numpy(shape: tuple[int, ...]) -> np.ndarray:
@@ -242,7 +251,10 @@ def _video(path: Path, rate: Fraction | None) -> FrameSource:
             source_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             frames = stream.frames or None  # container metadata; 0 means unknown
     except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"cannot read {path} as a video: {error}") from error
+        raise InputError(
+            f"{path} is not a readable video ({library_reason(error)}); give a video file FFmpeg can read "
+            f"({', '.join(VIDEO_SUFFIXES[:5])}, ...), a folder of images or a glob like 'frames/*.png'."
+        ) from error
     if rate is None:
         rate = Fraction(source_rate) if source_rate else DEFAULT_IMAGE_FPS
     return FrameSource(str(path), "video", rate, frames)

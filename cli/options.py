@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -12,13 +13,51 @@ import click
 from .errors import UsageError
 
 UNTRAINED = "untrained"
+NATIVE = "native"  # --size native: the input's own size (the API's height=None, width=None)
+FLOW_PRESETS = ("none", "vace")  # core.presets.PRESET_NAMES (not imported here: it imports torch)
+FIRST_FRAME_CHOICES = ("zero", "repeat")  # core.preprocessor.FIRST_FRAME_MODES
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512"`` or ``"480x640"`` (height x width) -> ``(height, width)``."""
+@functools.cache
+def cli_vocabulary() -> Any:
+    """How the core's messages name options on the command line (``core.vocabulary``): ``--device cpu``,
+    ``--strict-device``, ``--weights untrained``... Checked against the commands' options by the tests."""
+    from ..core.common.vocabulary import SIZE, Vocabulary
+
+    return Vocabulary(
+        face="command line",
+        style="flag",
+        names={
+            "model": "--model", SIZE: "--size", "height": "--size (height)", "width": "--size (width)",
+            "fp16": "--fp16", "num_flow_updates": "--updates", "backend": "--backend", "device": "--device",
+            "strict_device": "--strict-device", "cuda_graphs": "--cuda-graphs", "weights": "--weights",
+            "models_dir": "--models-dir", "flow_strength": "--strength", "normalization": "--normalization",
+            "max_flow": "--max-flow", "decay": "--decay", "first_frame": "--first-frame", "preset": "--preset",
+            "max_batch_pairs": "--max-batch-pairs",
+        },
+        values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE}},
+        settings={("fp16", True): "--fp16", ("fp16", False): "--fp32", ("cuda_graphs", False): "--no-cuda-graphs"},
+    )
+
+
+def cli_words() -> Any:
+    """A context in which the core's messages name command-line flags (for core calls outside the
+    preprocessor, which speaks the vocabulary it was built with)."""
+    from ..core.common.vocabulary import speaking
+
+    return speaking(cli_vocabulary())
+
+
+def parse_size(text: str) -> tuple[int, int] | tuple[None, None]:
+    """``"512"`` or ``"480x640"`` (height x width) -> ``(height, width)``; ``"native"`` -> ``(None, None)``."""
+    if text.strip().lower() == NATIVE:
+        return None, None
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×,]\s*(\d+))?\s*", text)
     if match is None:
-        raise click.BadParameter(f"{text!r} is not a size; write HEIGHTxWIDTH (e.g. 512x512) or one number.")
+        raise click.BadParameter(
+            f"{text!r} is not a size; write HEIGHTxWIDTH (e.g. 512x512), one number, or {NATIVE} (the input's "
+            "own size)."
+        )
     height = int(match.group(1))
     width = int(match.group(2)) if match.group(2) else height
     return height, width
@@ -27,7 +66,7 @@ def parse_size(text: str) -> tuple[int, int]:
 class SizeType(click.ParamType):
     name = "HxW"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
         try:
@@ -65,6 +104,23 @@ class ModelType(click.ParamType):
 
 
 MODEL_HELP = "RAFT model: raft_small (fast) or raft_large (more accurate, several times slower)."
+X264_PRESETS_HINT = "the libx264 preset of video outputs is --x264-preset"
+
+
+class PresetType(click.Choice):
+    """``--preset``: a flow preset; a libx264 preset name (what ``--preset`` meant before) gets a pointer to
+    ``--x264-preset``."""
+
+    def __init__(self) -> None:
+        super().__init__(FLOW_PRESETS)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .outputs import X264_PRESETS
+
+        if value in X264_PRESETS:
+            self.fail(f"{value!r} is a libx264 preset: --preset picks a flow preset ({', '.join(FLOW_PRESETS)}); "
+                      f"{X264_PRESETS_HINT} (--x264-preset {value}).", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def model_option() -> Callable:
@@ -92,12 +148,23 @@ WEIGHTS_HELP = (
 )
 
 
+def frame_size(size: tuple[int, int] | tuple[None, None], fallback: tuple[int, int]) -> tuple[int, int]:
+    """The size of frames a command makes itself (demo, bench): ``--size``, or ``fallback`` at native."""
+    height, width = size
+    return (height, width) if height is not None and width is not None else fallback
+
+
 def model_options(default_size: str, default_weights: str = "DEFAULT", weights_help: str = WEIGHTS_HELP) -> Callable:
     """Decorator adding the options every flow-computing command shares."""
     options = [
         model_option(),
+        click.option("--preset", "preset", type=PresetType(), default="none", show_default=True,
+                     help="vace: VACE's own flow annotator (raft_large, --updates 20, --size native, per_frame, "
+                          "--first-frame repeat). It replaces those options' defaults; options set to anything "
+                          "else win."),
         click.option("--size", "size", type=SizeType(), default=default_size, show_default=True,
-                     help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128)."),
+                     help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128), or native: the input's "
+                          "own size, padded to a multiple of 8 (never resized)."),
         click.option("--fp16/--fp32", "fp16", default=True, show_default=True,
                      help="Half precision on CUDA (ignored on the CPU)."),
         click.option("--updates", "num_flow_updates", type=click.IntRange(min=1), default=12, show_default=True,
@@ -133,6 +200,10 @@ def display_options(function: Callable) -> Callable:
                      help="Pixels of motion at full saturation with --normalization fixed."),
         click.option("--decay", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
                      help="Per-frame decay of the running maximum with --normalization running."),
+        click.option("--first-frame", "first_frame", type=click.Choice(FIRST_FRAME_CHOICES), default="zero",
+                     show_default=True,
+                     help="Frame 0 has no frame before it: zero (no motion, white) or repeat (frame 1's map, as "
+                          "VACE's annotator does)."),
     ]):
         function = option(function)
     return function
@@ -140,17 +211,19 @@ def display_options(function: Callable) -> Callable:
 
 def build_preprocessor(
     *,
-    size: tuple[int, int],
+    size: tuple[int, int] | tuple[None, None],
     weights: str | None,
     flow_strength: float = 1.0,
     normalization: str = "per_frame",
     max_flow: float = 20.0,
     decay: float = 0.9,
+    first_frame: str = "zero",
+    preset: str = "none",
     max_batch_pairs: int | None = None,
     **model: Any,
 ) -> Any:
-    """An ``OpticalFlowTensorRTPreprocessor`` from option values; the core's ValueError/TypeError become
-    usage errors (exit code 2) with the core's message."""
+    """An ``OpticalFlowTensorRTPreprocessor`` from option values, speaking the command line's vocabulary; the
+    core's ValueError/TypeError become usage errors (exit code 2) with the core's message."""
     from ..core import OpticalFlowTensorRTPreprocessor
 
     height, width = size
@@ -158,6 +231,9 @@ def build_preprocessor(
         return OpticalFlowTensorRTPreprocessor(
             height,
             width,
+            first_frame=first_frame,
+            preset=preset,
+            vocabulary=cli_vocabulary(),
             model=model.get("raft_model", "raft_small"),
             device=model["device"],
             fp16=model["fp16"],
@@ -178,11 +254,12 @@ def build_preprocessor(
         raise UsageError(str(error)) from error
 
 
-def load_model(flow: Any, warmup: int | bool = False) -> None:
+def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | None = None) -> None:
     """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written;
-    ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use."""
+    ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
+    At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input."""
     try:
-        flow.load(warmup=warmup)
+        flow.load(warmup=warmup, size=size)
     except FileNotFoundError as error:
         raise UsageError(f"--weights: {error}") from error
     except ValueError as error:

@@ -34,7 +34,8 @@ from .state import say, timeline
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Frame rate of the output video [default: the input video's, 30 for images].")
 @click.option("--codec", default=None, help="Video codec [default: libx264 for .mp4/.mkv/.mov, libvpx-vp9 for .webm].")
-@click.option("--preset", type=click.Choice(X264_PRESETS), default=DEFAULT_X264_PRESET, show_default=True,
+@click.option("--x264-preset", "x264_preset", type=click.Choice(X264_PRESETS), default=DEFAULT_X264_PRESET,
+              show_default=True,
               help="libx264 preset for video outputs: slower ones make smaller files at about the same quality (crf 18).")
 @click.option("--decoder", type=click.Choice(DECODER_CHOICES), default="auto", show_default=True,
               help="Video decoding: FFmpeg's threaded CPU decoder, or the GPU's NVDEC (needs CUDA and a PyAV with "
@@ -62,7 +63,7 @@ def run_command(
     chunk: int,
     fps: float | None,
     codec: str | None,
-    preset: str,
+    x264_preset: str,
     decoder: str,
     report_path: Path | None,
     overwrite: bool,
@@ -78,7 +79,8 @@ def run_command(
     Many clips: a folder of videos, a glob or several video files, or --manifest; outputs go to -o FOLDER
     (FOLDER/<stem>.mp4) or a template such as -o 'flow/{stem}.mp4'. Clips whose outputs exist are skipped.
 
-    Frame 0 has no reference and shows zero flow (white); frame i shows the motion from frame i-1 to i.
+    Frame 0 has no reference and shows zero flow (white), or frame 1's map with --first-frame repeat; frame i
+    shows the motion from frame i-1 to i. --preset vace gives VACE's own flow maps (see the README).
     """
     from . import batch
 
@@ -94,7 +96,7 @@ def run_command(
     if devices is not None and ray_address is not None:
         raise UsageError("give --devices (this machine) or --ray (a cluster), not both.")
     settings = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite,
-                             preset=preset, decoder=decoder)
+                             preset=x264_preset, decoder=decoder)
     model = {"weights": weights_spec(weights), **options}
     plan = batch.plan_jobs(input_specs, manifest, output, flow_npy, flow_flo)
     if plan.collection or devices is not None or ray_address is not None:

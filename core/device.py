@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .common.log import log_once
+from .common.vocabulary import words
 
 
 def resolve_device(requested: str | torch.device, strict: bool = False) -> torch.device:
@@ -16,27 +17,32 @@ def resolve_device(requested: str | torch.device, strict: bool = False) -> torch
     try:
         device = torch.device(requested)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"device={requested!r} is not a valid torch device; use 'cuda', 'cuda:0', 'cpu' or a torch.device."
-        ) from error
+        raise ValueError(words(
+            "{device=requested} is not a valid torch device; use cuda, cuda:0 or cpu.", requested=str(requested)
+        )) from error
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
         if strict:
-            raise RuntimeError(
-                f"device={requested!r} was requested with strict_device=True, but CUDA is not available "
-                "(no NVIDIA GPU or a CPU-only PyTorch build). Install a CUDA build of PyTorch or use device='cpu'."
-            )
+            raise RuntimeError(words(
+                "{device=requested} was requested with {strict_device=True}, but CUDA is not available "
+                "(no NVIDIA GPU or a CPU-only PyTorch build).",
+                "Install a CUDA build of PyTorch or use {device='cpu'}.",
+                requested=str(requested),
+            ))
         log_once(
             "cuda-missing",
-            f"CUDA is not available, so optical flow runs on the CPU instead of {requested!r} (much slower). "
-            "Pass device='cpu' to silence this, or strict_device=True to make it an error.",
+            words(
+                f"CUDA is not available, so optical flow runs on the CPU instead of {str(requested)!r} (much slower).",
+                "Pass {device='cpu'} to silence this, or {strict_device=True} to make it an error.",
+            ),
         )
         return torch.device("cpu")
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device={requested!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
-        )
+        raise ValueError(words(
+            f"{{device=requested}} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).",
+            requested=str(requested),
+        ))
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -16,13 +16,18 @@ from .common.log import log_once, logger
 from .common.paths import plugin_models_dir
 from .device import resolve_device
 from .layout import check_layout, to_bfchw, to_unit_float
-from .model.compute_size import check_compute_size, default_max_pairs
+from .model.compute_size import check_compute_size, default_max_pairs, native_compute_size
+from .model.raft import DOWNSAMPLE
 from .model.specs import DEFAULT_MODEL, model_spec
 from .model.weights import WeightsInfo, WeightsSpec
-from .resize import resize_images
+from .presets import apply_preset
+from .resize import crop_padding, pad_to_multiple, resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
+from .common.vocabulary import Vocabulary, current_vocabulary, option_name, speaking, words
 from .warmup import chunk_sizes, warm_up_backend, window_pair_counts
 
+
+FIRST_FRAME_MODES: tuple[str, ...] = ("zero", "repeat")
 
 class OpticalFlowTensorRTPreprocessor:
     """Video frames in, RGB optical-flow maps out (RAFT Small or Large), keeping temporal state across calls.
@@ -33,6 +38,9 @@ class OpticalFlowTensorRTPreprocessor:
     Args:
         height, width: compute resolution, multiples of 8, at least 128. Frames are resized to it and the
             output is resized back (to the input size, or to Scope's ``target_height`` x ``target_width``).
+            ``None`` and ``None``: compute at the input's own size, never resized: frames are padded to a multiple
+            of 8 by repeating their edges (as VACE's annotator does) and the padding is cropped off the flow. The
+            model (engine, compiled kernels) is built for each size met, cached per size as usual.
         device: ``"cuda"`` (falls back to the CPU with one warning if CUDA is missing, unless
             ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
         fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
@@ -40,6 +48,14 @@ class OpticalFlowTensorRTPreprocessor:
         model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
             torchvision's RAFT models.
         num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
+        first_frame: what the first frame of a stream shows, having no frame before it: ``"zero"`` (no motion,
+            white; the default) or ``"repeat"`` (the map of the pair (0, 1), as VACE's annotator and Scope's
+            built-in pipeline do). Each call still returns one map per input frame: a stream's first call with a
+            single frame has no pair yet and returns zero flow; later calls are unaffected (their first frame
+            pairs with the previous call's last frame).
+        preset: ``"vace"`` bundles VACE's annotator settings (RAFT Large, 20 updates, the input's own size,
+            per-frame normalization, ``first_frame="repeat"``); it replaces the default values of those options,
+            and any of them set to a non-default value wins (``core.presets``). ``None``/``"none"``: no preset.
         normalization: ``"per_frame"`` (each frame scaled by its own largest motion, torchvision's look),
             ``"fixed"`` (``max_flow`` pixels is full saturation) or ``"running"`` (running maximum that decays
             by ``decay`` per frame: no colour flicker in video).
@@ -64,17 +80,21 @@ class OpticalFlowTensorRTPreprocessor:
             switches to them when a caller waits for it (:meth:`wait_for_compiled`), never inside a live call.
             ``False``: warm-ups and first calls of a shape wait for the compiled kernels instead. Either way this
             process never compiles: it only loads the kernels the child kept in the models folder.
+        vocabulary: how messages name options (``core.common.vocabulary``): a face passes its own so that errors
+            and log lines say ``--device cpu`` on the command line and ``device='cpu'`` in Python; default: the
+            vocabulary current at construction.
 
     Call it with frames (``[B,C,F,H,W]``, ``[C,F,H,W]`` or ``[F,H,W,C]``, RGB, float ``[0,1]`` or uint8)
     or with Scope's context object; it returns ``[B, 3, F, H_out, W_out]`` float in ``[-1, 1]``.
-    The first frame after construction or :meth:`reset` has no reference and shows zero flow (white);
-    every later frame, across calls, is compared with the frame before it.
+    The first frame after construction or :meth:`reset` has no reference and shows zero flow (white), or with
+    ``first_frame="repeat"`` the next pair's map; every later frame, across calls, is compared with the frame
+    before it.
     """
 
     def __init__(
         self,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = 512,
+        width: int | None = 512,
         device: str | torch.device = "cuda",
         fp16: bool = True,
         flow_strength: float = 1.0,
@@ -84,6 +104,8 @@ class OpticalFlowTensorRTPreprocessor:
         normalization: str = "per_frame",
         max_flow: float = 20.0,
         decay: float = 0.9,
+        first_frame: str = "zero",
+        preset: str | None = None,
         backend: str = "auto",
         weights: WeightsSpec = "DEFAULT",
         layout: str | None = None,
@@ -94,34 +116,50 @@ class OpticalFlowTensorRTPreprocessor:
         torch_compile: bool = True,
         fused_lookup: bool = True,
         compile_in_background: bool = True,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
-        self.model = model_spec(model).name
-        check_compute_size(height, width)
-        _check_flow_strength(flow_strength)
-        if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
-            raise ValueError(f"num_flow_updates must be a positive integer (12 is typical), got {num_flow_updates!r}.")
-        if max_batch_pairs is not None and (not isinstance(max_batch_pairs, int) or max_batch_pairs < 1):
-            raise ValueError(f"max_batch_pairs must be a positive integer or None, got {max_batch_pairs!r}.")
-        if layout is not None:
-            check_layout(layout)
-        self.height = height
-        self.width = width
-        self._flow_strength = float(flow_strength)
-        self.num_flow_updates = num_flow_updates
-        self.fp16 = bool(fp16)
-        self.cuda_graphs = bool(cuda_graphs)
-        self.torch_compile = bool(torch_compile)
-        self.fused_lookup = bool(fused_lookup)
-        self.compile_in_background = bool(compile_in_background)
-        self.layout = layout
-        self.weights_spec = weights
-        self.models_dir = plugin_models_dir(models_dir)
-        self.device = resolve_device(device, strict=strict_device)
-        self.requested_backend = backend
-        self.backend_name = choose_backend(backend, self.device)
-        self.max_batch_pairs = max_batch_pairs or default_max_pairs(height, width, self.model)
-        self.normalizer = FlowNormalizer(normalization, max_flow=max_flow, decay=decay)
+        self.vocabulary = vocabulary or current_vocabulary()
+        with speaking(self.vocabulary):
+            chosen = apply_preset(preset, {
+                "model": model, "num_flow_updates": num_flow_updates, "height": height, "width": width,
+                "normalization": normalization, "first_frame": first_frame,
+            })
+            self.preset = preset
+            self.model = model_spec(chosen["model"]).name
+            check_compute_size(chosen["height"], chosen["width"])
+            _check_flow_strength(flow_strength)
+            num_flow_updates = chosen["num_flow_updates"]
+            if not isinstance(num_flow_updates, int) or isinstance(num_flow_updates, bool) or num_flow_updates < 1:
+                raise ValueError(
+                    f"{option_name('num_flow_updates')} must be a positive integer (12 is typical), "
+                    f"got {num_flow_updates!r}."
+                )
+            if max_batch_pairs is not None and (not isinstance(max_batch_pairs, int) or max_batch_pairs < 1):
+                raise ValueError(
+                    f"{option_name('max_batch_pairs')} must be a positive integer or None, got {max_batch_pairs!r}."
+                )
+            if layout is not None:
+                check_layout(layout)
+            self.height: int | None = chosen["height"]
+            self.width: int | None = chosen["width"]
+            self._flow_strength = float(flow_strength)
+            self.first_frame = chosen["first_frame"]
+            self.num_flow_updates = num_flow_updates
+            self.fp16 = bool(fp16)
+            self.cuda_graphs = bool(cuda_graphs)
+            self.torch_compile = bool(torch_compile)
+            self.fused_lookup = bool(fused_lookup)
+            self.compile_in_background = bool(compile_in_background)
+            self.layout = layout
+            self.weights_spec = weights
+            self.models_dir = plugin_models_dir(models_dir)
+            self.device = resolve_device(device, strict=strict_device)
+            self.requested_backend = backend
+            self.backend_name = choose_backend(backend, self.device)
+            self._requested_max_pairs = max_batch_pairs
+            self.normalizer = FlowNormalizer(chosen["normalization"], max_flow=max_flow, decay=decay)
         self._backend: FlowBackend | None = None
+        self._backend_size: tuple[int, int] | None = None  # the compute size the backend was built for
         self.warmup_routes: list[str] = []  # how the last warm-up's shapes were served (core.compiled_cache)
         self._previous_frames: Tensor | None = None  # [B, 3, h, w] last frame of the stream, compute size
         self._stream_key: tuple[int, int, int] | None = None  # (B, H, W) of the input the state belongs to
@@ -135,12 +173,68 @@ class OpticalFlowTensorRTPreprocessor:
 
     @flow_strength.setter
     def flow_strength(self, value: float) -> None:
-        _check_flow_strength(value)
+        with speaking(self.vocabulary):
+            _check_flow_strength(value)
         self._flow_strength = float(value)
+
+    @property
+    def first_frame(self) -> str:
+        """``"zero"`` or ``"repeat"`` (see the class docstring); may be changed between calls."""
+        return self._first_frame
+
+    @first_frame.setter
+    def first_frame(self, value: str) -> None:
+        if value not in FIRST_FRAME_MODES:
+            with speaking(self.vocabulary):
+                raise ValueError(words(
+                    f"{{first_frame=value}} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.", value=value
+                ))
+        self._first_frame = value
 
     @property
     def normalization(self) -> str:
         return self.normalizer.mode
+
+    @property
+    def native_size(self) -> bool:
+        """Whether flow is computed at the input's own size (``height=None, width=None``)."""
+        return self.height is None
+
+    @property
+    def compute_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` the model runs at: the fixed size, or at the input's own size the padded size of
+        the latest input (``None`` before the first)."""
+        if self.height is not None and self.width is not None:
+            return self.height, self.width
+        return self._backend_size
+
+    def compute_size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The compute size for input frames of ``height`` x ``width``."""
+        if self.height is not None and self.width is not None:
+            return self.height, self.width
+        with speaking(self.vocabulary):
+            return native_compute_size(height, width)
+
+    @property
+    def max_batch_pairs(self) -> int:
+        """Frame pairs per model call: as given, else by the compute size and model (512x512 until an input
+        has given a size at the input's own size)."""
+        if self._requested_max_pairs is not None:
+            return self._requested_max_pairs
+        height, width = self.compute_size or (512, 512)
+        return default_max_pairs(height, width, self.model)
+
+    @max_batch_pairs.setter
+    def max_batch_pairs(self, value: int) -> None:
+        """Pairs per model call for models built from now on (a loaded model keeps its own)."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{option_name('max_batch_pairs')} must be a positive integer, got {value!r}.")
+        self._requested_max_pairs = value
+
+    @property
+    def fp16_active(self) -> bool:
+        """Whether half precision runs (``fp16`` applies on CUDA only)."""
+        return self.fp16 and self.device.type == "cuda"
 
     @property
     def loaded(self) -> bool:
@@ -151,7 +245,9 @@ class OpticalFlowTensorRTPreprocessor:
         """What weights the loaded model has (``None`` before the first call)."""
         return getattr(self._backend, "weights_info", None)
 
-    def load(self, warmup: bool | int | Iterable[int] = False) -> FlowBackend:
+    def load(
+        self, warmup: bool | int | Iterable[int] = False, size: tuple[int, int] | None = None
+    ) -> FlowBackend | None:
         """Load the model/engine now instead of on the first call; returns the backend.
 
         ``warmup`` also runs, once, every window shape of a stream fed that many frames per call (``True``: 16;
@@ -162,50 +258,93 @@ class OpticalFlowTensorRTPreprocessor:
         ready. Otherwise it returns when the compiled kernels serve (seconds from the models folder, tens of
         seconds the first time), so the first real call runs at full speed. Hosts call it while they show a
         loading state. On the CPU (eager, nothing to compile) the warm-up does nothing.
+
+        At the input's own size (``height=None``) the model is built per compute size: ``size`` is the input
+        frames' ``(height, width)`` to load for; without it (and before any input) nothing loads and ``None``
+        is returned. A later input of another size builds the model for that size (engines and compiled kernels
+        are cached per size).
         """
-        if self._backend is None:
-            config = BackendConfig(
-                height=self.height,
-                width=self.width,
-                device=self.device,
-                model=self.model,
-                fp16=self.fp16,
-                num_flow_updates=self.num_flow_updates,
-                max_pairs=self.max_batch_pairs,
-                cuda_graphs=self.cuda_graphs,
-                torch_compile=self.torch_compile,
-                fused_lookup=self.fused_lookup,
-                compile_in_background=self.compile_in_background,
-                models_dir=self.models_dir,
-            )
-            try:
-                self._backend = create_backend(self.backend_name, config, self.weights_spec)
-            except Exception as error:
-                if self.requested_backend != "auto" or self.backend_name == "torch":
-                    raise
-                # backend="auto" promises a working preprocessor: a failed engine build falls back to PyTorch.
-                log_once(
-                    "backend-auto-fallback",
+        with speaking(self.vocabulary):
+            if size is not None:
+                target: tuple[int, int] | None = self.compute_size_for(*size)
+            else:
+                target = self.compute_size
+            if target is None:
+                return None
+            if self._backend is None or self._backend_size != target:
+                self._backend = None  # the old size's model goes before the new one loads
+                self._backend = self._create_backend(target)
+                self._backend_size = target
+            if warmup is not False:
+                self.warm_up(chunk_sizes(warmup))
+            return self._backend
+
+    def _create_backend(self, size: tuple[int, int]) -> FlowBackend:
+        height, width = size
+        config = BackendConfig(
+            height=height,
+            width=width,
+            device=self.device,
+            model=self.model,
+            fp16=self.fp16,
+            num_flow_updates=self.num_flow_updates,
+            max_pairs=self._requested_max_pairs or default_max_pairs(height, width, self.model),
+            cuda_graphs=self.cuda_graphs,
+            torch_compile=self.torch_compile,
+            fused_lookup=self.fused_lookup,
+            compile_in_background=self.compile_in_background,
+            models_dir=self.models_dir,
+        )
+        try:
+            backend = create_backend(self.backend_name, config, self.weights_spec)
+        except Exception as error:
+            if self.requested_backend != "auto" or self.backend_name == "torch":
+                raise
+            # backend="auto" promises a working preprocessor: a failed engine build falls back to PyTorch.
+            log_once(
+                "backend-auto-fallback",
+                words(
                     f"the {self.backend_name} backend failed to load ({type(error).__name__}: {error}); "
-                    "falling back to the PyTorch backend. Pass backend='tensorrt' to see the failure as an error.",
-                )
-                self.backend_name = "torch"
-                self._backend = create_backend(self.backend_name, config, self.weights_spec)
-            logger.info(
-                "optical flow ready: model=%s backend=%s device=%s compute=%dx%d fp16=%s updates=%d",
-                self.model, self.backend_name, self.device, self.height, self.width, self.fp16, self.num_flow_updates,
+                    "falling back to the PyTorch backend.",
+                    "Use {backend='tensorrt'} to see the failure as an error.",
+                ),
             )
-        if warmup is not False:
-            self.warm_up(chunk_sizes(warmup))
-        return self._backend
+            self.backend_name = "torch"
+            backend = create_backend(self.backend_name, config, self.weights_spec)
+        logger.info("optical flow ready: %s", self.describe_settings(size))
+        return backend
+
+    def describe_settings(self, size: tuple[int, int] | None = None) -> str:
+        """The settings that actually run, named as the face's vocabulary names them (for the ready line):
+        ``fp16`` shows as off on the CPU, where it does not apply."""
+        vocabulary = self.vocabulary
+        height, width = size or self.compute_size or (0, 0)
+        if self.native_size:
+            compute = f"compute {width}x{height} (the input's own size, padded to a multiple of 8)" if size or self.compute_size else (
+                "compute at the input's own size")
+        else:
+            compute = f"compute {self.width}x{self.height}"
+        precision = vocabulary.describe("fp16", self.fp16_active)
+        if self.fp16 and not self.fp16_active:
+            precision += " (fp16 applies on CUDA only)"
+        return ", ".join([
+            vocabulary.describe("model", self.model),
+            vocabulary.describe("backend", self.backend_name),
+            vocabulary.describe("device", str(self.device)),
+            compute,
+            precision,
+            vocabulary.describe("num_flow_updates", self.num_flow_updates),
+        ])
 
     def warm_up(self, chunk_frames: Iterable[int], progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load, then run each window shape of streams fed ``chunk_frames`` frames per call once (see
         :meth:`load`); ``progress(done, total)`` after each shape. Returns how each shape was served
         (``core.compiled_cache.ROUTE_*``; empty when there was nothing to warm). Keeps the stream state."""
         backend = self.load()
+        if backend is None or self._backend_size is None:  # at the input's own size, before any input
+            return []
         pair_counts = window_pair_counts(chunk_sizes(list(chunk_frames)), backend.max_pairs)
-        self.warmup_routes = warm_up_backend(backend, pair_counts, self.height, self.width, self.device, progress)
+        self.warmup_routes = warm_up_backend(backend, pair_counts, *self._backend_size, self.device, progress)
         return self.warmup_routes
 
     def wait_for_compiled(self, timeout: float | None = None) -> bool:
@@ -235,36 +374,49 @@ class OpticalFlowTensorRTPreprocessor:
 
     def __call__(self, frames: Any, layout: str | None = None) -> Tensor:
         """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``."""
-        tensor, target = _unpack_context(frames)
-        flow, input_size = self._compute_flow(tensor, layout)
-        return self.flow_to_image(flow, size=target or input_size)
+        with speaking(self.vocabulary):
+            tensor, target = _unpack_context(frames)
+            flow, input_size = self._compute_flow(tensor, layout)
+            return self.flow_to_image(flow, size=target or input_size)
 
     def compute_flow(self, frames: Tensor, layout: str | None = None) -> Tensor:
-        """Raw flow ``[B, F, 2, height, width]`` in compute-resolution pixels, continuing the stream.
+        """Raw flow ``[B, F, 2, h, w]`` in compute-resolution pixels (at the input's own size: the input's size,
+        padding cropped off), continuing the stream.
 
-        Frame 0 of the result compares with the previous call's last frame (zero flow at a sequence start).
+        Frame 0 of the result compares with the previous call's last frame; at a sequence start it is zero flow,
+        or with ``first_frame="repeat"`` the flow of the pair (0, 1) where this call has one.
         """
-        return self._compute_flow(frames, layout)[0]
+        with speaking(self.vocabulary):
+            return self._compute_flow(frames, layout)[0]
 
     def _compute_flow(self, frames: Tensor, layout: str | None) -> tuple[Tensor, tuple[int, int]]:
         batch_frames = to_bfchw(frames, layout or self.layout)
         batch, num_frames, _, in_height, in_width = batch_frames.shape
         stream_key = (batch, in_height, in_width)
-        unit = to_unit_float(batch_frames, self.device)
-        compute = resize_images(unit.flatten(0, 1), self.height, self.width).view(
-            batch, num_frames, 3, self.height, self.width
-        )
-        backend = self.load()
+        height, width = self.compute_size_for(in_height, in_width)
+        unit = to_unit_float(batch_frames, self.device).flatten(0, 1)
+        padding: tuple[int, int, int, int] | None = None
+        if self.native_size:
+            compute, padding = pad_to_multiple(unit, DOWNSAMPLE)
+        else:
+            compute = resize_images(unit, height, width)
+        compute = compute.view(batch, num_frames, 3, height, width)
+        backend = self.load(size=(in_height, in_width))
+        assert backend is not None  # a size was given
         previous = self._previous_frames if stream_key == self._stream_key else None
         if previous is None and self._stream_key is not None:
             logger.info("input size changed from %s to %s: starting a new flow sequence", self._stream_key, stream_key)
             self.normalizer.reset()
-        flows = [self._sequence_flow(backend, compute[b], previous[b] if previous is not None else None)
-                 for b in range(batch)]
+        flows = torch.stack([
+            self._sequence_flow(backend, compute[b], previous[b] if previous is not None else None)
+            for b in range(batch)
+        ])
+        if padding is not None:
+            flows = crop_padding(flows, padding)
         # Only now, after everything succeeded, does the stream state move on.
         self._previous_frames = compute[:, -1].clone()
         self._stream_key = stream_key
-        return torch.stack(flows), (in_height, in_width)
+        return flows, (in_height, in_width)
 
     def flow_to_image(self, flow: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales)."""
@@ -287,11 +439,14 @@ class OpticalFlowTensorRTPreprocessor:
             frames = torch.cat([previous.unsqueeze(0), frames])
         pieces: list[Tensor] = []
         if previous is None:
-            pieces.append(frames.new_zeros(1, 2, self.height, self.width))
+            pieces.append(frames.new_zeros(1, 2, *frames.shape[-2:]))
         step = backend.max_pairs
         for start in range(0, frames.shape[0] - 1, step):
             pieces.append(backend.flow(frames[start : start + step + 1]))
-        return torch.cat(pieces)
+        flow = torch.cat(pieces)
+        if previous is None and self.first_frame == "repeat" and flow.shape[0] > 1:
+            flow[0] = flow[1]  # the first frame has no pair of its own: it shows the pair (0, 1)
+        return flow
 
 
 def _unpack_context(frames: Any) -> tuple[Tensor, tuple[int, int] | None]:
@@ -322,4 +477,4 @@ def _check_flow_strength(flow_strength: object) -> None:
         or not math.isfinite(flow_strength)
         or not low <= flow_strength <= high
     ):
-        raise ValueError(f"flow_strength must be a number in [{low}, {high}], got {flow_strength!r}.")
+        raise ValueError(f"{option_name('flow_strength')} must be a number in [{low}, {high}], got {flow_strength!r}.")

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .common.vocabulary import option_name, words
+
 Normalization = Literal["per_frame", "fixed", "running"]
 NORMALIZATIONS: tuple[str, ...] = ("per_frame", "fixed", "running")
 FLOW_STRENGTH_RANGE = (0.0, 2.0)
@@ -88,11 +90,15 @@ class FlowNormalizer:
 
     def __init__(self, mode: str = "per_frame", max_flow: float = 20.0, decay: float = 0.9) -> None:
         if mode not in NORMALIZATIONS:
-            raise ValueError(f"normalization={mode!r} is not supported; use one of {', '.join(NORMALIZATIONS)}.")
+            raise ValueError(words(
+                f"{{normalization=mode}} is not supported; use one of {', '.join(NORMALIZATIONS)}.", mode=mode
+            ))
         if not (isinstance(max_flow, (int, float)) and math.isfinite(max_flow) and max_flow > 0):
-            raise ValueError(f"max_flow must be a positive number of pixels, got {max_flow!r}.")
+            raise ValueError(f"{option_name('max_flow')} must be a positive number of pixels, got {max_flow!r}.")
         if not (isinstance(decay, (int, float)) and 0.0 < decay <= 1.0):
-            raise ValueError(f"decay must be in (0, 1], got {decay!r}; 0.9 forgets a peak in about 20 frames.")
+            raise ValueError(
+                f"{option_name('decay')} must be in (0, 1], got {decay!r}; 0.9 forgets a peak in about 20 frames."
+            )
         self.mode = mode
         self.max_flow = float(max_flow)
         self.decay = float(decay)

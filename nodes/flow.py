@@ -16,17 +16,19 @@ from torch import Tensor
 from ..core import OpticalFlowTensorRTPreprocessor
 from ..core.artifacts.compiled_cache import ROUTE_BACKGROUND
 from ..core.common.log import logger
+from ..core.model.compute_size import check_compute_size
 from ..core.model.specs import model_spec
 from ..core.model.weights import WeightsSpec
+from ..core.presets import apply_preset
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.common.vocabulary import words
 from ..core.warmup import needs_warm_up, window_pair_counts
 from . import host
+from .inputs import FIRST_FRAME_MODES, NATIVE_SIZE, PRECISIONS, WEIGHTS_DEFAULT, WEIGHTS_UNTRAINED, node_vocabulary
 
-WEIGHTS_DEFAULT = "DEFAULT"
-WEIGHTS_UNTRAINED = "untrained (random)"
-PRECISIONS = ("fp16", "fp32")
-FIRST_FRAME_MODES = ("zero", "copy_next", "drop")
+# The node's first_frame values as the core's (drop is the node's own: it removes frame 0 afterwards).
+_CORE_FIRST_FRAME = {"zero": "zero", "copy_next": "repeat", "drop": "zero"}
 _IMAGE_CHANNELS = (1, 3, 4)
 # Full-size flow (2 floats) + RGB (3 floats) + temporaries per pixel: ~64 Mpixel windows peak near 2 GB.
 VISUAL_WINDOW_PIXELS = 64 << 20
@@ -47,6 +49,42 @@ class ModelSettings:
     models_dir: str
 
 
+@dataclass(frozen=True)
+class ChosenSettings:
+    """The node's settings after its preset (``core.presets``: defaults replaced, other values win)."""
+
+    model: str
+    flow_updates: int
+    compute_height: int  # NATIVE_SIZE (0): the input's own size
+    compute_width: int
+    normalization: str
+    first_frame: str  # the node's value: zero, copy_next or drop
+
+
+def resolve_preset(
+    preset: str, *, model: str, flow_updates: int, compute_height: int, compute_width: int, normalization: str,
+    first_frame: str,
+) -> ChosenSettings:
+    """Apply ``preset`` to the node's inputs with the core's rule, translating between the node's values
+    (compute size 0, first_frame copy_next) and the core's (``None``, ``"repeat"``)."""
+    check_first_frame(first_frame)
+    height = None if compute_height == NATIVE_SIZE else compute_height
+    width = None if compute_width == NATIVE_SIZE else compute_width
+    check_compute_size(height, width)  # 0 and 0 go together
+    chosen = apply_preset(preset, {
+        "model": model, "num_flow_updates": flow_updates, "normalization": normalization,
+        "height": height, "width": width,
+        "first_frame": "repeat" if first_frame == "copy_next" else first_frame,  # drop: not a default, it wins
+    })
+    first_frame = "copy_next" if chosen["first_frame"] == "repeat" else chosen["first_frame"]
+    height, width = chosen["height"], chosen["width"]
+    return ChosenSettings(
+        model=chosen["model"], flow_updates=chosen["num_flow_updates"], normalization=chosen["normalization"],
+        compute_height=NATIVE_SIZE if height is None else height,
+        compute_width=NATIVE_SIZE if width is None else width, first_frame=first_frame,
+    )
+
+
 _cache: dict[tuple[ModelSettings, object], OpticalFlowTensorRTPreprocessor] = {}
 
 
@@ -55,21 +93,26 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor:
-    """The loaded preprocessor for ``settings``: reused while they stay the same, else built and loaded anew.
+def get_preprocessor(
+    settings: ModelSettings, frame_size: tuple[int, int] | None = None
+) -> OpticalFlowTensorRTPreprocessor:
+    """The loaded preprocessor for ``settings``: reused while they stay the same, else built and loaded anew
+    (at the input's own size, for frames of ``frame_size``).
 
     One model is kept at a time, so switching settings frees the old one. The stream state is reset, so every
     node execution is a new clip.
     """
     if settings.precision not in PRECISIONS:
         raise ValueError(f"precision={settings.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+    native = settings.compute_height == NATIVE_SIZE and settings.compute_width == NATIVE_SIZE
     weights_spec, weights_version = _resolve_weights(settings.weights)
     key = (settings, weights_version)
     preprocessor = _cache.get(key)
     if preprocessor is None:
         preprocessor = OpticalFlowTensorRTPreprocessor(
-            height=settings.compute_height,
-            width=settings.compute_width,
+            height=None if native else settings.compute_height,
+            width=None if native else settings.compute_width,
+            vocabulary=node_vocabulary(),
             device=settings.device,
             fp16=settings.precision == "fp16",
             model=settings.model,
@@ -80,7 +123,7 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
             models_dir=settings.models_dir,
         )
         try:
-            load_and_warm_up(preprocessor)  # cached only once loading worked, so a failed download is retried
+            load_and_warm_up(preprocessor, frame_size)  # cached only once loading worked: a failed download retries
         except RuntimeError as error:
             if settings.weights != WEIGHTS_DEFAULT:
                 raise
@@ -98,15 +141,19 @@ def get_preprocessor(settings: ModelSettings) -> OpticalFlowTensorRTPreprocessor
     return preprocessor
 
 
-def load_and_warm_up(preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
-    """Load the model, then run the shapes the node's windows use (compiling them the first time for this GPU
-    and size), saying so in the log with the time it took and moving the node's progress bar per shape."""
-    backend = preprocessor.load()
-    if not needs_warm_up(backend, preprocessor.device):
+def load_and_warm_up(
+    preprocessor: OpticalFlowTensorRTPreprocessor, frame_size: tuple[int, int] | None = None
+) -> None:
+    """Load the model (at the input's own size: for frames of ``frame_size``), then run the shapes the node's
+    windows use (compiling them the first time for this GPU and size), saying so in the log with the time it
+    took and moving the node's progress bar per shape."""
+    backend = preprocessor.load(size=frame_size)
+    if backend is None or not needs_warm_up(backend, preprocessor.device):
         return
     window = preprocessor.max_batch_pairs  # video_flow's frames per call
     progress = host.progress_bar(len(window_pair_counts([window], window)))
-    logger.info("optical flow: preparing %dx%d on this GPU", preprocessor.height, preprocessor.width)
+    height, width = preprocessor.compute_size or (0, 0)
+    logger.info("optical flow: preparing %dx%d on this GPU", height, width)
     started = time.perf_counter()
     routes = preprocessor.warm_up([window], progress=lambda done, total: progress.update(1))
     logger.info("optical flow ready in %.1f s%s", time.perf_counter() - started,
@@ -156,10 +203,16 @@ def check_flow(flow: object) -> Tensor:
     return flow
 
 
+def check_first_frame(first_frame: str) -> None:
+    if first_frame not in FIRST_FRAME_MODES:
+        raise ValueError(words(
+            f"{{first_frame=value}} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.", value=first_frame
+        ))
+
+
 def check_clip(images: Tensor, previous_frame: Tensor | None, first_frame: str) -> None:
     """Errors a clip would hit in :func:`video_flow`, raised before any model is loaded."""
-    if first_frame not in FIRST_FRAME_MODES:
-        raise ValueError(f"first_frame={first_frame!r} is not supported; use one of {', '.join(FIRST_FRAME_MODES)}.")
+    check_first_frame(first_frame)
     if previous_frame is None and images.shape[0] < 2:
         raise ValueError(
             f"optical flow needs at least 2 frames to find motion, got {images.shape[0]}. Connect a video's frames "
@@ -184,13 +237,14 @@ def video_flow(
     Frames go through the preprocessor in windows of its ``max_batch_pairs`` (its streaming state makes that
     equal to one call), with ComfyUI's progress bar and Cancel check between windows. ``previous_frame``
     (``[H, W, C]``) is the frame before ``images[0]``, so frame 0 gets real motion; without it frame 0 has no
-    reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"copy_next"`` (frame 1's flow)
-    or ``"drop"`` (the output has N - 1 frames).
+    reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"copy_next"`` (frame 1's flow: the
+    core's ``first_frame="repeat"``) or ``"drop"`` (the output has N - 1 frames).
     """
     check_clip(images, previous_frame, first_frame)
+    preprocessor.first_frame = _CORE_FIRST_FRAME[first_frame]
     if previous_frame is not None:
         preprocessor.compute_flow(previous_frame[None])  # primes the stream; no model call for a single frame
-    window = max(1, preprocessor.max_batch_pairs)
+    window = max(2, preprocessor.max_batch_pairs)  # the first window holds the pair (0, 1) that copy_next repeats
     progress = host.progress_bar(images.shape[0])
     pieces: list[Tensor] = []
     for start in range(0, images.shape[0], window):
@@ -199,11 +253,8 @@ def video_flow(
         pieces.append(preprocessor.compute_flow(chunk)[0])
         progress.update(chunk.shape[0])
     flow = torch.cat(pieces)
-    if previous_frame is None:
-        if first_frame == "copy_next":
-            flow[0] = flow[1]
-        elif first_frame == "drop":
-            flow = flow[1:]
+    if previous_frame is None and first_frame == "drop":
+        flow = flow[1:]
     return flow
 
 

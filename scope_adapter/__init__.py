@@ -3,7 +3,8 @@
 Scope finds this module through the entry-point group ``scope`` (see ``pyproject.toml``) and calls its hooks:
 
 - ``register_preprocessors(register)``, in Scope builds with the VACE preprocessor registry (January 2026):
-  registers the core's :class:`OpticalFlowTensorRTPreprocessor` itself as ``("flow", "Flow")``. Scope builds it
+  registers the core's :class:`OpticalFlowTensorRTPreprocessor` (as :class:`.vocabulary.ScopeFlowPreprocessor`,
+  whose messages name no options: this form has no settings) as ``("flow", "Flow")``. Scope builds it
   with no arguments and calls it with its ``PreprocessorContext`` once per chunk.
 - ``register_pipelines(register)``, in Scope releases where preprocessors are pipelines marked
   ``usage=[UsageType.PREPROCESSOR]`` (v0.1.0-beta.3 and later): registers :class:`.pipeline.FlowPipeline`, a thin
@@ -38,10 +39,11 @@ hookimpl = _scope_hookimpl()
 # optionalhook: a Scope version that lacks one of these hooks still validates the plugin.
 @hookimpl(optionalhook=True)
 def register_preprocessors(register: Callable[[str, str, type], Any]) -> None:
-    """Register the preprocessor class for Scope's VACE conditioning dropdown."""
-    from ..core import OpticalFlowTensorRTPreprocessor
+    """Register the preprocessor class for Scope's VACE conditioning dropdown: the core's class, whose messages
+    name no options (this form has no settings to set)."""
+    from .vocabulary import ScopeFlowPreprocessor
 
-    register(PREPROCESSOR_ID, DISPLAY_NAME, OpticalFlowTensorRTPreprocessor)
+    register(PREPROCESSOR_ID, DISPLAY_NAME, ScopeFlowPreprocessor)
 
 
 @hookimpl(optionalhook=True)

@@ -7,8 +7,10 @@ pipeline format, ``[F, H, W, 3]`` in ``[0, 1]``.
 
 Settings follow Scope's config-field conventions: pydantic ``Field`` constraints, and ``json_schema_extra`` from
 Scope's ``ui_field_config`` (Scope v0.2.0 and later render only fields that carry it, in their Settings panel).
-Load parameters (model, compute size, flow updates, normalization) rebuild the pipeline when changed; the flow
-strength changes while streaming.
+Load parameters (preset, model, compute size, flow updates, normalization) rebuild the pipeline when changed; the
+flow strength and the first frame change while streaming. ``preset = vace`` gives VACE's own flow annotator's maps
+(``core.presets``: it replaces the default values of the fields it covers; fields set otherwise win); compute
+size 0 x 0 is the input's own size. Messages name these fields (:data:`SCOPE_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from scope.core.pipelines.base_schema import BasePipelineConfig, ModeDefaults, UsageType
 from scope.core.pipelines.interface import Pipeline, Requirements
 from scope.core.pipelines.process import normalize_frame_sizes
 
 from ..core import NORMALIZATIONS, OpticalFlowTensorRTPreprocessor
 from ..core.common.log import logger
-from ..core.model.raft import DOWNSAMPLE, MIN_SIZE
+from ..core.common.vocabulary import speaking
+from ..core.model.compute_size import check_compute_size
+from ..core.model.raft import DOWNSAMPLE
 from ..core.model.specs import DEFAULT_MODEL, MODEL_NAMES
+from ..core.preprocessor import FIRST_FRAME_MODES
+from ..core.presets import NO_PRESET, PRESET_NAMES
 from . import DISPLAY_NAME, PREPROCESSOR_ID
+from .vocabulary import NATIVE_SIZE, SCOPE_SETTINGS
 
 # Frames per call: the flow of each chunk's first frame uses the previous chunk's last frame, so the chunk size
 # only trades latency against per-call overhead.
@@ -59,19 +66,27 @@ class FlowConfig(BasePipelineConfig):
     modes = {"video": ModeDefaults(default=True)}
 
     # Scope's own height/width (BasePipelineConfig) are the output size; the flow is computed at compute_*.
+    preset: Literal[PRESET_NAMES] = Field(  # type: ignore[valid-type]
+        default=NO_PRESET,
+        description="vace: the maps of VACE's own flow annotator (raft_large, 20 updates, the input's own size, "
+        "per-frame colours, first frame repeated); it replaces the defaults of those fields, fields set otherwise win",
+        json_schema_extra=_ui(order=0, label="Preset", is_load_param=True),
+    )
     model: Literal[MODEL_NAMES] = Field(  # type: ignore[valid-type]
         default=DEFAULT_MODEL,
         description="RAFT model: raft_small (real time) or raft_large (more accurate, several times slower)",
         json_schema_extra=_ui(order=1, label="Model", is_load_param=True),
     )
     compute_height: int = Field(
-        default=512, ge=MIN_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
-        description="Height the flow is computed at (multiple of 8, at least 128); larger sees finer motion",
+        default=512, ge=NATIVE_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
+        description="Height the flow is computed at (multiple of 8, at least 128; larger sees finer motion), or 0 "
+        "with width 0: the input's own size",
         json_schema_extra=_ui(order=2, label="Flow height", is_load_param=True),
     )
     compute_width: int = Field(
-        default=512, ge=MIN_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
-        description="Width the flow is computed at (multiple of 8, at least 128)",
+        default=512, ge=NATIVE_SIZE, le=MAX_COMPUTE_SIZE, multiple_of=DOWNSAMPLE,
+        description="Width the flow is computed at (multiple of 8, at least 128), or 0 with height 0: the input's "
+        "own size",
         json_schema_extra=_ui(order=3, label="Flow width", is_load_param=True),
     )
     num_flow_updates: int = Field(
@@ -87,6 +102,24 @@ class FlowConfig(BasePipelineConfig):
         default="per_frame", description="Colour scale: per frame, a fixed speed, or a running maximum",
         json_schema_extra=_ui(order=6, label="Colour scale", is_load_param=True),
     )
+    first_frame: Literal[FIRST_FRAME_MODES] = Field(  # type: ignore[valid-type]
+        default="zero",
+        description="The stream's first frame has no frame before it: zero (no motion, white) or repeat (the next "
+        "frame's map, as VACE's annotator and Scope's built-in flow do)",
+        json_schema_extra=_ui(order=7, label="First frame", is_load_param=False),
+    )
+
+    @model_validator(mode="after")
+    def _check_compute_size(self) -> FlowConfig:
+        with speaking(SCOPE_SETTINGS):  # the core's rule, in these fields' names
+            check_compute_size(*core_size(self.compute_height, self.compute_width))
+        return self
+
+
+def core_size(compute_height: int, compute_width: int) -> tuple[int | None, int | None]:
+    """The core's ``height``/``width`` for these fields (0: ``None``, the input's own size)."""
+    return (None if compute_height == NATIVE_SIZE else compute_height,
+            None if compute_width == NATIVE_SIZE else compute_width)
 
 
 class FlowPipeline(Pipeline):
@@ -105,19 +138,23 @@ class FlowPipeline(Pipeline):
         num_flow_updates: int = 12,
         flow_strength: float = 1.0,
         normalization: str = "per_frame",
+        first_frame: str = "zero",
+        preset: str = NO_PRESET,
         **_: Any,
     ) -> None:
         # Scope passes every config field (height, width, base_seed, ...); only the flow settings matter here.
         super().__init__()
         self.preprocessor = OpticalFlowTensorRTPreprocessor(
-            compute_height, compute_width, flow_strength=flow_strength, model=model,
-            num_flow_updates=num_flow_updates, normalization=normalization,
+            *core_size(compute_height, compute_width),
+            flow_strength=flow_strength, model=model, num_flow_updates=num_flow_updates,
+            normalization=normalization, first_frame=first_frame, preset=preset, vocabulary=SCOPE_SETTINGS,
         )
         # Scope shows "Initializing pipeline..." while the constructor runs: load the model, capture the uncompiled
         # graphs of Scope's chunk shapes, and wait while a child process compiles them (or for nothing, where the
         # models folder has them); then load the compiled kernels here, where Scope waits anyway. Live chunks never
         # compile, load or wait. Should compiling take longer than COMPILE_WAIT_S, the stream runs on the
         # uncompiled graphs (about half the speed); the kernels are kept for the next time Flow is loaded.
+        # At the input's own size (compute size 0 x 0) the model loads with the first chunk, which gives the size.
         self.preprocessor.load(warmup=CHUNK_FRAMES)
         if not self.preprocessor.wait_for_compiled(timeout=COMPILE_WAIT_S):
             logger.info("optical flow: still compiling after %d s; this stream runs on the uncompiled model, and the "
@@ -138,6 +175,8 @@ class FlowPipeline(Pipeline):
             self.preprocessor.reset()
         if "flow_strength" in kwargs:
             self.preprocessor.flow_strength = kwargs["flow_strength"]
+        if "first_frame" in kwargs:
+            self.preprocessor.first_frame = kwargs["first_frame"]
         frames = torch.cat(normalize_frame_sizes(list(video)))
         maps = self.preprocessor(frames, layout="FHWC")
         return {"video": maps[0].permute(1, 2, 3, 0).add(1.0).mul_(0.5)}

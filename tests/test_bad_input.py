@@ -81,8 +81,8 @@ def test_scope_context_with_bad_target_size() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"height": 300}, ValueError, r"compute height=300 must be a multiple of 8 .* try 304"),
-        ({"width": 64}, ValueError, r"compute width=64 must be a multiple of 8 and at least 128"),
+        ({"height": 300}, ValueError, r"height=300 must be a multiple of 8 .* try 304"),
+        ({"width": 64}, ValueError, r"width=64 must be a multiple of 8 and at least 128"),
         ({"height": 128.0}, TypeError, r"height must be an integer"),
         ({"flow_strength": 2.5}, ValueError, r"flow_strength must be a number in \[0.0, 2.0\], got 2.5"),
         ({"flow_strength": -0.1}, ValueError, r"flow_strength"),

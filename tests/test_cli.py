@@ -32,6 +32,8 @@ from scope_optical_flow_tensorrt.cli.state import StderrHandler
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
 
+from conftest import make_frames
+
 FAST = ["--size", "128x128", "--updates", "2", "--weights", "untrained", "--device", "cpu"]
 
 
@@ -223,7 +225,7 @@ def _video_without_frames(path: Path) -> None:
         ("missing", EXIT_INPUT, "input not found"),
         ("empty folder", EXIT_INPUT, "no images"),
         ("glob without matches", EXIT_INPUT, "matches no image files"),
-        ("not a video", EXIT_INPUT, "as a video"),
+        ("not a video", EXIT_INPUT, "is not a readable video"),
         ("video without frames", EXIT_INPUT, "has no frames"),
         ("frames of two sizes", EXIT_INPUT, "all frames must have one size"),
         ("output under a file", EXIT_OUTPUT, "cannot create the output folder"),
@@ -232,7 +234,7 @@ def _video_without_frames(path: Path) -> None:
         ("bad size", EXIT_USAGE, "multiple of 8"),
         ("unparsable size", EXIT_USAGE, "HEIGHTxWIDTH"),
         ("strength out of range", EXIT_USAGE, "--strength"),
-        ("unknown backend", EXIT_USAGE, "backend='cuda' is not supported"),
+        ("unknown backend", EXIT_USAGE, "--backend cuda is not supported"),
         ("missing weights file", EXIT_USAGE, "weights file not found"),
         ("bad device", EXIT_USAGE, "not a valid torch device"),
     ],
@@ -522,4 +524,63 @@ def test_model_choice_through_prebuild_and_unknown_models(tmp_path: Path, run_ma
                     ["bench"], ["info"]):
         code, _, err = run_main(*command, "--model", "raft_huge")
         assert code == EXIT_USAGE, (command, err)
-        assert "model='raft_huge' is not supported; use one of raft_small, raft_large" in err, command
+        assert "--model raft_huge is not supported; use one of raft_small, raft_large" in err, command
+
+
+# -- the command line's words, VACE's preset --------------------------------------------------------------------
+
+
+def _png_frames(folder: Path, count: int = 3, height: int = 130, width: int = 150) -> Path:
+    folder.mkdir()
+    frames = (make_frames(count, height, width) * 255).round().to(torch.uint8).numpy()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"f{index}.png")
+    return folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback's wording needs a machine without CUDA")
+def test_messages_name_cli_flags(tmp_path: Path, run_main) -> None:
+    frames = _png_frames(tmp_path / "frames")
+    code, _, err = run_main("run", frames, "-o", tmp_path / "out", "--strict-device")
+    assert code == 1 and "--device cuda was requested with --strict-device" in err and "use --device cpu" in err
+    assert "strict_device=True" not in err and "device='cpu'" not in err
+    result = cli("run", frames, "-o", tmp_path / "maps", "--weights", "untrained", "--updates", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Pass --device cpu to silence this, or --strict-device to make it an error." in result.stderr
+    assert "That is --weights untrained; use --weights DEFAULT or a local .pth file" in result.stderr
+    assert "weights=None" not in result.stderr and "device='cpu'" not in result.stderr
+    code, _, err = run_main("run", frames, "-o", tmp_path / "x", "--device", "cpu", "--size", "100")
+    assert code == EXIT_USAGE and "--size (height) 100 must be a multiple of 8" in err
+
+
+def test_unreadable_video_without_library_noise(tmp_path: Path, run_main) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n")
+    code, _, err = run_main("run", fake, "-o", tmp_path / "out.mp4", "--device", "cpu")
+    assert code == EXIT_INPUT and f"{fake} is not a readable video (Invalid data found" in err
+    assert "Errno" not in err and "1094995529" not in err
+
+
+def test_preset_flag_and_the_x264_preset(tmp_path: Path, run_main) -> None:
+    code, _, err = run_main("run", tmp_path, "-o", tmp_path / "out.mp4", "--preset", "veryfast")
+    assert code == EXIT_USAGE and "'veryfast' is a libx264 preset" in err and "--x264-preset veryfast" in err
+    frames = _png_frames(tmp_path / "frames")
+    result = cli("run", frames, "--flow-npy", tmp_path / "flow.npy", "--device", "cpu", "--weights", "untrained",
+                 "--preset", "vace", "--updates", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    flow = np.load(tmp_path / "flow.npy")
+    assert flow.shape == (3, 2, 130, 150)  # computed at the frames' own size, padding cropped off
+    np.testing.assert_array_equal(flow[0], flow[1])  # the first map repeated
+    api = OpticalFlowTensorRTPreprocessor(preset="vace", device="cpu", weights=None, num_flow_updates=2)
+    frames_tensor = torch.from_numpy(np.stack([np.asarray(Image.open(frames / f"f{i}.png")) for i in range(3)]))
+    np.testing.assert_allclose(flow, api.compute_flow(frames_tensor, layout="FHWC")[0].numpy(), atol=1e-4)
+
+
+def test_cli_vocabulary_names_existing_flags() -> None:
+    from scope_optical_flow_tensorrt.cli.options import cli_vocabulary
+    from scope_optical_flow_tensorrt.cli.run import run_command
+
+    flags = {flag for param in run_command.params for flag in [*param.opts, *param.secondary_opts]}
+    named = {name.split(" ")[0] for name in cli_vocabulary().names.values()}
+    named |= set(cli_vocabulary().settings.values())
+    assert named <= flags, named - flags

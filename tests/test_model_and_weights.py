@@ -107,7 +107,7 @@ def test_missing_weights_file_says_where_to_put_one(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(tmp_path / "nope.pth"))
     with pytest.raises(FileNotFoundError, match=r"nope.pth \(from \$SCOPE_OPTICAL_FLOW_WEIGHTS\)"):
         load_raft_small()
-    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*other.pth \(from weights=\)"):
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*other.pth \(from weights\)"):
         load_raft_small(str(tmp_path / "other.pth"))
 
 

@@ -6,6 +6,9 @@ these tests do the same (not ``import scope_optical_flow_tensorrt``). Untrained 
 
 from __future__ import annotations
 
+import importlib
+import logging
+
 import importlib.util
 import inspect
 import subprocess
@@ -134,8 +137,8 @@ def test_input_types_schema(pack: types.ModuleType) -> None:
         # The function takes exactly the declared inputs (optional ones with a default).
         parameters = inspect.signature(getattr(node_class, node_class.FUNCTION)).parameters
         assert set(parameters) - {"self"} == set(inputs), node_id
-        for name in schema.get("optional", {}):
-            assert parameters[name].default is None, (node_id, name)
+        for name, (_, options) in schema.get("optional", {}).items():  # absent: a widget's default, else None
+            assert parameters[name].default == options.get("default"), (node_id, name)
         for name, spec in inputs.items():
             kind, options = spec[0], spec[1]
             assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
@@ -150,7 +153,10 @@ def test_input_types_schema(pack: types.ModuleType) -> None:
     assert required["backend"][0] == list(from_core)  # new core backends appear in the dropdown by themselves
     assert required["normalization"][0] == list(normalizations)
     assert required["weights"][0][:2] == ["DEFAULT", "untrained (random)"]
-    assert required["compute_width"][1]["step"] == 8 and required["compute_width"][1]["min"] == 128
+    assert required["compute_width"][1]["step"] == 8 and required["compute_width"][1]["min"] == 0  # 0: native
+    optional = flow_node(pack).INPUT_TYPES()["optional"]
+    assert optional["preset"][0] == ["none", "vace"] and optional["preset"][1]["default"] == "none"
+    assert list(optional) == ["previous_frames", "preset"]  # optional: saved workflows without it still validate
 
 
 # -- execution ---------------------------------------------------------------------------------------------
@@ -323,15 +329,15 @@ def test_bad_settings_and_mismatched_inputs(pack: types.ModuleType, work: types.
     good_image, good_flow = run(flow_node(pack), images=frames)
     with pytest.raises(ValueError, match=r"previous_frames are 100x80 but images are 112x96 .* same video size"):
         run(flow_node(pack), images=frames, previous_frames=torch.rand(2, 80, 100, 3))
-    with pytest.raises(ValueError, match=r"width=140 must be a multiple of 8 .* try 144"):
+    with pytest.raises(ValueError, match=r"compute_width = 140 must be a multiple of 8 .* try 144"):
         run(flow_node(pack), images=frames, compute_width=140)
-    with pytest.raises(ValueError, match=r"first_frame='first' is not supported"):
+    with pytest.raises(ValueError, match=r"first_frame = first is not supported"):
         run(flow_node(pack), images=frames, first_frame="first")
     with pytest.raises(ValueError, match=r"flow_strength must be a number in \[0.0, 2.0\]"):
         run(flow_node(pack), images=frames, flow_strength=3.0)
-    with pytest.raises(ValueError, match=r"normalization='auto' is not supported"):
+    with pytest.raises(ValueError, match=r"normalization = auto is not supported"):
         run(flow_node(pack), images=frames, normalization="auto")
-    with pytest.raises(ValueError, match=r"backend='cuda' is not supported"):
+    with pytest.raises(ValueError, match=r"backend = cuda is not supported"):
         run(flow_node(pack), images=frames, backend="cuda")
     to_image = pack.NODE_CLASS_MAPPINGS["OpticalFlowToImage"]
     with pytest.raises(ValueError, match=r"FLOW \[N, 2, H, W\].*got \[3, 96, 112, 3\]"):
@@ -342,6 +348,44 @@ def test_bad_settings_and_mismatched_inputs(pack: types.ModuleType, work: types.
     image, flow = run(flow_node(pack), images=frames)
     torch.testing.assert_close(flow, good_flow)
     torch.testing.assert_close(image, good_image)
+
+
+def test_vace_preset_native_size_and_the_ready_line_in_node_words(
+    pack: types.ModuleType, work: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = make_frames(3, 128, 136)
+    caplog.set_level(logging.INFO, logger="scope_optical_flow_tensorrt")
+    # The inputs the preset covers left at their defaults: the preset replaces them.
+    image, flow = run(flow_node(pack), images=frames, preset="vace", compute_width=512, compute_height=512,
+                      flow_updates=12, precision="fp16")
+    preprocessor = next(iter(work._cache.values()))
+    assert (preprocessor.model, preprocessor.num_flow_updates, preprocessor.compute_size) == ("raft_large", 20,
+                                                                                              (128, 136))
+    assert image.shape == (3, 128, 136, 3) and flow.shape == (3, 2, 128, 136)
+    torch.testing.assert_close(image[0], image[1])  # first_frame copy_next: the first map repeated
+    ready = [record.getMessage() for record in caplog.records if "optical flow ready" in record.getMessage()]
+    assert ready and "model = raft_large" in ready[-1] and "flow_updates = 20" in ready[-1]
+    # On the CPU fp16 does not run: the line says what runs, in the node's words.
+    assert "precision = fp32 (fp16 applies on CUDA only)" in ready[-1] and "fp16=True" not in ready[-1]
+    # An input set to anything but its default wins over the preset; compute size 0 x 0 is the input's own.
+    run(flow_node(pack), images=frames, preset="vace", compute_width=0, compute_height=0, flow_updates=3)
+    preprocessor = next(iter(work._cache.values()))
+    assert (preprocessor.num_flow_updates, preprocessor.compute_size) == (3, (128, 136))
+    with pytest.raises(ValueError, match=r"compute_height = 0 and compute_width = 0 go together"):
+        run(flow_node(pack), images=frames, compute_width=0, compute_height=256)
+    with pytest.raises(ValueError, match=r"preset = vase is not a preset; use one of none, vace"):
+        run(flow_node(pack), images=frames, preset="vase")
+
+
+def test_node_messages_name_node_inputs(pack: types.ModuleType, work: types.ModuleType,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    core_log = importlib.import_module(f"{pack.__name__}.core.log")  # the pack's own copy of the core
+    core_log._said.discard("random-weights-raft_small")
+    work.clear_cache()  # the model loads (and says what weights it has) anew
+    run(flow_node(pack), images=make_frames(2, 96, 112))
+    notices = [record.getMessage() for record in caplog.records if "UNTRAINED" in record.getMessage()]
+    assert notices and "That is weights = untrained (random); use weights = DEFAULT" in notices[-1]
+    assert "weights=None" not in notices[-1]
 
 
 # -- inside ComfyUI (its modules faked) --------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_corrupt_clip_is_reported_and_the_others_written(tmp_path: Path, run_mai
     assert code == EXIT_FAILURE
     assert "2 clip(s) done, 0 skipped (outputs exist), 1 failed" in out
     failures = [line for line in err.splitlines() if "failed: " in line]
-    assert len(failures) == 1 and "broken.mp4" in failures[0] and "as a video" in failures[0]
+    assert len(failures) == 1 and "broken.mp4" in failures[0] and "is not a readable video" in failures[0]
     assert "1 of 3 clip(s) failed" in err and "Traceback" not in err
     assert read_video(tmp_path / "flow" / "a.mp4")[0].shape == (3, 64, 64, 3)
     assert np.load(tmp_path / "raw" / "good a.npy").shape == (3, 2, 64, 64)  # template for the blank cell

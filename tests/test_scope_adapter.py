@@ -142,7 +142,10 @@ def test_plugin_manager_loads_us_through_the_entry_point() -> None:
 
 def test_register_preprocessors_registers_flow_with_the_core_class() -> None:
     calls = registered_preprocessors(plugin_manager(ScopeHookSpec))
-    assert calls == [("flow", "Flow", OpticalFlowTensorRTPreprocessor)]
+    [(preprocessor_id, name, registered)] = calls
+    assert (preprocessor_id, name) == ("flow", "Flow") and issubclass(registered, OpticalFlowTensorRTPreprocessor)
+    # This form has no settings: its messages name none (not the API's device='cpu').
+    assert registered(device="cpu").vocabulary.names == {}
 
 
 @pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: covered by test_pipeline_hook_with_scope")
@@ -203,6 +206,8 @@ def test_no_argument_construction_has_gpu_defaults_and_is_lazy(
         assert instance.device.type == "cpu"
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("CUDA is not available" in message for message in warnings), warnings
+        # Scope's registry form has no device setting: the warning tells the user of nothing to set.
+        assert not any("device=" in message or "strict_device" in message for message in warnings), warnings
 
 
 def test_scope_context_gives_target_size_maps_in_range(small_class: type) -> None:
@@ -472,19 +477,29 @@ def test_pipeline_config_fields_follow_scope_conventions(pipeline_module: Any) -
     schema = config.model_json_schema()["properties"]
     assert schema["model"]["enum"] == ["raft_small", "raft_large"] and schema["model"]["default"] == "raft_small"
     for name in ("compute_height", "compute_width"):
-        assert (schema[name]["minimum"], schema[name]["multipleOf"], schema[name]["default"]) == (128, 8, 512)
+        assert (schema[name]["minimum"], schema[name]["multipleOf"], schema[name]["default"]) == (0, 8, 512)
     assert (schema["num_flow_updates"]["minimum"], schema["num_flow_updates"]["default"]) == (1, 12)
     assert "height" in schema  # Scope's own output size stays as it was
     has_ui = hasattr(sys.modules["scope.core.pipelines.base_schema"], "ui_field_config")
-    for name in ("model", "compute_height", "compute_width", "num_flow_updates", "flow_strength", "normalization"):
+    assert schema["preset"]["enum"] == ["none", "vace"] and schema["preset"]["default"] == "none"
+    assert schema["first_frame"]["enum"] == ["zero", "repeat"] and schema["first_frame"]["default"] == "zero"
+    for name in ("preset", "model", "compute_height", "compute_width", "num_flow_updates", "flow_strength",
+                 "normalization", "first_frame"):
         assert schema[name]["description"]
         if has_ui:  # rendered in Scope's Settings panel; load params rebuild the pipeline
-            assert schema[name]["ui"]["is_load_param"] is (name != "flow_strength"), name
+            assert schema[name]["ui"]["is_load_param"] is (name not in ("flow_strength", "first_frame")), name
         else:
             assert "ui" not in schema[name]
-    for bad in ({"model": "raft_huge"}, {"compute_height": 130}, {"compute_width": 120}, {"num_flow_updates": 0}):
+    for bad in ({"model": "raft_huge"}, {"compute_height": 130}, {"compute_width": 120}, {"num_flow_updates": 0},
+                {"preset": "vase"}, {"first_frame": "copy_next"}):
         with pytest.raises(ValidationError):
             config(**bad)
+    # The core's rules, in the names of Scope's fields.
+    with pytest.raises(ValidationError, match=r"compute_width = 120 must be a multiple of 8 and at least 128"):
+        config(compute_width=120)
+    with pytest.raises(ValidationError, match=r"compute_height = 0 and compute_width = 0 go together"):
+        config(compute_height=0)
+    assert config(compute_height=0, compute_width=0, preset="vace").compute_height == 0
 
 
 @pytest.mark.parametrize("pipeline_module", [True], indirect=True, ids=["scope-0.2"])
@@ -516,6 +531,37 @@ def test_pipeline_runs_the_configured_model(
     whole = OpticalFlowTensorRTPreprocessor(COMPUTE_SIZE, 136, device="cpu", model="raft_large",
                                             num_flow_updates=1)(frames)
     torch.testing.assert_close(torch.cat(outputs), (whole[0].permute(1, 2, 3, 0) + 1) / 2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pipeline_module", [True], indirect=True, ids=["scope-0.2"])
+def test_pipeline_vace_preset_and_messages_in_scope_words(
+    pipeline_module: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import functools
+
+    from scope_optical_flow_tensorrt.core.common import log as core_log
+
+    on_cpu = functools.partial(OpticalFlowTensorRTPreprocessor, device="cpu", weights=None)
+    monkeypatch.setattr(pipeline_module, "OpticalFlowTensorRTPreprocessor", on_cpu)
+    core_log._said.discard("random-weights-raft_large")  # said again here, in Scope's words
+    pipeline_class = pipeline_module.FlowPipeline
+    config = pipeline_class.get_config_class()(preset="vace", num_flow_updates=2)  # non-default: it wins
+    pipeline = pipeline_class(**config.model_dump())
+    flow = pipeline.preprocessor
+    assert (flow.model, flow.num_flow_updates, flow.native_size, flow.first_frame) == ("raft_large", 2, True,
+                                                                                       "repeat")
+    frames = uint8_frames(3, 128, 136)
+    maps = pipeline(video=[frame[None] for frame in frames], init_cache=True)["video"]
+    assert maps.shape == (3, 128, 136, 3) and flow.compute_size == (128, 136)
+    torch.testing.assert_close(maps[0], maps[1])  # the first map repeated
+    ready = [record.getMessage() for record in caplog.records if "optical flow ready" in record.getMessage()]
+    assert ready and "model = raft_large" in ready[-1] and "num_flow_updates = 2" in ready[-1]
+    with pytest.raises(ValueError, match=r"first_frame = copy is not supported; use one of zero, repeat"):
+        pipeline(video=[frame[None] for frame in frames], first_frame="copy")
+    # Scope has no weights field: the untrained-weights notice names none (the API's weights=None least of all).
+    notices = [record.getMessage() for record in caplog.records if "UNTRAINED" in record.getMessage()]
+    assert notices and "flow maps will not show real motion." in notices[-1]
+    assert "weights" not in notices[-1].split("UNTRAINED random weights")[1]
 
 
 def _registered_pipelines() -> list[type]:

@@ -9,6 +9,7 @@ import torch
 from ..artifacts.trt_build import TENSORRT_INSTALL_HINT, choose_flavour, installed_flavours
 from ..common.log import log_once
 from ..model.weights import WeightsSpec
+from ..common.vocabulary import words
 from .base import BackendConfig, FlowBackend
 from .torch_backend import TorchFlowBackend
 
@@ -36,18 +37,20 @@ def choose_backend(requested: str, device: torch.device) -> str:
     a ``RuntimeError`` here (at construction), saying what to install.
     """
     if requested not in BACKENDS:
-        raise ValueError(f"backend={requested!r} is not supported; use one of {', '.join(BACKENDS)}.")
+        raise ValueError(words(
+            f"{{backend=requested}} is not supported; use one of {', '.join(BACKENDS)}.", requested=requested
+        ))
     if requested == "tensorrt":
         if not tensorrt_available():
-            raise RuntimeError(
-                f"backend='tensorrt' but TensorRT is not installed (import tensorrt failed). Install it with: "
-                f"{TENSORRT_INSTALL_HINT}; or use backend='auto' or 'torch'."
-            )
+            raise RuntimeError(words(
+                "{backend='tensorrt'} but TensorRT is not installed (import tensorrt failed). Install it with: "
+                f"{TENSORRT_INSTALL_HINT}; or use {{backend='auto'}} or {{backend='torch'}}."
+            ))
         if device.type != "cuda":
-            raise RuntimeError(
-                f"backend='tensorrt' needs a CUDA GPU, but the device is {device}. Use device='cuda' on a machine "
-                "with an NVIDIA GPU, or backend='torch'."
-            )
+            raise RuntimeError(words(
+                f"{{backend='tensorrt'}} needs a CUDA GPU, but the device is {device}.",
+                "Use {device='cuda'} on a machine with an NVIDIA GPU, or {backend='torch'}.",
+            ))
         flavour, reason = tensorrt_flavour_for(device)  # raises before any build when no flavour fits the GPU
         log_once(f"backend-tensorrt-{flavour}", f"optical flow backend: tensorrt, running on {reason}.", 20)
         return requested

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .raft import DOWNSAMPLE, MIN_SIZE
 from .specs import DEFAULT_MODEL, ModelSpec, model_spec
+from ..common.vocabulary import option_name, setting, words
 
 # Pairs per model call are bounded so that a call's working memory stays within this many bytes: the all-pairs
 # correlation pyramid, plus what a model needs beyond RAFT Small (RAFT Small's own activations are the headroom
@@ -24,13 +25,36 @@ def default_max_pairs(height: int, width: int, model: str | ModelSpec = DEFAULT_
 
 
 def check_compute_size(height: object, width: object) -> None:
-    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128)."""
-    for name, value in (("height", height), ("width", width)):
+    """Raise unless ``height`` x ``width`` is a valid compute size (integers, multiples of 8, at least 128), or
+    both are ``None`` (the input's own size)."""
+    if height is None and width is None:
+        return
+    if height is None or width is None:
+        raise ValueError(words(
+            "{height=none} and {width=none} go together (compute at the input's own size); otherwise both are "
+            f"numbers of pixels, got {height!r} and {width!r}.",
+            none=None,
+        ))
+    for key, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}.")
+            raise TypeError(f"{option_name(key)} must be an integer number of pixels, got {value!r}.")
         if value % DOWNSAMPLE != 0 or value < MIN_SIZE:
             suggestion = max(MIN_SIZE, int(round(value / DOWNSAMPLE)) * DOWNSAMPLE)
             raise ValueError(
-                f"compute {name}={value} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
+                f"{setting(key, value)} must be a multiple of {DOWNSAMPLE} and at least {MIN_SIZE} "
                 f"(RAFT's correlation pyramid); try {suggestion}."
             )
+
+
+def native_compute_size(height: int, width: int) -> tuple[int, int]:
+    """The compute size for frames of ``height`` x ``width`` computed at their own size: rounded up to a multiple
+    of 8 (padding); frames too small for RAFT get an error naming the fix."""
+    padded = (-(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE)
+    if min(padded) < MIN_SIZE:
+        raise ValueError(words(
+            f"the frames are {width}x{height} (width x height), too small to compute flow at their own size: "
+            f"RAFT's correlation pyramid needs at least {MIN_SIZE} pixels on each side.",
+            "Resize the frames to at least {0}x{0}, or compute at a fixed size ({{size=fixed}}).".format(MIN_SIZE),
+            fixed=(MIN_SIZE, MIN_SIZE),
+        ))
+    return padded

@@ -32,6 +32,8 @@ import torch
 from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
+from ..common.vocabulary import words
+
 DEFAULT_MODEL = "raft_small"
 
 # princeton-vl/RAFT key names -> torchvision's, the parts both models share (applied in order to each key).
@@ -122,5 +124,5 @@ def model_spec(model: object) -> ModelSpec:
         return model
     spec = MODELS.get(model) if isinstance(model, str) else None
     if spec is None:
-        raise ValueError(f"model={model!r} is not supported; use one of {', '.join(MODEL_NAMES)}.")
+        raise ValueError(words(f"{{model=model}} is not supported; use one of {', '.join(MODEL_NAMES)}.", model=model))
     return spec

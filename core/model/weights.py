@@ -30,6 +30,7 @@ from torchvision.models.optical_flow import RAFT
 
 from ..common.log import log_once, logger
 from .specs import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
+from ..common.vocabulary import option_name, words
 
 WEIGHTS_ENV = "SCOPE_OPTICAL_FLOW_WEIGHTS"
 RANDOM_WEIGHTS_SEED = 0
@@ -68,7 +69,7 @@ def load_raft(
     enum_member = _as_enum(spec, weights)
     if enum_member is not None:
         return _torchvision_model(spec, enum_member, progress)
-    return _file_model(spec, Path(weights), source="weights=")  # type: ignore[arg-type]
+    return _file_model(spec, Path(weights), source=option_name("weights"))  # type: ignore[arg-type]
 
 
 def load_raft_small(weights: WeightsSpec = "DEFAULT", progress: bool = True) -> tuple[RAFT, WeightsInfo]:
@@ -114,10 +115,11 @@ def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
     enum = spec.weights_enum
     if isinstance(weights, WeightsEnum):
         if not isinstance(weights, enum):
-            raise ValueError(
-                f"weights={weights} are not {spec.title} weights (model={spec.name!r}); pass a {enum.__name__} "
-                f"member, or the model these weights belong to."
-            )
+            raise ValueError(words(
+                f"{{weights=given}} are not {spec.title} weights ({{model=model}}); pass a {enum.__name__} "
+                "member, or the model these weights belong to.",
+                given=str(weights), model=spec.name,
+            ))
         return weights
     if not isinstance(weights, str):
         return None
@@ -126,10 +128,11 @@ def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
         return enum[name]
     if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name
         names = ", ".join(enum.__members__)
-        raise ValueError(
-            f"weights={weights!r} is neither a {enum.__name__} name ({names}) nor a path to a .pth file "
-            f"(model={spec.name!r})."
-        )
+        raise ValueError(words(
+            f"{{weights=given}} is neither a {enum.__name__} name ({names}) nor a path to a .pth file "
+            "({model=model}).",
+            given=weights, model=spec.name,
+        ))
     return None
 
 
@@ -142,8 +145,10 @@ def _seeded_model(spec: ModelSpec) -> RAFT:
 def _random_model(spec: ModelSpec) -> RAFT:
     log_once(
         f"random-weights-{spec.name}",
-        f"{spec.title} runs with UNTRAINED random weights (weights=None): flow maps will not show real motion. "
-        "Use weights='DEFAULT' or a local .pth file for real results.",
+        words(
+            f"{spec.title} runs with UNTRAINED random weights: flow maps will not show real motion.",
+            "That is {weights=None}; use {weights='DEFAULT'} or a local .pth file for real results.",
+        ),
     )
     return _seeded_model(spec).eval()
 
@@ -156,7 +161,7 @@ def _torchvision_model(spec: ModelSpec, member: WeightsEnum, progress: bool) -> 
         raise RuntimeError(
             f"could not get {spec.title} weights {member} from {member.url} ({type(error).__name__}: {error}). "
             f"On an offline machine, download that file elsewhere and put it at {target} (torchvision's cache), "
-            f"or point ${WEIGHTS_ENV} or weights= at a local .pth file."
+            f"or point ${WEIGHTS_ENV} or {option_name('weights')} at a local .pth file."
         ) from error
     name = str(member).split(".")[-1]
     return model.eval(), WeightsInfo(
@@ -195,10 +200,11 @@ def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, Weights
             other = checkpoint_model(original, path)
         except ValueError:  # no model's weights: say what differs from the requested model
             raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
-        raise ValueError(
-            f"{path} holds {other.title} weights, but the model is {spec.title}: pass model={other.name!r} "
-            f"to use it, or a {spec.title} checkpoint."
-        )
+        raise ValueError(words(
+            f"{path} holds {other.title} weights, but the model is {spec.title}: pass {{model=other}} "
+            f"to use it, or a {spec.title} checkpoint.",
+            other=other.name,
+        ))
     model = _seeded_model(spec)
     for key, value in model.state_dict().items():  # BatchNorm counters: absent from some original checkpoints
         if key.endswith("num_batches_tracked"):
