@@ -1,17 +1,15 @@
 """Cold start of the PyTorch fast path: seconds from constructing the preprocessor to its first flow map.
 
 Every measurement is a fresh Python process (``--child``), as a user's would be. Per route (``jit``, the
-default: torch.compile with its ``.torchcache`` entries and Inductor's default Python wrapper, compiling in the
-background while the uncompiled model's CUDA graph serves; ``jit-wait``: the same, but the warm-up waits for the
-compiled kernels, ``compile_in_background=False``; ``aot``: ahead-of-time packages, ``core.aot_package``;
-``cpp``: torch.compile with Inductor's C++ wrapper):
+default: the uncompiled model's CUDA graph serves while a child process compiles the kernels into a
+``.torchcache`` entry, which ``wait_for_compiled()`` then loads; ``jit-wait``: the same, but the warm-up waits for
+the compiled kernels, ``compile_in_background=False``):
 
-1. **cold**: an empty temporary models folder, so no cache entries and an empty torch/Inductor cache (this
-   package points Inductor's cache into the models folder), a fresh ``TRITON_HOME`` and ``CUDA_CACHE_PATH``: a
-   new machine. The warm-up compiles and keeps the cache entries.
+1. **cold**: an empty temporary models folder and Inductor cache, a fresh ``TRITON_HOME`` and
+   ``CUDA_CACHE_PATH``: a new machine. The compile process compiles and keeps the cache entries.
 2. **warm** (``--warm-runs`` times): the same folders: the entries and torch's cache exist.
-3. **entry only**: torch's cache folder deleted, only the entries (``.pt2`` packages or ``.torchcache``) kept
-   (as after a wiped /tmp or a copied models folder): shows that the entries alone serve the kernels.
+3. **entry only**: the Inductor cache deleted, only the ``.torchcache`` entries kept (as after a wiped /tmp or a
+   copied models folder): shows that the entries alone serve the kernels.
 
 Each child constructs ``OpticalFlowTensorRTPreprocessor`` (backend torch, CUDA, fp16, random weights), calls
 ``load()`` (model, and the entry's artifacts hot-loaded), ``warm_up([chunk])`` and one real call of ``chunk``
@@ -22,8 +20,8 @@ keep Python bytecode of torch's modules (for machines set not to write it, as th
 ``--profile`` writes a cProfile of each child. Writes ``cold_start.json`` (the issue's shape: ``environment``,
 ``size``, ``warm_process_first_map_s``, ``cold_first_call_s`` for the default route, plus every run)::
 
-    python benchmarks/bench_cold_start.py                    # 512x512, 4-frame chunks (Scope's), default route
-    python benchmarks/bench_cold_start.py --routes jit,aot   # both routes
+    python benchmarks/bench_cold_start.py                        # 512x512, 4-frame chunks (Scope's), default route
+    python benchmarks/bench_cold_start.py --routes jit,jit-wait  # both routes
 
 Takes a few minutes on one H100/H200 (a cold compile at 512x512 is 20-60 s per route).
 """
@@ -46,11 +44,9 @@ PROCESS_START = time.perf_counter()
 
 from _checkout import ROOT, use_this_checkout  # noqa: E402  (same folder)
 
-COMPILE = "SCOPE_OPTICAL_FLOW_COMPILE"
-ROUTE_ENV = {"aot": {COMPILE: "aot"}, "jit": {COMPILE: "jit"}, "jit-wait": {COMPILE: "jit"},
-             "cpp": {COMPILE: "jit", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER": "1"}}
+ROUTES = ("jit", "jit-wait")
 # Routes whose warm-up waits for the compiled kernels (compile_in_background=False); the others serve the first
-# map from the uncompiled model's CUDA graph while the kernels load or compile in the background.
+# map from the uncompiled model's CUDA graph while a child process compiles the kernels.
 WAIT_ROUTES = ("jit-wait",)
 CHILD_TIMEOUT_S = 480
 
@@ -147,7 +143,7 @@ def child(models_dir: Path, size: int, chunk: int, updates: int, device_name: st
         "compiled_call_ms": round(compiled_call * 1e3, 2),
         "routes": routes,
         "compiled_routes": {str(pairs): route for pairs, route in getattr(backend, "warmed_shapes", {}).items()},
-        "aot_failures": dict(getattr(backend, "aot_failures", {})),
+        "failed_shapes": {str(k): v for k, v in getattr(backend, "failed_shapes", {}).items()},
         "compiled": bool(getattr(backend, "compiled", False)),
         "inductor_counters": {name: int(value) for name, value in counters["inductor"].items()
                               if name.startswith("fxgraph_cache")},
@@ -175,7 +171,7 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = round(wall, 2)
     result["log"] = [line for line in done.stderr.splitlines() if " ms  " in line][-40:]
-    entries = sorted([*models_dir.glob("*.torchcache"), *models_dir.glob("*.pt2")])
+    entries = sorted(models_dir.glob("*.torchcache"))
     result["entries"] = {path.name: path.stat().st_size for path in entries}
     print(f"  {label:<11} construct->first map {result['construct_to_first_map_s']:6.2f} s  (import "
           f"{result['import_s']:.1f}, load {result['model_load_s']:.2f}, artifacts {result['artifact_load_s']}, "
@@ -183,8 +179,8 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
           f"{result['second_call_ms']:.1f} ms)  compiled serving at {result['construct_to_compiled_serving_s']:.2f} s "
           f"({result['compiled_call_ms']:.1f} ms a call)  route {','.join(result['routes']) or '-'} "
           f"{result['compiled_routes']}  {result['inductor_counters']}", flush=True)
-    for pairs, reason in result["aot_failures"].items():
-        print(f"    packages for {pairs} pairs not used: {reason}", flush=True)
+    for pairs, reason in result["failed_shapes"].items():
+        print(f"    no compiled kernels for {pairs} pairs: {reason}", flush=True)
     if result.get("profile") and args.profile_out is not None:
         with args.profile_out.open("a") as out:
             out.write(f"\n===== {label} ({result['construct_to_first_map_s']} s) =====\n{result['profile']}")
@@ -197,9 +193,8 @@ def run_child(args: argparse.Namespace, models_dir: Path, env: dict[str, str], l
 
 def measure_route(args: argparse.Namespace, route: str, work: Path) -> dict[str, Any]:
     models_dir = work / route / "models"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "SCOPE_OPTICAL_FLOW_CPP_WRAPPER", COMPILE)}
-    env.update(ROUTE_ENV[route])
+    env = {key: value for key, value in os.environ.items() if key not in ("TRITON_CACHE_DIR",)}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / route / "inductor")
     env["TRITON_HOME"] = str(work / route / "triton_home")  # Triton's own ~/.triton, fresh for this route
     env["CUDA_CACHE_PATH"] = str(work / route / "cuda_cache")
     if args.bytecode_cache:  # what a normal install has: compiled bytecode of torch's modules, written once
@@ -208,7 +203,7 @@ def measure_route(args: argparse.Namespace, route: str, work: Path) -> dict[str,
     print(f"route {route}:", flush=True)
     cold = run_child(args, models_dir, env, "cold", route)
     warm = [run_child(args, models_dir, env, f"warm {i + 1}", route) for i in range(args.warm_runs)]
-    shutil.rmtree(models_dir / "torch-compile-cache", ignore_errors=True)
+    shutil.rmtree(work / route / "inductor", ignore_errors=True)
     entry_only = run_child(args, models_dir, env, "entry only", route)
     return {
         "cold": cold,
@@ -228,7 +223,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="compute height and width")
     parser.add_argument("--chunk", type=int, default=4, help="frames per call (Scope: 4, CLI: 16)")
     parser.add_argument("--updates", type=int, default=12, help="RAFT flow updates")
-    parser.add_argument("--routes", default="jit", help="comma-separated: jit (the default route), aot, cpp")
+    parser.add_argument("--routes", default="jit", help="comma-separated: jit (the default route), jit-wait")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm processes per route")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_start.json")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (smoke test: no compiling)")
@@ -254,9 +249,9 @@ def main() -> int:
         args.profile_out.write_text(f"cProfile of each child, construction to first map ({args.out.name})\n")
 
     routes = [route.strip() for route in args.routes.split(",") if route.strip()]
-    unknown = sorted(set(routes) - set(ROUTE_ENV))
+    unknown = sorted(set(routes) - set(ROUTES))
     if unknown:
-        parser.error(f"unknown route(s) {unknown}; use {', '.join(ROUTE_ENV)}")
+        parser.error(f"unknown route(s) {unknown}; use {', '.join(ROUTES)}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cold-start-") as temp:
         results = {route: measure_route(args, route, Path(temp)) for route in routes}

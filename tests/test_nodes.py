@@ -379,7 +379,7 @@ def test_vace_preset_native_size_and_the_ready_line_in_node_words(
 
 def test_node_messages_name_node_inputs(pack: types.ModuleType, work: types.ModuleType,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    core_log = importlib.import_module(f"{pack.__name__}.core.log")  # the pack's own copy of the core
+    core_log = importlib.import_module(f"{pack.__name__}.core.common.log")  # the pack's own copy of the core
     core_log._said.discard("random-weights-raft_small")
     work.clear_cache()  # the model loads (and says what weights it has) anew
     run(flow_node(pack), images=make_frames(2, 96, 112))

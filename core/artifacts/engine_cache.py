@@ -31,7 +31,6 @@ from ..model.specs import MODEL_NAMES
 PACKAGE_NAME = "scope-optical-flow-tensorrt"
 
 SIDECAR_SUFFIX = ".json"
-FAILURE_SUFFIX = ".failed.json"  # a record that building an artifact failed for a key (see failure_record_path)
 LOCK_NAME = ".raft_small.lock"
 TEMP_MARKER = ".tmp-"
 ARTIFACT_PREFIXES = tuple(f"{name}_" for name in MODEL_NAMES)  # raft_small_..., raft_large_...
@@ -219,29 +218,6 @@ def ensure_artifact(
         return build_artifact(path, key, build, extra)
 
 
-def failure_record_path(path: Path) -> Path:
-    """Where a failed build of ``path`` is recorded (so later processes do not pay for it again; ``cache clear``
-    removes the record)."""
-    return path.with_name(path.name + FAILURE_SUFFIX)
-
-
-def record_failure(path: Path, key: dict[str, Any], reason: str) -> None:
-    atomic_write_bytes(failure_record_path(path), json.dumps(
-        {"key": key, "reason": reason, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        indent=2, sort_keys=True).encode())
-
-
-def recorded_failure(path: Path, key: dict[str, Any]) -> str | None:
-    """The reason a build of ``path`` for ``key`` failed before, or ``None`` (no record, or one for other settings)."""
-    try:
-        record = json.loads(failure_record_path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("key") != key:
-        return None
-    return str(record.get("reason", "unknown"))
-
-
 def invalidate(path: Path, reason: str) -> None:
     """Remove an artifact found unusable after it passed :func:`check_artifact` (e.g. it failed to load)."""
     logger.warning("discarding %s: %s; it will be rebuilt", path, reason)
@@ -270,7 +246,6 @@ def clear_directory(directory: Path) -> int:
             ours = name.startswith(ARTIFACT_PREFIXES) and (
                 child.suffix in ARTIFACT_SUFFIXES
                 or name.endswith(tuple(suffix + SIDECAR_SUFFIX for suffix in ARTIFACT_SUFFIXES))
-                or name.endswith(tuple(suffix + FAILURE_SUFFIX for suffix in ARTIFACT_SUFFIXES))
                 or TEMP_MARKER in name
             )
             if ours and child.is_file():

@@ -26,7 +26,7 @@ from torch import Tensor
 OP_NAMESPACE = "scope_optical_flow"
 MAX_LEVELS = 4
 # Launch configuration (no autotuning: a benchmark inside CUDA-graph capture would break it);
-# benchmarks/bench_lookup.py times the alternatives.
+# The alternatives were timed by a one-off script (benchmarks/NOTES.md, "Fused correlation lookup").
 BLOCK_PIXELS = 32
 NUM_WARPS = 4
 

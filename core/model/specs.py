@@ -68,7 +68,8 @@ class ModelSpec:
     # (``normN`` and ``downsample.1``); torchvision keeps only ``downsample.1``
     original_duplicates: str
     # Working memory per frame pair beyond RAFT Small's, in bytes per compute pixel (fp32): the bigger encoders,
-    # update block and mask. Measured with benchmarks/model_memory.py; see core.compute_size.default_max_pairs.
+    # update block and mask. Measured once (benchmarks/NOTES.md, "Memory"); see
+    # core.model.compute_size.default_max_pairs.
     extra_bytes_per_pixel: int
 
     @property
@@ -109,8 +110,8 @@ RAFT_LARGE = ModelSpec(
         (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
     ),
     original_duplicates=r"\.layer\d\.\d\.norm3\.",
-    # benchmarks/model_memory.py --size 256 (CPU, fp32): 410 bytes per pixel per pair beyond the pyramid, RAFT
-    # Small 302; 512x512 then gets 18 pairs per call instead of Small's 24.
+    # Measured (benchmarks/NOTES.md, "Memory"; CPU, fp32, 256x256): 410 bytes per pixel per pair beyond the
+    # pyramid, RAFT Small 302; 512x512 then gets 18 pairs per call instead of Small's 24.
     extra_bytes_per_pixel=107,
 )
 
