@@ -31,6 +31,8 @@ from ..common.log import logger
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "scope_optical_flow_tensorrt.core.backends.compile_worker"]
 # A child's report lines start with this (anything else it prints, e.g. compiler warnings, goes to the log).
 REPORT_PREFIX = "@@optical-flow-compile "
+# The route a report gives a shape whose kernels could not be made (the error says why).
+REPORT_FAILED = "failed"
 # How long a child may take to exit once asked, before it is killed.
 STOP_GRACE_S = 1.0
 _STDERR_TAIL_LINES = 40
@@ -45,7 +47,7 @@ class CompileProcess:
     """Compiles the window shapes asked of it in child processes started with ``job`` (what the worker needs).
 
     ``reports`` maps each finished shape (pairs) to the child's report: ``route`` is
-    ``core.compiled_cache.ROUTE_BUILT``/``ROUTE_LOADED`` when its cache entry is ready, ``"failed"`` with an
+    ``core.compiled_cache.ROUTE_BUILT``/``ROUTE_LOADED`` when its cache entry is ready, :data:`REPORT_FAILED` with an
     ``error`` otherwise.
     """
 
@@ -107,7 +109,7 @@ class CompileProcess:
             )
         except OSError as error:
             for pairs in shapes:
-                self.reports[pairs] = {"pairs": pairs, "route": "failed", "error": f"could not start: {error}"}
+                self.reports[pairs] = {"pairs": pairs, "route": REPORT_FAILED, "error": f"could not start: {error}"}
             self._changed.notify_all()
             return
         self._process = process
@@ -134,7 +136,7 @@ class CompileProcess:
             if missing and not self._closed:
                 error = f"the compile process exited with code {returncode}: " + " | ".join(list(tail)[-5:])
                 for pairs in missing:
-                    self.reports[pairs] = {"pairs": pairs, "route": "failed", "error": error}
+                    self.reports[pairs] = {"pairs": pairs, "route": REPORT_FAILED, "error": error}
             self._process = None
             if self._queue and not self._closed:
                 self._start_locked()

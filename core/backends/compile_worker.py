@@ -24,7 +24,7 @@ import torch
 from ..artifacts.compiled_cache import CompiledKernelCache
 from ..common.paths import plugin_models_dir
 from .base import BackendConfig
-from .compile_process import report_line
+from .compile_process import REPORT_FAILED, report_line
 from .torch_backend import TorchFlowBackend
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             route = backend.compile_here(int(pairs))
             report: dict[str, Any] = {"pairs": pairs, "route": route}
         except Exception as error:  # reported to the host, which keeps serving the uncompiled model
-            report = {"pairs": pairs, "route": "failed", "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            report = {"pairs": pairs, "route": REPORT_FAILED, "error": f"{type(error).__name__}: {str(error)[:500]}"}
         report["seconds"] = round(time.perf_counter() - started, 3)
         print(report_line(report), flush=True)
     return 0

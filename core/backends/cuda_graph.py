@@ -76,7 +76,8 @@ class CudaGraphRunner:
         static_input = inputs.clone()
         side_stream = torch.cuda.Stream(self.device)
         side_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.device(self.device), torch.cuda.stream(side_stream):  # warm-up outside the graph: cuDNN picks algorithms, allocs settle
+        # warm-up outside the graph: cuDNN picks algorithms, allocations settle
+        with torch.cuda.device(self.device), torch.cuda.stream(side_stream):
             for _ in range(WARMUP_RUNS):
                 self.module(static_input)
         torch.cuda.current_stream(self.device).wait_stream(side_stream)

@@ -26,7 +26,7 @@ from ..model.raft import EncodeFn, RaftSequenceFlow, UpdateStepFn
 from ..model.specs import model_spec
 from ..model.weights import WeightsSpec, load_raft
 from .base import BackendConfig
-from .compile_process import CompileProcess
+from .compile_process import REPORT_FAILED, CompileProcess
 from .cuda_graph import CudaGraphRunner
 
 # Measured on an H200 at 512x512 (benchmarks/profile_flow.py --shapes): dynamic shapes compiled in 60 s and ran
@@ -126,7 +126,6 @@ class TorchFlowBackend:
         self.kernel_cache = compile_here
         self.warmed_shapes: dict[int, str] = {}  # window pairs -> route of its compiled kernels (ready to serve)
         self.failed_shapes: dict[int, str] = {}  # window pairs -> why no compiled kernels serve it
-        self.compile_seconds: dict[int, float] = {}  # window pairs -> the compile process's time for it
         self._ready: dict[int, str] = {}  # window pairs -> route of an entry ready to load (not loaded yet)
         self._rebuilt: set[int] = set()  # shapes whose entry could not be loaded and was asked for again
         # torch.compile'd encode and update_step (set up on first need: it imports torch's compiler stack)
@@ -191,8 +190,7 @@ class TorchFlowBackend:
         for pairs, report in list(self.compiler.reports.items()):
             if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
                 continue
-            self.compile_seconds[pairs] = float(report.get("seconds", 0.0))
-            if report["route"] in (ROUTE_FAILED, ROUTE_EAGER, "failed"):
+            if report["route"] in (REPORT_FAILED, ROUTE_EAGER):
                 self._give_up(pairs, str(report.get("error", "torch.compile fell back to eager")))
             else:
                 self._ready[pairs] = str(report["route"])
