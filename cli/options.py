@@ -260,6 +260,13 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
     At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input."""
     try:
         flow.load(warmup=warmup, size=size)
+        if warmup is not False:
+            # The command line is a process of its own: kernels whose entries are on disk load now, before the
+            # first frame (seconds, while the decoder reads ahead); kernels still compiling switch in between
+            # chunks where the rest of the work repays it (clips.worth_switching). Loading them on a thread
+            # while the uncompiled model served took this process's Python lock: a 2,400-frame run fell from
+            # 814 to 254 frames/s (benchmarks/NOTES.md).
+            flow.wait_for_compiled(timeout=0)
     except FileNotFoundError as error:
         raise UsageError(f"--weights: {error}") from error
     except ValueError as error:
