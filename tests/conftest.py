@@ -60,9 +60,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _isolated_models_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Never touch the user's real models/engine cache from tests."""
+    """Never touch the user's real models/engine cache (or its record of trusted entries) from tests."""
     models_root = tmp_path_factory.mktemp("models")
     monkeypatch.setenv("DAYDREAM_SCOPE_MODELS_DIR", str(models_root))
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_TRUST_DIR", str(tmp_path_factory.mktemp("trusted-entries")))
     monkeypatch.delenv("SCOPE_OPTICAL_FLOW_WEIGHTS", raising=False)
     return models_root
 

@@ -49,6 +49,7 @@ from .engine_cache import (
     key_hash,
     locked,
     package_version,
+    read_artifact,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -253,11 +254,22 @@ class CompiledKernelCache:
             self._loaded.add(path)  # this process compiled them: nothing to load
             return ROUTE_BUILT
 
+    def discard(self, pairs: int, reason: str) -> None:
+        """Remove ``pairs``' entry after it failed at use (its kernels loaded, then did not run), so that no later
+        process loads it again: the next one that needs it builds it anew."""
+        path = self.path(pairs)
+        self._loaded.discard(path)
+        try:
+            with locked(self.directory):
+                invalidate(path, reason)
+        except OSError as error:  # e.g. a read-only models folder: the stream goes on all the same
+            logger.warning("could not discard %s (%s): %s", path, reason, error)
+
     def _load(self, path: Path) -> bool:
         """Hot-load a checked entry; an entry torch cannot read is discarded (and rebuilt by the caller)."""
         started = time.perf_counter()
         try:
-            load_artifacts(path.read_bytes())
+            load_artifacts(read_artifact(path))  # the bytes checked are the bytes loaded
         except Exception as error:  # a pickled artifact from another build of torch can fail in many ways
             invalidate(path, f"torch could not load its artifacts ({type(error).__name__}: {str(error)[:200]})")
             return False

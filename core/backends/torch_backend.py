@@ -179,9 +179,12 @@ class TorchFlowBackend:
         except OSError as error:  # e.g. a read-only models folder: nowhere to keep compiled kernels
             self._give_up(pairs, f"the models folder is not usable ({error})")
             return
-        if check_artifact(kernels.path(pairs), kernels.key(pairs)) is None:
+        reason = check_artifact(kernels.path(pairs), kernels.key(pairs))
+        if reason is None:
             self._ready[pairs] = ROUTE_LOADED
             return
+        if kernels.path(pairs).exists():  # the compile process rebuilds it; its log is not the host's
+            logger.warning("rebuilding compiled kernels %s: %s", kernels.path(pairs).name, reason)
         self._compile_process().request(pairs)
 
     def _collect_reports(self) -> None:
@@ -220,6 +223,7 @@ class TorchFlowBackend:
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...): stay uncompiled
             if self.graphs is not None:
                 self.graphs.drop(pairs + 1)
+            kernels.discard(pairs, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
             self._give_up(pairs, f"{type(error).__name__}: {error}")
             return
         if compile_misses() != misses:  # the entry did not hold every kernel: Inductor compiled some here
@@ -374,6 +378,7 @@ class TorchFlowBackend:
         try:
             flow = self._run_compiled(frames)
         except Exception as error:  # a failure of the compiled kernels must not stop the stream
+            self._kernels().discard(bucket, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
             self._uncompile(error)
             return self.flow(frames[: pairs + 1])
         return flow[:pairs]
