@@ -119,7 +119,7 @@ def process_clip(
     source = open_inputs(list(job.inputs), settings.fps)
     started = time.perf_counter()
     stop = StopSignal()
-    with StagedOutputs(settings.overwrite) as staged:
+    with StagedOutputs(settings.overwrite, inputs=source.paths()) as staged:
         sinks = _open_sinks(job, staged, source, settings)
         decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
         # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
