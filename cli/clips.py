@@ -267,7 +267,8 @@ def _compute(
                 raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
                 outputs: dict[str, Any] = {}
                 if wanted & {"images", "yuv420p"}:
-                    images = to_uint8_images(flow.flow_to_image(raw, size=size))
+                    # raw is this preprocessor's own flow: no finiteness read-back (it would stall each chunk)
+                    images = to_uint8_images(flow.flow_to_image(raw, size=size, check_finite=False))
                     if "images" in wanted:
                         outputs["images"] = images
                     if "yuv420p" in wanted:  # the video encoder's input, converted here rather than in its thread

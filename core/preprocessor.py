@@ -439,17 +439,22 @@ class OpticalFlowTensorRTPreprocessor:
         self._stream_key = stream_key
         return flows, (in_height, in_width)
 
-    def flow_to_image(self, flow: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    def flow_to_image(
+        self, flow: Tensor, size: tuple[int, int] | None = None, *, check_finite: bool = True
+    ) -> Tensor:
         """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales).
 
         Flow that is empty, has no data (the meta device) or holds NaN or infinite values is a ``ValueError`` /
-        ``TypeError`` naming the fix (checking finiteness reads one value back from the device)."""
+        ``TypeError`` naming the fix. Checking finiteness reads one value back from the device; a caller drawing
+        this preprocessor's own :meth:`compute_flow` result (computed from checked frames) may skip it with
+        ``check_finite=False``."""
         check_tensor(flow, "flow")
         if flow.dim() != 5 or flow.shape[2] != 2:
             raise ValueError(f"flow must be [B, F, 2, H, W], got shape {list(flow.shape)}.")
         if flow.numel() == 0:
             raise ValueError(f"flow holds no frames (shape {list(flow.shape)}); pass flow of at least one frame.")
-        check_finite_flow(flow)
+        if check_finite:
+            check_finite_flow(flow)
         height, width = size if size is not None else flow.shape[-2:]
         check_maps_fit(flow.device, frames=flow.shape[0] * flow.shape[1], flow_size=tuple(flow.shape[-2:]),
                        output_size=(height, width))
