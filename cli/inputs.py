@@ -50,11 +50,6 @@ class FrameSource:
     num_frames: int | None
     files: list[Path] | None = None  # image files, in order
 
-    def paths(self) -> list[Path]:
-        """The files (and the folder) frames are read from: what no output of the run may replace."""
-        named = Path(self.path).expanduser()
-        return [*(self.files or []), *([named] if named.exists() else [])]
-
     def chunks(
         self,
         chunk_size: int,
