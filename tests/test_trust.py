@@ -137,8 +137,10 @@ def test_an_entry_in_a_private_folder_loads_without_a_record(
 ) -> None:
     """As ssh with its keys: a file and folder only this user can write are trusted, e.g. entries copied in."""
     folder = tmp_path / "private"
-    folder.mkdir(mode=0o755)
-    built_entry(fake, folder)
+    folder.mkdir()
+    entry = built_entry(fake, folder)
+    for path, mode in ((folder, 0o755), (entry, 0o644)):  # whatever the umask made them
+        path.chmod(mode)
     monkeypatch.setenv(trust.RECORD_ENV, str(tmp_path / "empty-record"))  # built on another machine, say
     assert make_preprocessor(folder).warm_up([1]) == [ROUTE_LOADED]
 
