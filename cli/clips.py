@@ -119,7 +119,7 @@ def process_clip(
     source = open_inputs(list(job.inputs), settings.fps)
     started = time.perf_counter()
     stop = StopSignal()
-    with StagedOutputs(settings.overwrite) as staged:
+    with StagedOutputs(settings.overwrite, inputs=input_paths(job, source)) as staged:
         sinks = _open_sinks(job, staged, source, settings)
         decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
         # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
@@ -181,6 +181,12 @@ def process_clip(
             computed.first_chunk_seconds, result.first_output_at - started_at - load_seconds - computed.first_chunk_seconds,
         )
     return result
+
+
+def input_paths(job: ClipJob, source: Any) -> list[Path]:
+    """What no output of ``job`` may replace: the files its frames are read from and the paths its INPUT names."""
+    named = [Path(spec).expanduser() for spec in job.inputs]
+    return [*(getattr(source, "files", None) or []), *(path for path in named if path.exists())]
 
 
 @dataclass
@@ -267,7 +273,8 @@ def _compute(
                 raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
                 outputs: dict[str, Any] = {}
                 if wanted & {"images", "yuv420p"}:
-                    images = to_uint8_images(flow.flow_to_image(raw, size=size))
+                    # raw is this preprocessor's own flow: no finiteness read-back (it would stall each chunk)
+                    images = to_uint8_images(flow.flow_to_image(raw, size=size, check_finite=False))
                     if "images" in wanted:
                         outputs["images"] = images
                     if "yuv420p" in wanted:  # the video encoder's input, converted here rather than in its thread

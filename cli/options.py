@@ -258,6 +258,8 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
     """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written;
     ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
     At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input."""
+    from ..core.memory import TooLargeForMemory
+
     try:
         flow.load(warmup=warmup, size=size)
         if warmup is not False:
@@ -267,6 +269,8 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
             # while the uncompiled model served took this process's Python lock: a 2,400-frame run fell from
             # 814 to 254 frames/s (benchmarks/NOTES.md).
             flow.wait_for_compiled(timeout=0)
+    except TooLargeForMemory as error:  # --size (or the input's own size) cannot fit: the message names the fix
+        raise UsageError(str(error)) from error
     except FileNotFoundError as error:
         raise UsageError(f"--weights: {error}") from error
     except ValueError as error:

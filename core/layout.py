@@ -61,13 +61,24 @@ def check_layout(layout: object) -> str:
     return layout.upper()
 
 
-def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
-    """Rearrange ``frames`` to ``[B, F, C, H, W]`` (no copy where einops can avoid one); checks channels."""
-    if not isinstance(frames, torch.Tensor):
+def check_tensor(tensor: object, name: str = "frames") -> torch.Tensor:
+    """``tensor`` if it is a torch tensor holding data, else a ``TypeError`` naming the fix."""
+    if not isinstance(tensor, torch.Tensor):
         raise TypeError(
-            f"frames must be a torch.Tensor, got {type(frames).__name__}. "
+            f"{name} must be a torch.Tensor, got {type(tensor).__name__}. "
             "Convert with torch.from_numpy(array) (uint8 [F,H,W,C] or float [0,1])."
         )
+    if tensor.is_meta:
+        raise TypeError(
+            f"got a meta tensor for {name} (shape {list(tensor.shape)}: a shape without data); pass a tensor with "
+            "data, on the CPU or a GPU (e.g. create it outside a torch.device('meta') block)."
+        )
+    return tensor
+
+
+def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
+    """Rearrange ``frames`` to ``[B, F, C, H, W]`` (no copy where einops can avoid one); checks channels."""
+    check_tensor(frames)
     layout = infer_layout(tuple(frames.shape)) if layout is None else check_layout(layout)
     expected_rank = len(layout)
     if frames.dim() != expected_rank:
@@ -83,6 +94,8 @@ def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
             f"frames have {channels} channels in layout {layout} (shape {list(frames.shape)}); expected 3 (RGB), "
             "1 (grey, replicated to RGB) or 4 (RGBA, alpha dropped). If the channel axis is elsewhere, pass layout=."
         )
+    if out.shape[0] == 0:
+        raise ValueError(f"frames hold an empty batch (shape {list(frames.shape)}, B = 0); pass at least one video.")
     if out.shape[1] == 0:
         raise ValueError(f"frames contain zero frames (shape {list(frames.shape)}); pass at least one frame.")
     if out.shape[-1] < 2 or out.shape[-2] < 2:

@@ -15,14 +15,15 @@ from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
 from .common.log import log_once, logger
 from .common.paths import plugin_models_dir
 from .device import resolve_device
-from .layout import check_layout, to_bfchw, to_unit_float
+from .layout import check_layout, check_tensor, to_bfchw, to_unit_float
+from .memory import check_call_fits, check_compute_size_fits, check_maps_fit
 from .model.compute_size import check_compute_size, default_max_pairs, native_compute_size
 from .model.raft import DOWNSAMPLE
 from .model.specs import DEFAULT_MODEL, model_spec
 from .model.weights import WeightsInfo, WeightsSpec
 from .presets import apply_preset
 from .resize import crop_padding, pad_to_multiple, resize_images
-from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
+from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, check_finite_flow, flow_to_rgb
 from .common.vocabulary import Vocabulary, current_vocabulary, option_name, speaking, words
 from .warmup import chunk_sizes, needs_warm_up, warm_up_backend, window_pair_counts
 
@@ -280,6 +281,7 @@ class OpticalFlowTensorRTPreprocessor:
             return self._backend
 
     def _create_backend(self, size: tuple[int, int]) -> FlowBackend:
+        check_compute_size_fits(self.device, size, self._correlation_bytes, self.native_size)
         height, width = size
         config = BackendConfig(
             height=height,
@@ -390,11 +392,20 @@ class OpticalFlowTensorRTPreprocessor:
         self.normalizer.reset()
 
     def __call__(self, frames: Any, layout: str | None = None) -> Tensor:
-        """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``."""
+        """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``.
+
+        A call that fails leaves the stream as it was: its sizes are checked against the device's memory before
+        anything is allocated, and the stream state moves only when the maps are made."""
         with speaking(self.vocabulary):
             tensor, target = _unpack_context(frames)
-            flow, input_size = self._compute_flow(tensor, layout)
-            return self.flow_to_image(flow, size=target or input_size)
+            state = (self._previous_frames, self._stream_key, self.normalizer.state())
+            try:
+                flow, input_size = self._compute_flow(tensor, layout, maps_size=target or "input")
+                return self._draw(flow, target or input_size)
+            except BaseException:
+                self._previous_frames, self._stream_key = state[:2]
+                self.normalizer.restore(state[2])
+                raise
 
     def compute_flow(self, frames: Tensor, layout: str | None = None) -> Tensor:
         """Raw flow ``[B, F, 2, h, w]`` in compute-resolution pixels (at the input's own size: the input's size,
@@ -406,11 +417,21 @@ class OpticalFlowTensorRTPreprocessor:
         with speaking(self.vocabulary):
             return self._compute_flow(frames, layout)[0]
 
-    def _compute_flow(self, frames: Tensor, layout: str | None) -> tuple[Tensor, tuple[int, int]]:
+    def _compute_flow(
+        self, frames: Tensor, layout: str | None, maps_size: tuple[int, int] | str | None = None
+    ) -> tuple[Tensor, tuple[int, int]]:
+        """Raw flow and the input size; ``maps_size`` (a size, or ``"input"``) is the size of the maps the caller
+        makes next, checked against the device's memory with everything else before anything is allocated."""
         batch_frames = to_bfchw(frames, layout or self.layout)
         batch, num_frames, _, in_height, in_width = batch_frames.shape
         stream_key = (batch, in_height, in_width)
         height, width = self.compute_size_for(in_height, in_width)
+        check_call_fits(
+            self.device, frames=batch * num_frames, input_size=(in_height, in_width), compute_size=(height, width),
+            output_size=(in_height, in_width) if maps_size == "input" else maps_size,  # type: ignore[arg-type]
+            copies_input=not (batch_frames.dtype == torch.float32 and batch_frames.device == self.device),
+            element_bytes=self._correlation_bytes, native=self.native_size,
+        )
         unit = to_unit_float(batch_frames, self.device).flatten(0, 1)
         padding: tuple[int, int, int, int] | None = None
         if self.native_size:
@@ -435,12 +456,31 @@ class OpticalFlowTensorRTPreprocessor:
         self._stream_key = stream_key
         return flows, (in_height, in_width)
 
-    def flow_to_image(self, flow: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales)."""
+    def flow_to_image(
+        self, flow: Tensor, size: tuple[int, int] | None = None, *, check_finite: bool = True
+    ) -> Tensor:
+        """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales).
+
+        Flow that is empty, has no data (the meta device) or holds NaN or infinite values is a ``ValueError`` /
+        ``TypeError`` naming the fix. Checking finiteness reads one value back from the device; a caller drawing
+        this preprocessor's own :meth:`compute_flow` result (computed from checked frames) may skip it with
+        ``check_finite=False``."""
+        check_tensor(flow, "flow")
         if flow.dim() != 5 or flow.shape[2] != 2:
             raise ValueError(f"flow must be [B, F, 2, H, W], got shape {list(flow.shape)}.")
-        batch, num_frames = flow.shape[:2]
+        if flow.numel() == 0:
+            raise ValueError(f"flow holds no frames (shape {list(flow.shape)}); pass flow of at least one frame.")
+        if check_finite:
+            check_finite_flow(flow)
         height, width = size if size is not None else flow.shape[-2:]
+        check_maps_fit(flow.device, frames=flow.shape[0] * flow.shape[1], flow_size=tuple(flow.shape[-2:]),
+                       output_size=(height, width))
+        return self._draw(flow, (height, width))
+
+    def _draw(self, flow: Tensor, size: tuple[int, int]) -> Tensor:
+        """:meth:`flow_to_image` of flow this preprocessor computed (finite: no check, no read-back)."""
+        batch, num_frames = flow.shape[:2]
+        height, width = size
         scales = self.normalizer.scales(flow)
         rgb = flow_to_rgb(flow.flatten(0, 1), scales.flatten(), self.flow_strength)
         # Resize the distance from white: resampling keeps exact zeros exact, so still areas (and a first frame
@@ -449,6 +489,11 @@ class OpticalFlowTensorRTPreprocessor:
         return rearrange(rgb * 2.0 - 1.0, "(b f) c h w -> b c f h w", b=batch, f=num_frames)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    @property
+    def _correlation_bytes(self) -> int:
+        """Bytes per value of the correlation volume at least (fp16 only where half precision runs)."""
+        return 2 if self.fp16_active else 4
 
     def _sequence_flow(self, backend: FlowBackend, frames: Tensor, previous: Tensor | None) -> Tensor:
         """Flow for one video's frames ``[F, 3, h, w]``: pairs (previous, 0), (0, 1), ... in windows."""

@@ -16,12 +16,13 @@ from torch import Tensor
 from ..core import OpticalFlowTensorRTPreprocessor
 from ..core.artifacts.compiled_cache import ROUTE_BACKGROUND
 from ..core.common.log import logger
+from ..core.layout import check_tensor
 from ..core.model.compute_size import check_compute_size
 from ..core.model.specs import model_spec
 from ..core.model.weights import WeightsSpec
 from ..core.presets import apply_preset
 from ..core.resize import resize_flow
-from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.visualize import FlowNormalizer, check_finite_flow, flow_to_rgb
 from ..core.common.vocabulary import words
 from ..core.warmup import needs_warm_up, window_pair_counts
 from . import host
@@ -200,6 +201,8 @@ def check_flow(flow: object) -> Tensor:
             f"flow must be a FLOW [N, 2, H, W] (x/y motion in pixels), got {shape}. Connect the 'flow' output of "
             "the Optical Flow (RAFT) node."
         )
+    check_tensor(flow, "flow")
+    check_finite_flow(flow)  # NaN or infinite motion has no colour and no magnitude
     return flow
 
 

@@ -43,6 +43,7 @@ from ..model.weights import WeightsInfo, WeightsSpec, load_raft
 from . import onnx_export as onnx_export_module
 from .compiled_cache import clear_torch_cache_dir, list_compiled_entries
 from .engine_cache import (
+    UnusableArtifact,
     build_artifact,
     cached_files,
     check_artifact,
@@ -53,6 +54,7 @@ from .engine_cache import (
     key_hash,
     locked,
     package_version,
+    read_artifact,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -203,7 +205,8 @@ def portable_engine(directory: Path, key: dict[str, Any], capability: str) -> Pa
         if path.suffix != ".trt" or not isinstance(stored, dict) or stored.get("gpu_name") != "portable":
             continue
         same = {name: value for name, value in stored.items() if name not in _TARGET_FIELDS} == wanted
-        if same and capability in stored.get("compute_targets", ()) and check_artifact(path, stored) is None:
+        targets = stored.get("compute_targets")
+        if same and isinstance(targets, list) and capability in targets and check_artifact(path, stored) is None:
             return path
     return None
 
@@ -340,9 +343,14 @@ def load_runtime_cache(engine: Path, target: BuildTarget) -> bytes | None:
     """TensorRT for RTX's runtime cache kept for ``engine`` on this GPU, or ``None`` (none, stale or corrupt)."""
     path = runtime_cache_path(engine)
     with locked(engine.parent):
-        if check_artifact(path, runtime_cache_key(engine, target)) is not None:
+        key = runtime_cache_key(engine, target)
+        if check_artifact(path, key) is not None:
             return None
-        return path.read_bytes()
+        try:
+            return read_artifact(path, key)
+        except UnusableArtifact as error:  # replaced since the check: treated as absent (rebuilt by the runtime)
+            logger.warning("not using TensorRT for RTX's runtime cache %s", error)
+            return None
 
 
 def save_runtime_cache(engine: Path, target: BuildTarget, data: bytes) -> Path | None:
@@ -368,7 +376,7 @@ def load_engine(
         for attempt in (1, 2):
             path, info = ensure_engine(directory, spec, weights, target, builder)
             try:
-                engine = deserialize(path.read_bytes())
+                engine = deserialize(read_artifact(path))
             except Exception as error:  # TensorRT raises or returns None for a bad plan, depending on the damage
                 engine, failure = None, f"{type(error).__name__}: {error}"
             else:

@@ -31,7 +31,9 @@ import importlib
 import logging
 import os
 import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -205,28 +207,47 @@ def portable_target(compute_targets: tuple[str, ...]) -> BuildTarget:
     return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), DEFAULT_WORKSPACE_BYTES, TENSORRT_RTX, targets)
 
 
-def bind_polygraphy(flavour: str) -> None:
-    """Point polygraphy's TensorRT handles at ``flavour``'s module.
+# polygraphy's modules that keep a module-level handle of TensorRT (``trt``), rebound for the other flavour.
+_POLYGRAPHY_TRT_HANDLES = ("polygraphy.util.util", "polygraphy.backend.trt.util", "polygraphy.backend.trt.loader",
+                           "polygraphy.backend.trt.config", "polygraphy.backend.tensorrt_rtx.config",
+                           "polygraphy.datatype.tensorrt")
+_binding = threading.RLock()
+
+
+@contextlib.contextmanager
+def bind_polygraphy(flavour: str) -> Iterator[None]:
+    """Point polygraphy's TensorRT handles at ``flavour``'s module inside the block, and back afterwards.
 
     polygraphy picks ``tensorrt`` or ``tensorrt_rtx`` once, from ``$POLYGRAPHY_USE_TENSORRT_RTX`` at its first
-    import; a process that builds with the other flavour (or imported polygraphy before choosing) gets the
-    module-level handles of the loaders it uses rebound here (a no-op when they already match).
+    import, and keeps module-level handles. A build with the other flavour rebinds those handles (and polygraphy's
+    ``USE_TENSORRT_RTX``) for its own duration only, never the environment, so the host's own polygraphy use gets
+    its flavour back when the build ends. Our builds take turns (a lock); a host thread that uses polygraphy while
+    one runs would see the build's flavour, so a host mixing both builds its own engines between ours.
     """
     from polygraphy import config as polygraphy_config
 
     wanted = flavour == TENSORRT_RTX
-    if polygraphy_config.USE_TENSORRT_RTX == wanted:
-        return
-    from polygraphy.mod.trt_importer import lazy_import_trt
+    with _binding:
+        if polygraphy_config.USE_TENSORRT_RTX == wanted:
+            yield
+            return
+        from polygraphy.mod.trt_importer import lazy_import_trt
 
-    polygraphy_config.USE_TENSORRT_RTX = wanted
-    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if wanted else "0"
-    handle = lazy_import_trt()
-    for name in ("polygraphy.util.util", "polygraphy.backend.trt.util", "polygraphy.backend.trt.loader",
-                 "polygraphy.backend.trt.config", "polygraphy.backend.tensorrt_rtx.config",
-                 "polygraphy.datatype.tensorrt"):
-        importlib.import_module(name).trt = handle
-    importlib.import_module("polygraphy.backend.trt.util").TRT_LOGGER = None  # rebuilt from the new module
+        modules = [importlib.import_module(name) for name in _POLYGRAPHY_TRT_HANDLES]
+        trt_util = importlib.import_module("polygraphy.backend.trt.util")
+        handles, trt_logger = [module.trt for module in modules], trt_util.TRT_LOGGER
+        polygraphy_config.USE_TENSORRT_RTX = wanted
+        try:
+            handle = lazy_import_trt()
+            for module in modules:
+                module.trt = handle
+            trt_util.TRT_LOGGER = None  # rebuilt from the bound module
+            yield
+        finally:
+            polygraphy_config.USE_TENSORRT_RTX = not wanted
+            for module, previous in zip(modules, handles):
+                module.trt = previous
+            trt_util.TRT_LOGGER = trt_logger
 
 
 def build_engine_bytes(
@@ -257,7 +278,14 @@ def build_engine_bytes(
     trt = import_tensorrt(flavour)
     if flavour == TENSORRT:
         check_polygraphy(str(trt.__version__))
-    bind_polygraphy(flavour)
+    with bind_polygraphy(flavour):  # polygraphy's handles point at this flavour for this build only
+        return _build(trt, onnx_path, height=height, width=width, max_frames=max_frames, precision=wanted,
+                      workspace_bytes=workspace_bytes, device=device, flavour=flavour, compute_targets=compute_targets)
+
+
+def _build(trt: ModuleType, onnx_path: Path, *, height: int, width: int, max_frames: int, precision: str,
+           workspace_bytes: int, device: torch.device | None, flavour: str, compute_targets: tuple[str, ...]) -> bytes:
+    """:func:`build_engine_bytes` once polygraphy is bound to ``flavour``."""
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     opt_frames = max(MIN_FRAMES, max_frames)
@@ -282,7 +310,7 @@ def build_engine_bytes(
     targets = f", for compute capabilities {', '.join(compute_targets)}" if compute_targets else ""
     logger.warning(
         "building a %s engine for RAFT at %dx%d (%s, up to %d frames per call%s). A first build can take "
-        "minutes; it is cached afterwards.", FLAVOUR_TITLES[flavour], height, width, wanted, opt_frames, targets,
+        "minutes; it is cached afterwards.", FLAVOUR_TITLES[flavour], height, width, precision, opt_frames, targets,
     )
     started = time.monotonic()
     with torch.cuda.device(device) if device is not None else contextlib.nullcontext():

@@ -194,13 +194,16 @@ class TorchFlowBackend:
             except OSError as error:  # e.g. an unusable models folder
                 self._give_up(pairs, f"the models folder is not usable ({error})")
                 return
-            if kernels.valid(pairs):
+            reason = kernels.why_invalid(pairs)
+            if reason is None:
                 self._ready[pairs] = ROUTE_LOADED
             elif not kernels.writable:
                 self._give_up(pairs, f"the models folder {kernels.directory} cannot be written, so compiled kernels "
                                      "made now could not be kept; make it writable (or pass models_dir=) to compile")
                 return
             else:
+                if kernels.path(pairs).exists():  # the compile process rebuilds it; its log is not the host's
+                    logger.warning("rebuilding compiled kernels %s: %s", kernels.path(pairs).name, reason)
                 self._compile_process().request(pairs)
 
     def _collect_reports(self) -> None:
@@ -240,6 +243,7 @@ class TorchFlowBackend:
             with torch.inference_mode(), compile_settings():
                 self._forward_compiled(self._zeros(pairs))
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...): stay uncompiled
+            kernels.discard(pairs, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
             with self._state:
                 self._give_up(pairs, f"{type(error).__name__}: {error}")
             return None
@@ -430,6 +434,7 @@ class TorchFlowBackend:
         try:
             flow = self._run_compiled(frames)
         except Exception as error:  # a failure of the compiled kernels must not stop the stream
+            self._kernels().discard(bucket, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
             self._uncompile(error)
             return self.flow(frames[: pairs + 1])
         return flow[:pairs]

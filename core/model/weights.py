@@ -13,6 +13,9 @@ seeded random init.
   names (``raft-small.pth``; ``raft-things.pth``, ``raft-sintel.pth`` for RAFT Large); loaded with
   ``weights_only=True``. A checkpoint of the other model is refused with a one-line error naming both;
 - ``None``: untrained weights, deterministically seeded (for tests and offline smoke runs), with a warning.
+
+Every model is built with its random initial values drawn from a private generator (:mod:`.private_random`), so
+building one never moves the host's random stream, and ``None`` gives the same seeded weights in any thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import RAFT
 
 from ..common.log import log_once, logger
+from .private_random import drawing_from, seeded_generator
 from .specs import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
 from ..common.vocabulary import option_name, words
 
@@ -137,8 +141,9 @@ def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
 
 
 def _seeded_model(spec: ModelSpec) -> RAFT:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    """``spec``'s model with the weights ``torch.manual_seed(RANDOM_WEIGHTS_SEED)`` would give, drawn from a private
+    generator (the global one neither used nor moved)."""
+    with drawing_from(seeded_generator(RANDOM_WEIGHTS_SEED)):
         return spec.build(weights=None)
 
 
@@ -155,7 +160,8 @@ def _random_model(spec: ModelSpec) -> RAFT:
 
 def _torchvision_model(spec: ModelSpec, member: WeightsEnum, progress: bool) -> tuple[RAFT, WeightsInfo]:
     try:
-        model = spec.build(weights=member, progress=progress)
+        with drawing_from(seeded_generator(RANDOM_WEIGHTS_SEED)):  # the initial values the weights then replace
+            model = spec.build(weights=member, progress=progress)
     except Exception as error:  # download errors come in many types (URLError, HTTPError, OSError, ...)
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise RuntimeError(
