@@ -62,7 +62,11 @@ class StagedPath:
             else:
                 self.temporary.touch(exist_ok=False)
         except OSError as error:
-            raise OutputError(f"cannot write to {parent}: {error.strerror or error}") from error
+            reason = error.strerror or str(error)
+            if isinstance(error, FileNotFoundError) and parent.is_dir():  # e.g. /proc: it exists, takes no new files
+                reason = f"the folder exists but takes no new files ({reason})"
+            raise OutputError(f"cannot write {destination} in {parent}: {reason}. Choose an output in a folder you "
+                              "can write to.") from error
 
     def commit(self) -> None:
         try:

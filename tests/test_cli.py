@@ -4,6 +4,7 @@ message. CPU, 128x128 compute, untrained weights, 1-2 flow updates."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -125,7 +126,7 @@ def test_run_video_to_video_npy_and_flo(tmp_path: Path) -> None:
     result = cli("run", tmp_path / "in.mp4", "-o", tmp_path / "flow.mp4", "--flow-npy", tmp_path / "flow.npy",
                  "--flow-flo", tmp_path / "flo", "--chunk", "4", *FAST)
     assert result.returncode == 0, result.stderr
-    assert "6 frames (112x96)" in result.stdout
+    assert "6 frames (96x112)" in result.stdout  # height x width, as --size
     assert "UNTRAINED" in result.stderr  # the core's warning reaches the user
     video, rate = read_video(tmp_path / "flow.mp4")
     assert video.shape == (6, 96, 112, 3) and rate == 12
@@ -413,7 +414,11 @@ def test_prebuild_without_tensorrt_explains(run_main) -> None:
         pass
     code, _, err = run_main("prebuild", "--size", "128", "--weights", "untrained")
     assert code == 1
-    assert "TensorRT" in err and "pip install" in err and "--onnx-only" in err and "Traceback" not in err
+    assert "TensorRT" in err and "--onnx-only" in err and "Traceback" not in err
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        assert "pip install" in err
+    else:  # no GPU here, but TensorRT for RTX builds portable engines: the message says how
+        assert "needs a CUDA GPU (--device cuda" in err and "--tensorrt-targets sm86,sm89,sm120" in err
 
 
 # -- small units ----------------------------------------------------------------------------------------------
@@ -577,10 +582,13 @@ def test_preset_flag_and_the_x264_preset(tmp_path: Path, run_main) -> None:
 
 
 def test_cli_vocabulary_names_existing_flags() -> None:
-    from scope_optical_flow_tensorrt.cli.options import cli_vocabulary
-    from scope_optical_flow_tensorrt.cli.run import run_command
+    from scope_optical_flow_tensorrt.cli.app import cli as group
+    from scope_optical_flow_tensorrt.cli.options import MODEL_CHOICE, cli_vocabulary
+    from scope_optical_flow_tensorrt.core.model.specs import MODEL_CHOICE as CORE_MODEL_CHOICE
 
-    flags = {flag for param in run_command.params for flag in [*param.opts, *param.secondary_opts]}
+    assert MODEL_CHOICE == CORE_MODEL_CHOICE  # one sentence for the model choice in every face
+    flags = {flag for command in group.commands.values() for param in command.params
+             for flag in [*param.opts, *param.secondary_opts]}
     named = {name.split(" ")[0] for name in cli_vocabulary().names.values()}
     named |= set(cli_vocabulary().settings.values())
     assert named <= flags, named - flags

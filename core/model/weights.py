@@ -126,12 +126,14 @@ def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
     name = weights.removeprefix(f"{enum.__name__}.")
     if name in enum.__members__:
         return enum[name]
-    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name
+    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name, or another model's
         names = ", ".join(enum.__members__)
+        owners = [other for other in MODELS.values() if other is not spec and name in other.weights_enum.__members__]
         raise ValueError(words(
             f"{{weights=given}} is neither a {enum.__name__} name ({names}) nor a path to a .pth file "
             "({model=model}).",
-            given=weights, model=spec.name,
+            *(f"It is a {owner.weights_enum.__name__} name: add {{model=owner}}." for owner in owners[:1]),
+            given=weights, model=spec.name, owner=owners[0].name if owners else None,
         ))
     return None
 
