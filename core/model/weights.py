@@ -30,7 +30,7 @@ from torchvision.models.optical_flow import RAFT
 
 from ..common.log import log_once, logger
 from .specs import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
-from ..common.vocabulary import option_name, words
+from ..common.vocabulary import current_vocabulary, option_name, words
 
 WEIGHTS_ENV = "SCOPE_OPTICAL_FLOW_WEIGHTS"
 RANDOM_WEIGHTS_SEED = 0
@@ -202,11 +202,10 @@ def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, Weights
             other = checkpoint_model(original, path)
         except ValueError:  # no model's weights: say what differs from the requested model
             raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
-        raise ValueError(words(
-            f"{path} holds {other.title} weights, but the model is {spec.title}: pass {{model=other}} "
-            f"to use it, or a {spec.title} checkpoint.",
-            other=other.name,
-        ))
+        fix = (f"pass {{model=other}} to use it, or a {spec.title} checkpoint" if current_vocabulary().has("model")
+               else f"choose a {spec.title} checkpoint")  # a face with the model fixed (VACE's annotator)
+        raise ValueError(words(f"{path} holds {other.title} weights, but the model is {spec.title}: {fix}.",
+                               other=other.name))
     model = _seeded_model(spec)
     for key, value in model.state_dict().items():  # BatchNorm counters: absent from some original checkpoints
         if key.endswith("num_batches_tracked"):
