@@ -20,7 +20,7 @@ from ..core.model.specs import model_spec
 from ..core.model.weights import WeightsSpec
 from ..core.resize import resize_flow
 from ..core.visualize import FlowNormalizer, flow_to_rgb
-from ..core.common.vocabulary import SIZE, words
+from ..core.common.vocabulary import words
 from ..core.warmup import needs_warm_up, window_pair_counts
 from . import host
 from .inputs import (
@@ -89,7 +89,7 @@ def node_first_frame(value: str) -> str:
     return value
 
 
-_cache: dict[tuple[ModelSettings, object], OpticalFlowTensorRTPreprocessor] = {}
+_cache: dict[tuple[ModelSettings, object, str | None], OpticalFlowTensorRTPreprocessor] = {}
 
 
 def clear_cache() -> None:
@@ -114,7 +114,7 @@ def get_preprocessor(
         raise ValueError(f"precision={settings.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
     native = settings.compute_height == NATIVE_SIZE and settings.compute_width == NATIVE_SIZE
     weights_spec, weights_version = _resolve_weights(settings.weights)
-    key = (settings, weights_version)
+    key = (settings, weights_version, spec.node_id if spec is not None else None)  # each node speaks its words
     preprocessor = _cache.get(key)
     if preprocessor is None:
         preprocessor = OpticalFlowTensorRTPreprocessor(

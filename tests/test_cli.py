@@ -592,3 +592,59 @@ def test_cli_vocabulary_names_existing_flags() -> None:
     named = {name.split(" ")[0] for name in cli_vocabulary().names.values()}
     named |= set(cli_vocabulary().settings.values())
     assert named <= flags, named - flags
+
+
+# -- messages: each once, in the command line's words, with consistent exit codes ----------------------------
+
+
+def test_weights_errors_name_the_flag_once(tmp_path: Path, run_main) -> None:
+    frames = _png_frames(tmp_path / "frames")
+    code, _, err = run_main("run", frames, "-o", tmp_path / "out", "--device", "cpu", "--weights", "nope.pth")
+    assert code == EXIT_USAGE and "RAFT weights file not found: nope.pth (from --weights)." in err
+    assert err.count("--weights") == 1
+    code, _, err = run_main("run", frames, "-o", tmp_path / "out", "--device", "cpu", "--weights", "C_T_SKHT_V2")
+    assert code == EXIT_USAGE and err.count("--weights") == 1
+    assert "--weights C_T_SKHT_V2 is neither a Raft_Small_Weights name" in err
+    assert "It is a Raft_Large_Weights name: add --model raft_large." in err
+    code, _, err = run_main("prebuild", "--onnx-only", "--size", "128", "--weights", "nope.pth")
+    assert code == EXIT_USAGE and "(from --weights)" in err  # the same answer from every command
+
+
+def test_bad_input_exits_3_and_says_why(tmp_path: Path, run_main) -> None:
+    one = tmp_path / "one"
+    write_images(one, moving_frames(1, 64, 64))
+    code, _, err = run_main("run", one, "-o", tmp_path / "out.mp4", *FAST)
+    assert code == EXIT_INPUT and "has one frame" in err and "no motion to measure" in err
+    small = tmp_path / "small"
+    write_images(small, moving_frames(2, 64, 64))
+    code, _, err = run_main("run", small, "-o", tmp_path / "out.mp4", "--size", "native", "--updates", "1",
+                            "--weights", "untrained", "--device", "cpu")
+    assert code == EXIT_INPUT and "the frames are 64x64 (height x width), too small" in err and "--size 128x128" in err
+    assert not (tmp_path / "out.mp4").exists()
+    mixed = tmp_path / "mixed"
+    write_images(mixed, moving_frames(2, 64, 64))
+    Image.fromarray(moving_frames(1, 64, 72)[0]).save(mixed / "img_9.png")
+    code, _, err = run_main("run", mixed, "-o", tmp_path / "out.mp4", *FAST)
+    assert code == EXIT_INPUT and "is 64x72 (height x width, as --size) but earlier frames are 64x64" in err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_an_output_folder_that_takes_no_files_says_so(tmp_path: Path, run_main) -> None:
+    frames = _png_frames(tmp_path / "frames")
+    code, _, err = run_main("run", frames, "-o", "/proc/o.mp4", *FAST)
+    assert code == EXIT_OUTPUT and "cannot write /proc/o.mp4 in /proc: the folder exists but takes no new files" in err
+
+
+def test_help_texts_say_each_thing_once(run_main) -> None:
+    code, out, _ = run_main("bench", "--help")
+    assert code == 0 and out.count("[default: untrained]") == 1
+    assert "untrained-weights notice" not in out and "the weights are untrained" not in out
+    code, out, _ = run_main("demo", "--help")
+    assert "the notice that the weights are untrained" in " ".join(out.split())
+    code, out, _ = run_main("run", "--help")
+    assert "about twice the time per frame" in " ".join(out.split()) and "several times" not in out
+
+
+def test_info_does_not_contradict_itself(run_main) -> None:
+    code, out, _ = run_main("info")
+    assert code == 0 and "tensorrt installed:" not in out and "TensorRT flavours:" in out

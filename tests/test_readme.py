@@ -12,6 +12,7 @@ other command runs, so a command added to the README is tested without touching 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import shlex
@@ -158,6 +159,11 @@ def test_readme_command_runs_as_written(command: str, offline: Path, run_main) -
     assert code == 0, f"{command}\n{err}"
     assert f"{PROGRAM}: error" not in err and f"{PROGRAM}: failed" not in err, err
     assert not re.search(r"\b[1-9]\d* failed", out), out
+    if "--tensorrt-targets" in command:  # the engines-without-a-GPU command, at its defaults (24 pairs per call)
+        assert "512x512: " in out and "_portable-" in out and "compute capabilities 8.6, 8.9, 12.0" in out
+        engine = Path(out.split("512x512: ", 1)[1].split(" (", 1)[0])
+        key = json.loads(engine.with_name(engine.name + ".json").read_text())["key"]
+        assert key["profile_frames"] == [2, 25, 25] and key["precision"] == "fp16" and key["model"] == "raft_small"
 
 
 def test_readme_api_snippet_runs_as_written(offline: Path) -> None:
