@@ -93,6 +93,7 @@ class CompileProcess:
         self._closed = False
         self._given: list[int] = []  # the shapes the running child was given (its job and its input)
         self._progress_at = 0.0  # when the running child last reported (its start, a shape begun or finished)
+        self._started_at = 0.0  # when the running child was started
         self._hung = False  # the watchdog stopped the running child
         self._reported = False  # the running child has reported (so it has started up)
 
@@ -164,7 +165,7 @@ class CompileProcess:
             return
         self._process = process
         self._given = list(shapes)
-        self._progress_at = time.monotonic()
+        self._started_at = self._progress_at = time.monotonic()
         self._reported = False
         self._hung = False
         CompileProcess.started_in_this_process += 1
@@ -185,10 +186,15 @@ class CompileProcess:
                 continue
             report = json.loads(line[len(REPORT_PREFIX):])
             with self._changed:
+                if not self._reported:
+                    logger.info("the compile process (pid %d) started up in %.1f s", process.pid,
+                                time.monotonic() - self._started_at)
                 self._progress_at = time.monotonic()
                 self._reported = True
                 if report.get("route") != REPORT_STARTED:
                     self.reports[int(report["pairs"])] = report
+                    logger.info("the compile process made windows of %s pairs ready in %s s (%s)", report["pairs"],
+                                report.get("seconds"), report["route"])
                 self._changed.notify_all()
         returncode = process.wait()
         with self._changed:
