@@ -307,6 +307,13 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
 
     try:
         flow.load(warmup=warmup, size=size)
+        if warmup is not False:
+            # The command line is a process of its own: kernels whose entries are on disk load now, before the
+            # first frame (seconds, while the decoder reads ahead); kernels still compiling switch in between
+            # chunks where the rest of the work repays it (clips.worth_switching). Loading them on a thread
+            # while the uncompiled model served took this process's Python lock: a 2,400-frame run fell from
+            # 814 to 254 frames/s (benchmarks/NOTES.md).
+            flow.wait_for_compiled(timeout=0)
     except FrameError as error:
         raise InputError(str(error)) from error
     except (FileNotFoundError, ValueError) as error:
