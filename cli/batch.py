@@ -367,7 +367,9 @@ def run_batch_command(
     """``run`` for many clips: run them, print a summary line, list failures and exit non-zero if any."""
     device_list = parse_devices(devices, model.get("strict_device", False)) if devices is not None else None
     report = run_clips(jobs, write, model, device_list, ray_address, show_progress=not settings.quiet)
-    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None else str(model["device"]))
+    ran_on = sorted({result.worker.split(" pid ")[0] for result in report.results if result.worker})  # CPU fallback
+    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None
+                                          else ", ".join(ran_on) or str(model["device"]))
     seconds = max(report.seconds, 1e-9)
     if report_path is not None:
         write_report(report_path, report.results, report.seconds, skipped=[job.name for job in report.skipped],

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, UsageError
+from .errors import EXIT_FAILURE, CliError, InputError, UsageError
 from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
 from .options import build_preprocessor, load_model
 from .outputs import (
@@ -117,6 +117,8 @@ def process_clip(
     flow.reset()
     started_at = time.time()
     source = open_inputs(list(job.inputs), settings.fps)
+    if source.num_frames is not None and source.num_frames < 2:
+        raise InputError(_one_frame(job))
     started = time.perf_counter()
     stop = StopSignal()
     with StagedOutputs(settings.overwrite, inputs=input_paths(job, source)) as staged:
@@ -140,6 +142,8 @@ def process_clip(
                     computed = _compute(flow, reader, settings, sinks, threads, bar.update, source.num_frames)
             else:
                 computed = _compute(flow, reader, settings, sinks, threads, on_frames, source.num_frames)
+            if computed.frames < 2:  # a video of one frame (its length was not known before decoding)
+                raise InputError(_one_frame(job))
             for thread in threads:
                 thread.finish()
             for sink in sinks:
@@ -187,6 +191,11 @@ def input_paths(job: ClipJob, source: Any) -> list[Path]:
     """What no output of ``job`` may replace: the files its frames are read from and the paths its INPUT names."""
     named = [Path(spec).expanduser() for spec in job.inputs]
     return [*(getattr(source, "files", None) or []), *(path for path in named if path.exists())]
+
+
+def _one_frame(job: ClipJob) -> str:
+    return (f"{job.name} has one frame: flow is the motion between two frames, so one frame has no motion to "
+            "measure (its map would be white). Give a video, or a folder or glob of two images or more.")
 
 
 @dataclass
@@ -251,6 +260,7 @@ def _compute(
     """
     import torch
 
+    from ..core.common.errors import FrameError
     from ..core.resize import resize_flow
 
     device = flow.device
@@ -270,7 +280,10 @@ def _compute(
                 frames = torch.from_numpy(chunk.data)
                 if chunk.yuv is not None:
                     frames = yuv_to_rgb(frames.to(device, non_blocking=True), chunk.yuv, *size)
-                raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
+                try:
+                    raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
+                except FrameError as error:  # e.g. frames too small for --size native: bad input, not a failure
+                    raise InputError(str(error)) from error
                 outputs: dict[str, Any] = {}
                 if wanted & {"images", "yuv420p"}:
                     # raw is this preprocessor's own flow: no finiteness read-back (it would stall each chunk)

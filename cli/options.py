@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 
 UNTRAINED = "untrained"
 NATIVE = "native"  # --size native: the input's own size (the API's height=None, width=None)
@@ -33,9 +33,10 @@ def cli_vocabulary() -> Any:
             "strict_device": "--strict-device", "cuda_graphs": "--cuda-graphs", "weights": "--weights",
             "models_dir": "--models-dir", "flow_strength": "--strength", "normalization": "--normalization",
             "max_flow": "--max-flow", "decay": "--decay", "first_frame": "--first-frame", "preset": "--preset",
-            "max_batch_pairs": "--max-batch-pairs",
+            "max_batch_pairs": "--max-batch-pairs", "tensorrt_targets": "--tensorrt-targets",
         },
-        values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE}},
+        values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE},
+                "tensorrt_targets": {("8.6", "8.9", "12.0"): "sm86,sm89,sm120"}},
         settings={("fp16", True): "--fp16", ("fp16", False): "--fp32", ("cuda_graphs", False): "--no-cuda-graphs"},
     )
 
@@ -103,7 +104,9 @@ class ModelType(click.ParamType):
         return str(value)
 
 
-MODEL_HELP = "RAFT model: raft_small (fast) or raft_large (more accurate, several times slower)."
+# core.model.specs.MODEL_CHOICE (not imported here: it imports torch; a test checks they are the same).
+MODEL_CHOICE = "raft_small (fast, real time) or raft_large (more accurate, about twice the time per frame)"
+MODEL_HELP = f"RAFT model: {MODEL_CHOICE}."
 X264_PRESETS_HINT = "the libx264 preset of video outputs is --x264-preset"
 
 
@@ -159,9 +162,9 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
     options = [
         model_option(),
         click.option("--preset", "preset", type=PresetType(), default="none", show_default=True,
-                     help="vace: VACE's own flow annotator (raft_large, --updates 20, --size native, per_frame, "
-                          "--first-frame repeat). It replaces those options' defaults; options set to anything "
-                          "else win."),
+                     help="vace: VACE's own flow annotator (--model raft_large, --updates 20, --size native, "
+                          "--normalization per_frame, --first-frame repeat). Those of these options given on the "
+                          "command line win."),
         click.option("--size", "size", type=SizeType(), default=default_size, show_default=True,
                      help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128), or native: the input's "
                           "own size, padded to a multiple of 8 (never resized)."),
@@ -184,9 +187,49 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
     def decorate(function: Callable) -> Callable:
         for option in reversed(options):
             function = option(function)
-        return function
+        return _with_preset_applied(function)
 
     return decorate
+
+
+# The command-line parameters --preset covers, and the core options each one sets.
+PRESET_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "raft_model": ("model",), "size": ("height", "width"), "num_flow_updates": ("num_flow_updates",),
+    "normalization": ("normalization",), "first_frame": ("first_frame",),
+}
+
+
+def _with_preset_applied(function: Callable) -> Callable:
+    """The command ``function`` called with ``--preset``'s values in place of the options it covers that were not
+    given on the command line (``core.presets``: given options win whatever their value, so ``--preset vace
+    --updates 12`` runs 12 updates); the command then sees no preset."""
+
+    @functools.wraps(function)
+    def command(**parameters: Any) -> Any:
+        if parameters.get("preset", "none") != "none":
+            parameters = apply_cli_preset(parameters, click.get_current_context())
+        return function(**parameters)
+
+    return command
+
+
+def apply_cli_preset(parameters: dict[str, Any], ctx: click.Context) -> dict[str, Any]:
+    """``parameters`` of a command with its ``--preset`` applied (and ``preset`` then ``"none"``)."""
+    from click.core import ParameterSource
+
+    from ..core.presets import apply_preset
+
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    present = [name for name in PRESET_PARAMETERS if name in parameters]
+    given = {key for name in present if ctx.get_parameter_source(name) not in defaults for key in PRESET_PARAMETERS[name]}
+    options = {key: value for name in present
+               for key, value in zip(PRESET_PARAMETERS[name],
+                                     parameters[name] if name == "size" else (parameters[name],))}
+    with cli_words():
+        chosen = apply_preset(parameters["preset"], options, given)
+    applied = {name: (tuple(chosen[key] for key in PRESET_PARAMETERS[name]) if name == "size"
+                      else chosen[PRESET_PARAMETERS[name][0]]) for name in present}
+    return {**parameters, **applied, "preset": "none"}
 
 
 def display_options(function: Callable) -> Callable:
@@ -257,7 +300,10 @@ def build_preprocessor(
 def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | None = None) -> None:
     """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written;
     ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
-    At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input."""
+    At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input.
+    The core's messages already name the flag (``--weights``); frames too small for ``--size native`` are bad
+    input (exit code 3), a bad weights file a bad option (2)."""
+    from ..core.common.errors import FrameError
     from ..core.memory import TooLargeForMemory
 
     try:
@@ -271,7 +317,7 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
             flow.wait_for_compiled(timeout=0)
     except TooLargeForMemory as error:  # --size (or the input's own size) cannot fit: the message names the fix
         raise UsageError(str(error)) from error
-    except FileNotFoundError as error:
-        raise UsageError(f"--weights: {error}") from error
-    except ValueError as error:
-        raise UsageError(f"--weights: {error}") from error
+    except FrameError as error:
+        raise InputError(str(error)) from error
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error

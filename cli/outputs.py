@@ -101,7 +101,11 @@ class StagedPath:
                 else:
                     self.temporary.touch(exist_ok=False)
             except OSError as error:
-                raise OutputError(f"cannot write to {parent}: {error.strerror or error}") from error
+                reason = error.strerror or str(error)
+                if isinstance(error, FileNotFoundError) and parent.is_dir():  # e.g. /proc: takes no new files
+                    reason = f"the folder exists but takes no new files ({reason})"
+                raise OutputError(f"cannot write {destination} in {parent}: {reason}. Choose an output in a folder "
+                                  "you can write to.") from error
         except BaseException:
             self.claim.release()
             raise

@@ -111,6 +111,6 @@ def run_command(
         write_report(report_path, [result], result.seconds)
     written = ", ".join(str(path) for path in job.outputs)
     height, width = result.size
-    say(f"{result.frames} frames ({width}x{height}) in {result.seconds:.1f} s "
+    say(f"{result.frames} frames ({height}x{width}) in {result.seconds:.1f} s "
         f"({result.frames / result.seconds:.1f} frames/s) -> {written}")
 

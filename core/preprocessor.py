@@ -23,8 +23,8 @@ from .model.specs import DEFAULT_MODEL, model_spec
 from .model.weights import WeightsInfo, WeightsSpec
 from .presets import apply_preset
 from .resize import crop_padding, pad_to_multiple, resize_images
-from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, check_finite_flow, flow_to_rgb
-from .common.vocabulary import Vocabulary, current_vocabulary, option_name, speaking, words
+from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, check_finite_flow, check_max_flow, flow_to_rgb
+from .common.vocabulary import SIZE, Vocabulary, current_vocabulary, option_name, speaking, words
 from .warmup import chunk_sizes, needs_warm_up, warm_up_backend, window_pair_counts
 
 
@@ -46,8 +46,8 @@ class OpticalFlowTensorRTPreprocessor:
             ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
         fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
         flow_strength: 0 to 2; multiplies the displayed saturation (see ``core.visualize``).
-        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
-            torchvision's RAFT models.
+        model: torchvision's RAFT models: ``"raft_small"`` (the default; fast, real time) or ``"raft_large"`` (more
+            accurate, about twice the time per frame; ``core.model.specs.MODEL_CHOICE``).
         num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
         first_frame: what the first frame of a stream shows, having no frame before it: ``"zero"`` (no motion,
             white; the default) or ``"repeat"`` (the map of the pair (0, 1), as VACE's annotator and Scope's
@@ -197,6 +197,16 @@ class OpticalFlowTensorRTPreprocessor:
         return self.normalizer.mode
 
     @property
+    def max_flow(self) -> float:
+        """Pixels of motion at full saturation with ``normalization="fixed"``; may be changed between calls."""
+        return self.normalizer.max_flow
+
+    @max_flow.setter
+    def max_flow(self, value: float) -> None:
+        with speaking(self.vocabulary):
+            self.normalizer.max_flow = check_max_flow(value)
+
+    @property
     def native_size(self) -> bool:
         """Whether flow is computed at the input's own size (``height=None, width=None``)."""
         return self.height is None
@@ -316,27 +326,58 @@ class OpticalFlowTensorRTPreprocessor:
         logger.info("optical flow ready: %s", self.describe_settings(size))
         return backend
 
-    def describe_settings(self, size: tuple[int, int] | None = None) -> str:
-        """The settings that actually run, named as the face's vocabulary names them (for the ready line):
-        ``fp16`` shows as off on the CPU, where it does not apply."""
+    def running_settings(self) -> list[tuple[str, object]]:
+        """Every setting that shapes the maps, as it runs now: ``(option key, value)`` pairs in the ready line's
+        order (``core.common.vocabulary`` keys; the compute size is ``SIZE``: ``(height, width)``, ``(None, None)`` at
+        the input's own size). ``fp16`` is whether half precision runs (off on the CPU); ``max_flow`` and ``decay``
+        appear with the normalizations that use them."""
+        settings: list[tuple[str, object]] = [
+            ("model", self.model),
+            (SIZE, (self.height, self.width)),
+            ("num_flow_updates", self.num_flow_updates),
+            ("fp16", self.fp16_active),
+            ("normalization", self.normalization),
+        ]
+        if self.normalization == "fixed":
+            settings.append(("max_flow", self.max_flow))
+        elif self.normalization == "running":
+            settings.append(("decay", self.normalizer.decay))
+        settings += [
+            ("flow_strength", self.flow_strength),
+            ("first_frame", self.first_frame),
+            ("backend", self.backend_name),
+            ("device", str(self.device)),
+        ]
+        return settings
+
+    def describe_settings(self, size: tuple[int, int] | None = None, **shown: object) -> str:
+        """The settings that actually run (:meth:`running_settings`), named as the face's vocabulary names them:
+        the ready line. At the input's own size the compute size met follows (``size``, or the latest input's),
+        height x width. ``shown`` replaces values a face applies itself (the ComfyUI node's ``first_frame``
+        ``drop``)."""
         vocabulary = self.vocabulary
-        height, width = size or self.compute_size or (0, 0)
-        if self.native_size:
-            compute = f"compute {width}x{height} (the input's own size, padded to a multiple of 8)" if size or self.compute_size else (
-                "compute at the input's own size")
-        else:
-            compute = f"compute {self.width}x{self.height}"
-        precision = vocabulary.describe("fp16", self.fp16_active)
-        if self.fp16 and not self.fp16_active:
-            precision += " (fp16 applies on CUDA only)"
-        return ", ".join([
-            vocabulary.describe("model", self.model),
-            vocabulary.describe("backend", self.backend_name),
-            vocabulary.describe("device", str(self.device)),
-            compute,
-            precision,
-            vocabulary.describe("num_flow_updates", self.num_flow_updates),
-        ])
+        parts: list[str] = []
+        for key, value in {**dict(self.running_settings()), **shown}.items():
+            if key == SIZE:
+                parts.append(self._describe_size(size or self.compute_size))
+            elif key == "fp16":
+                precision = (vocabulary.setting("fp16", value) if vocabulary.has("fp16")
+                             else f"precision {'fp16' if value else 'fp32'}")
+                parts.append(precision + (" (fp16 applies on CUDA only)" if self.fp16 and not value else ""))
+            else:
+                parts.append(vocabulary.describe(key, value))
+        return ", ".join(parts)
+
+    def _describe_size(self, compute: tuple[int, int] | None) -> str:
+        vocabulary = self.vocabulary
+        if not self.native_size:
+            if vocabulary.has(SIZE):
+                return vocabulary.setting(SIZE, (self.height, self.width))
+            return f"compute size {self.height}x{self.width}"
+        text = vocabulary.setting(SIZE, (None, None)) if vocabulary.has(SIZE) else "compute size"
+        if compute is None:
+            return f"{text} (the input's own size)"
+        return f"{text} (the input's own size, padded to {compute[0]}x{compute[1]})"
 
     def warm_up(self, chunk_frames: Iterable[int], progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load, then run each window shape of streams fed ``chunk_frames`` frames per call once (see

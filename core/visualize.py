@@ -96,6 +96,14 @@ def flow_to_rgb(flow: Tensor, scale: Tensor | float, flow_strength: float = 1.0)
     return 1.0 - saturation.unsqueeze(1) * (1.0 - color)
 
 
+def check_max_flow(max_flow: object) -> float:
+    """``max_flow`` as a float, or a ``ValueError`` naming the option: a positive, finite number of pixels."""
+    valid = isinstance(max_flow, (int, float)) and not isinstance(max_flow, bool)
+    if not (valid and math.isfinite(max_flow) and max_flow > 0):  # type: ignore[arg-type]
+        raise ValueError(f"{option_name('max_flow')} must be a positive number of pixels, got {max_flow!r}.")
+    return float(max_flow)  # type: ignore[arg-type]
+
+
 class FlowNormalizer:
     """Turns per-frame flow into per-frame scales (pixels) for :func:`flow_to_rgb`, keeping running state.
 
@@ -108,8 +116,7 @@ class FlowNormalizer:
             raise ValueError(words(
                 f"{{normalization=mode}} is not supported; use one of {', '.join(NORMALIZATIONS)}.", mode=mode
             ))
-        if not (isinstance(max_flow, (int, float)) and math.isfinite(max_flow) and max_flow > 0):
-            raise ValueError(f"{option_name('max_flow')} must be a positive number of pixels, got {max_flow!r}.")
+        check_max_flow(max_flow)
         if not (isinstance(decay, (int, float)) and 0.0 < decay <= 1.0):
             raise ValueError(
                 f"{option_name('decay')} must be in (0, 1], got {decay!r}; 0.9 forgets a peak in about 20 frames."

@@ -33,6 +33,7 @@ import torch
 
 from ..common.log import logger
 from ..common.paths import plugin_models_dir
+from ..common.vocabulary import setting, words
 from ..model import fast_update as fast_update_module
 from ..model import raft as raft_module
 from ..model import specs as models_module
@@ -67,11 +68,14 @@ from .trt_build import (
     BuildTarget,
     build_engine_bytes,
     build_target,
+    flavour_available,
     portable_target,
     require_tensorrt,
 )
 
 CACHE_FORMAT = 1
+# Compute capabilities of the portable-engine example in messages (RTX 30xx, 40xx, 50xx).
+PORTABLE_EXAMPLE = ("8.6", "8.9", "12.0")
 
 Engine = TypeVar("Engine")
 # (onnx_path, engine_path_being_written, spec, target) -> None: writes a serialized engine to the path.
@@ -420,7 +424,17 @@ def prebuild_engine(
     if tensorrt_targets:
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, portable_target(tuple(tensorrt_targets)))[0]
     require_tensorrt()  # first, so a machine without TensorRT gets the install hint
-    resolved = cuda_device(device)
+    try:
+        resolved = cuda_device(device, hint="")
+    except RuntimeError as error:
+        if not flavour_available(TENSORRT_RTX):
+            raise RuntimeError(f"{error} TensorRT: {TENSORRT_INSTALL_HINT}.") from error
+        raise RuntimeError(words(  # TensorRT for RTX builds without a GPU, for GPUs it is told of
+            f"{error}",
+            "Without a GPU, TensorRT for RTX (installed) builds portable engines for the compute capabilities "
+            "you list: {tensorrt_targets=example} (RTX 30xx, 40xx and 50xx).",
+            example=PORTABLE_EXAMPLE,
+        )) from error
     target = build_target(resolved)
     with torch.cuda.device(resolved):
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, target)[0]
@@ -483,7 +497,8 @@ def cuda_device(
         raise ValueError(f"device={device!r} is not a valid torch device; use 'cuda' or 'cuda:N'.") from error
     if resolved.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError(
-            f"{what} needs a CUDA GPU (device={device!r}, CUDA available: {torch.cuda.is_available()}).{hint}"
+            f"{what} needs a CUDA GPU ({setting('device', str(device))}, CUDA available: "
+            f"{torch.cuda.is_available()}).{hint}"
         )
     return torch.device("cuda", resolved.index if resolved.index is not None else torch.cuda.current_device())
 

@@ -55,8 +55,16 @@ TENSORRT_RTX = "tensorrt_rtx"  # TensorRT for RTX
 FLAVOURS: tuple[str, ...] = (TENSORRT, TENSORRT_RTX)  # preference order when several can serve a GPU
 FLAVOUR_TITLES = {TENSORRT: "TensorRT 10/11", TENSORRT_RTX: "TensorRT for RTX"}
 TENSORRT_MIN_CAPABILITY = (7, 5)  # TensorRT 10 dropped Maxwell, Pascal and Volta
-# TensorRT's scratch memory for tactics; capped at half the GPU's memory on small cards.
+# TensorRT's scratch memory for tactics (the builder's WORKSPACE pool limit); capped at half the GPU's memory on
+# small cards.
 DEFAULT_WORKSPACE_BYTES = 4 << 30
+# TensorRT for RTX asks its workspace for about twice the fp32 correlation volume per frame pair, for the pairs
+# rounded up to a power of two (measured with 1.7 at 512x512: 1.09 GB for 8 pairs, 2.17 GB for 12, 4.31 GB for 23
+# and for 24, the default), and a build that asks for more than the pool's limit fails ("OutOfMemory (Requested
+# size was ...)"), where TensorRT 10/11 picks another tactic. The default pairs per call keep the correlation
+# pyramid within 2 GiB (core.model.compute_size), so 8 GiB covers them at every size. It is a limit, not an
+# allocation: the 512x512 build without a GPU peaked at 1.1 GB of host memory.
+RTX_WORKSPACE_BYTES = 8 << 30
 MIN_FRAMES = 2
 # Goes into the engine cache key: engines built by an older recipe (weakly typed, fp16 builder flag with the
 # correlation layers pinned to fp32) are rebuilt, never loaded.
@@ -192,7 +200,7 @@ def build_target(device: torch.device, flavour: str | None = None) -> BuildTarge
         gpu_name=properties.name,
         compute_capability=capability,
         tensorrt_version=str(trt.__version__),
-        workspace_bytes=int(min(DEFAULT_WORKSPACE_BYTES, properties.total_memory // 2)),
+        workspace_bytes=int(min(workspace_limit(flavour), properties.total_memory // 2)),
         flavour=flavour,
         compute_targets=(capability,) if flavour == TENSORRT_RTX else (),
     )
@@ -204,7 +212,13 @@ def portable_target(compute_targets: tuple[str, ...]) -> BuildTarget:
 
     trt = import_tensorrt(TENSORRT_RTX)
     targets = check_targets(trt, compute_targets)
-    return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), DEFAULT_WORKSPACE_BYTES, TENSORRT_RTX, targets)
+    return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), workspace_limit(TENSORRT_RTX), TENSORRT_RTX,
+                       targets)
+
+
+def workspace_limit(flavour: str) -> int:
+    """The builder's workspace pool limit for ``flavour`` (before the cap at half a GPU's memory)."""
+    return RTX_WORKSPACE_BYTES if flavour == TENSORRT_RTX else DEFAULT_WORKSPACE_BYTES
 
 
 # polygraphy's modules that keep a module-level handle of TensorRT (``trt``), rebound for the other flavour.
@@ -321,7 +335,7 @@ def _build(trt: ModuleType, onnx_path: Path, *, height: int, width: int, max_fra
                                "(see the TensorRT log above).") from error
     if not serialized:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above).")
-    logger.warning("%s engine built in %.0f s", FLAVOUR_TITLES[flavour], time.monotonic() - started)
+    logger.info("%s engine built in %.0f s", FLAVOUR_TITLES[flavour], time.monotonic() - started)
     return bytes(serialized)
 
 
