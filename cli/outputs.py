@@ -43,6 +43,16 @@ def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_CODECS
 
 
+def cannot_write(destination: Path, error: OSError) -> OutputError:
+    """The error for an output that cannot be created in its folder (``error`` says why)."""
+    parent = destination.parent
+    reason = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) and parent.is_dir():  # e.g. /proc: it exists, takes no new files
+        reason = f"the folder exists but takes no new files ({reason})"
+    return OutputError(f"cannot write {destination} in {parent}: {reason}. Choose an output in a folder you can "
+                       "write to.")
+
+
 class OutputClaim:
     """This run's exclusive claim on an output path: a lock on ``.NAME.claim`` beside it (the OS releases it if
     the process dies, so a killed run never blocks the next). :meth:`release` removes the file while it still
@@ -54,12 +64,14 @@ class OutputClaim:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
+            if not self.path.exists():  # filelock could not even make the file: the folder takes no new files
+                raise cannot_write(destination, FileNotFoundError(2, "No such file or directory")) from None
             raise OutputError(
                 f"output {destination} is being written by another run (it holds {self.path.name}); wait for that "
                 "run to finish, or choose another output path."
             ) from None
         except OSError as error:
-            raise OutputError(f"cannot claim the output {destination}: {error.strerror or error}") from error
+            raise cannot_write(destination, error) from error
 
     def release(self) -> None:
         if not self._lock.is_locked:
@@ -101,11 +113,7 @@ class StagedPath:
                 else:
                     self.temporary.touch(exist_ok=False)
             except OSError as error:
-                reason = error.strerror or str(error)
-                if isinstance(error, FileNotFoundError) and parent.is_dir():  # e.g. /proc: takes no new files
-                    reason = f"the folder exists but takes no new files ({reason})"
-                raise OutputError(f"cannot write {destination} in {parent}: {reason}. Choose an output in a folder "
-                                  "you can write to.") from error
+                raise cannot_write(destination, error) from error
         except BaseException:
             self.claim.release()
             raise

@@ -109,8 +109,11 @@ def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def registered_class(seeded_weights: Path, monkeypatch: pytest.MonkeyPatch) -> type:
     """The class the plugin registers with Scope as Flow, loaded through the installed entry point."""
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(seeded_weights))
-    [cls] = [cls for preprocessor_id, _, cls in registered_preprocessors(plugin_manager(ScopeHookSpec))
-             if preprocessor_id == "flow"]
+    registered = [cls for preprocessor_id, _, cls in registered_preprocessors(plugin_manager(ScopeHookSpec))
+                  if preprocessor_id == "flow"]
+    if not registered and not any(point.value == ENTRY_POINT_MODULE for point in entry_points(group="scope")):
+        pytest.skip("the package is not installed (pip install -e .): Scope finds plugins by their entry point")
+    [cls] = registered
     return cls
 
 
