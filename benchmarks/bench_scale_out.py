@@ -75,8 +75,8 @@ def main() -> int:
 
     use_this_checkout()
     import torch
-    from scope_optical_flow_tensorrt.cli.batch import parse_devices, run_clips
-    from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings
+    from scope_optical_flow_tensorrt.batch.plan import parse_devices, run_clips
+    from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings
 
     single, multi = parse_devices(args.single, strict=True), parse_devices(args.multi, strict=True)
     has_av = importlib.util.find_spec("av") is not None
@@ -204,7 +204,7 @@ def make_clips(folder: Path, count: int, frames: int, size: int, video: bool) ->
 def _write_mp4(path: Path, chunks: Any) -> Path:
     from fractions import Fraction
 
-    from scope_optical_flow_tensorrt.cli.outputs import VideoWriter
+    from scope_optical_flow_tensorrt.batch.outputs import VideoWriter
 
     writer = VideoWriter(path, Fraction(24))
     for chunk in chunks:
@@ -214,7 +214,7 @@ def _write_mp4(path: Path, chunks: Any) -> Path:
 
 
 def _write_pngs(folder: Path, chunks: Any) -> Path:
-    from scope_optical_flow_tensorrt.cli.outputs import PngFolderWriter
+    from scope_optical_flow_tensorrt.batch.outputs import PngFolderWriter
 
     folder.mkdir()
     writer = PngFolderWriter(folder)

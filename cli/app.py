@@ -12,7 +12,7 @@ import click
 from .bench import bench_command
 from .demo import demo_command
 from .engines import cache_group, info_command, prebuild_command
-from .errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
+from ..batch.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
 from .run import run_command
 from .state import PROG_NAME, configure_logging, set_quiet, set_verbose, settings, timeline
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
+from ..batch.errors import UsageError
 from .options import build_preprocessor, frame_size, load_model, model_options, weights_spec
-from .outputs import StagedOutputs, VideoWriter
+from ..batch.outputs import StagedOutputs, VideoWriter
 from .state import notice, say
 
 PAN = (4.0, 2.0)  # background motion (right, down) in pixels per frame
@@ -185,7 +185,7 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     """
     import torch
 
-    from .clips import to_uint8_frames
+    from ..batch.clips import to_uint8_frames
 
     overwrite = overwrite or _is_old_demo(output)
     with StagedOutputs(overwrite) as staged:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
+from ..batch.errors import UsageError
 
 UNTRAINED = "untrained"
 NATIVE = "native"  # --size native: the input's own size (the API's height=None, width=None)
@@ -115,7 +115,7 @@ class PresetType(click.Choice):
         super().__init__(FLOW_PRESETS)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .outputs import X264_PRESETS
+        from ..batch.outputs import X264_PRESETS
 
         if value in X264_PRESETS:
             self.fail(f"{value!r} is a libx264 preset: --preset picks a flow preset ({', '.join(FLOW_PRESETS)}); "

@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from .clips import WriteSettings, process_clip
-from .errors import UsageError
-from .inputs import DECODER_CHOICES, IMAGE_SUFFIXES
-from .outputs import DEFAULT_X264_PRESET, X264_PRESETS
-from .report import write_report
+from ..batch.clips import WriteSettings, process_clip
+from ..batch.errors import UsageError
+from ..batch.inputs import DECODER_CHOICES, IMAGE_SUFFIXES
+from ..batch.outputs import DEFAULT_X264_PRESET, X264_PRESETS
+from ..batch.report import write_report
 from .options import build_preprocessor, display_options, model_options, weights_spec
 from .state import say, timeline
 
@@ -82,7 +82,7 @@ def run_command(
     Frame 0 has no reference and shows zero flow (white), or frame 1's map with --first-frame repeat; frame i
     shows the motion from frame i-1 to i. --preset vace gives VACE's own flow maps (see the README).
     """
-    from . import batch
+    from ..batch import plan as batch
 
     if manifest is None and not input_specs:
         raise UsageError("missing INPUT: give a video, a folder, a glob, several files, or --manifest FILE.")

@@ -19,19 +19,19 @@ import torch
 av = pytest.importorskip("av")
 pytest.importorskip("PIL")
 from PIL import Image
-from scope_optical_flow_tensorrt.cli import clips as clips_module
-from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
-from scope_optical_flow_tensorrt.cli.colour import YuvFormat, rgb_to_yuv420p, yuv_to_rgb
-from scope_optical_flow_tensorrt.cli.errors import InputError, OutputError
-from scope_optical_flow_tensorrt.cli.inputs import FrameChunk, FrameSource, open_inputs
-from scope_optical_flow_tensorrt.cli.outputs import (
+from scope_optical_flow_tensorrt.batch import clips as clips_module
+from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
+from scope_optical_flow_tensorrt.batch.colour import YuvFormat, rgb_to_yuv420p, yuv_to_rgb
+from scope_optical_flow_tensorrt.batch.errors import InputError, OutputError
+from scope_optical_flow_tensorrt.batch.inputs import FrameChunk, FrameSource, open_inputs
+from scope_optical_flow_tensorrt.batch.outputs import (
     FloFolderWriter,
     NpyArrayWriter,
     NpyFolderWriter,
     PngFolderWriter,
     VideoWriter,
 )
-from scope_optical_flow_tensorrt.cli.pipeline import Prefetcher, StageStopped, StopSignal, WriterThread
+from scope_optical_flow_tensorrt.batch.pipeline import Prefetcher, StageStopped, StopSignal, WriterThread
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
 from test_cli import moving_frames, read_video, write_images, write_video

@@ -82,7 +82,7 @@ class RayWorkers:
 
     def __init__(self, address: str, write: WriteSettings, model: dict[str, Any], max_workers: int) -> None:
         ray = import_ray()
-        from .state import settings
+        from ..cli.state import settings
 
         if not ray.is_initialized():
             try:

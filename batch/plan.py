@@ -19,10 +19,10 @@ from .clips import ClipJob, ClipResult, WriteSettings, run_job
 from .dispatch import largest_first
 from .errors import EXIT_FAILURE, CliError, InputError, UsageError
 from .inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
-from .options import build_preprocessor
+from ..cli.options import build_preprocessor
 from .report import write_report
 from .outputs import is_video_path
-from .state import PROG_NAME, notice, progress_bar, say, settings
+from ..cli.state import PROG_NAME, notice, progress_bar, say, settings
 
 MANIFEST_COLUMNS = ("input", "output", "flow_npy", "flow_flo")
 

@@ -20,7 +20,7 @@ from typing import Any
 from .colour import rgb_to_yuv420p, yuv_to_rgb
 from .errors import EXIT_FAILURE, CliError, UsageError
 from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
-from .options import build_preprocessor, load_model
+from ..cli.options import build_preprocessor, load_model
 from .outputs import (
     DEFAULT_X264_PRESET,
     FloFolderWriter,
@@ -32,7 +32,7 @@ from .outputs import (
     is_video_path,
 )
 from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
-from .state import process_started_at, progress_bar
+from ..cli.state import process_started_at, progress_bar
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
 
 logger = logging.getLogger("scope_optical_flow_tensorrt.cli")  # not core.log: that would import torch

@@ -23,7 +23,7 @@ from typing import Any
 
 from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
 from .errors import EXIT_FAILURE
-from .state import configure_logging, settings
+from ..cli.state import configure_logging, settings
 
 _worker: dict[str, Any] = {}
 

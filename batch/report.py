@@ -11,7 +11,7 @@ from typing import Any
 
 from .clips import ClipResult
 from .errors import OutputError
-from .state import process_started_at, timeline
+from ..cli.state import process_started_at, timeline
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:
