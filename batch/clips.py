@@ -1,9 +1,9 @@
-"""One clip's work, shared by ``run`` on one input and by every scale-out path (process pool, Ray).
+"""One clip's work, the same wherever it runs (this process, a worker process, a Ray actor).
 
 A :class:`ClipJob` names an input and its outputs; :func:`process_clip` streams it through a preprocessor
-in chunks and writes the outputs atomically. :func:`run_job` is the worker-side wrapper: it keeps one
-preprocessor per process (loaded once) and turns a clip's failure into a :class:`ClipResult` instead of an
-exception, so one bad clip never stops the others.
+in chunks and writes the outputs atomically. :func:`run_clip` turns a clip's failure into a :class:`ClipResult`
+instead of an exception, so one bad clip never stops the others; :func:`run_job` is its worker-side form, with
+the one preprocessor its process keeps (loaded once).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, UsageError
+from .errors import EXIT_FAILURE, CliError, ModelError, UsageError
 from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
-from ..cli.options import build_preprocessor, load_model
 from .outputs import (
     DEFAULT_X264_PRESET,
     FloFolderWriter,
@@ -32,10 +31,11 @@ from .outputs import (
     is_video_path,
 )
 from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
-from ..cli.state import process_started_at, progress_bar
+from .preprocessor import load_model, worker_preprocessor
+from .report import process_started_at
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
 
-logger = logging.getLogger("scope_optical_flow_tensorrt.cli")  # not core.log: that would import torch
+logger = logging.getLogger("scope_optical_flow_tensorrt.batch")  # not core.log: that would import torch
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class ClipResult:
     stages: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (see ClipStages)
     first_output_at: float | None = None  # time.time() when the first output chunk was written
     last_output_at: float | None = None  # time.time() when the last output chunk was written
+    exception: BaseException | None = field(default=None, repr=False, compare=False)  # the error, in its own process
 
     @property
     def ok(self) -> bool:
@@ -102,6 +103,7 @@ def process_clip(
     job: ClipJob,
     settings: WriteSettings,
     on_frames: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
 ) -> ClipResult:
     """Compute and write one clip with ``flow`` (its stream is reset first, so clips never share state).
 
@@ -111,8 +113,10 @@ def process_clip(
     ``settings.queue_depth`` chunks, so memory stays flat on long clips. The first failure in any stage (or
     an exception from ``on_frames``, or Ctrl-C) stops every stage and discards every output.
 
-    Progress goes to ``on_frames(n)`` after each chunk is computed, or to a progress bar of its own when
-    ``None``. Raises the CLI's errors (input, output, usage) on failure; the outputs are then left untouched.
+    Progress goes to ``on_start(frames)`` once the model is loaded (the clip's frame count, ``None`` where its
+    container does not say) and to ``on_frames(n)`` after each chunk is computed. Raises the batch's errors
+    (input, output, usage; :class:`.errors.ModelError` when the model does not load) on failure; the outputs are
+    then left untouched.
     """
     flow.reset()
     started_at = time.time()
@@ -135,11 +139,9 @@ def process_clip(
             load_seconds = time.perf_counter() - load_started
             threads = [WriterThread(sink.write, settings.queue_depth, stop, f"writer-{sink.kind}").start()
                        for sink in sinks]
-            if on_frames is None:
-                with progress_bar(total=source.num_frames, unit="frame", desc="flow") as bar:
-                    computed = _compute(flow, reader, settings, sinks, threads, bar.update, source.num_frames)
-            else:
-                computed = _compute(flow, reader, settings, sinks, threads, on_frames, source.num_frames)
+            if on_start is not None:
+                on_start(source.num_frames)
+            computed = _compute(flow, reader, settings, sinks, threads, on_frames or _ignore, source.num_frames)
             for thread in threads:
                 thread.finish()
             for sink in sinks:
@@ -353,22 +355,7 @@ def _image_readers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-# -- worker side: one preprocessor per process, failures as results ----------------------------------------
-
-_worker: dict[str, Any] = {}
-
-
-def worker_preprocessor(options: dict[str, Any], warmup: int | bool = False) -> Any:
-    """This process's preprocessor for ``options`` (``build_preprocessor``'s arguments), built and loaded on
-    first use and kept for every later clip (a new one only if the options change). A worker started ahead
-    of its clips passes ``warmup`` (frames per call) to compile or load the kernels of those shapes now."""
-    key = repr(sorted(options.items()))
-    if _worker.get("key") != key:
-        _worker.clear()
-        flow = build_preprocessor(**options)
-        load_model(flow, warmup=warmup)
-        _worker.update(key=key, flow=flow)
-    return _worker["flow"]
+# -- failures as results; the worker side: one preprocessor per process ------------------------------------
 
 
 def run_job(
@@ -379,23 +366,45 @@ def run_job(
     verbose: bool = False,
     worker_device: str | None = None,
 ) -> ClipResult:
-    """:func:`process_clip` with this process's preprocessor; never raises for a clip's own failure.
+    """:func:`run_clip` with this process's preprocessor, in a worker process or a Ray actor.
 
     A failure to build or load the preprocessor is marked ``fatal`` (it is not the clip's fault).
     ``worker_device`` names the worker's device in results (a pool worker that sees only its GPU runs on
-    ``cuda:0`` whichever GPU it is)."""
-    label = worker_device or str(options.get("device", ""))
+    ``cuda:0`` whichever GPU it is). The result travels to another process: it carries the error's message and
+    exit code, not the exception."""
     try:
         flow = worker_preprocessor(options)
     except Exception as error:
-        return _failed(job, error, label, verbose, fatal=True)
-    label = f"{worker_device or flow.device} pid {os.getpid()}"
-    try:
-        result = process_clip(flow, job, settings, on_frames or (lambda frames: None))
-    except Exception as error:
-        return _failed(job, error, label, verbose, fatal=False)
-    result.worker = label
+        result = _failed(job, error, worker_device or str(options.get("device", "cuda")), verbose, fatal=True)
+    else:
+        result = run_clip(flow, job, settings, on_frames, verbose=verbose,
+                          worker=f"{worker_device or flow.device} pid {os.getpid()}")
+    result.exception = None
     return result
+
+
+def run_clip(
+    flow: Any,
+    job: ClipJob,
+    settings: WriteSettings,
+    on_frames: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+    *,
+    verbose: bool = False,
+    worker: str = "",
+) -> ClipResult:
+    """:func:`process_clip`, never raising for a clip's own failure: that becomes the result (``fatal`` when the
+    model did not load, which is not the clip's fault). ``worker`` names where it ran."""
+    try:
+        result = process_clip(flow, job, settings, on_frames, on_start)
+    except Exception as error:
+        return _failed(job, error, worker, verbose, fatal=isinstance(error, ModelError))
+    result.worker = worker
+    return result
+
+
+def _ignore(count: int) -> None:
+    """No progress wanted."""
 
 
 def _failed(job: ClipJob, error: Exception, worker: str, verbose: bool, fatal: bool) -> ClipResult:
@@ -404,4 +413,4 @@ def _failed(job: ClipJob, error: Exception, worker: str, verbose: bool, fatal: b
         message = f"{type(error).__name__}: {message}"
     code = error.exit_code if isinstance(error, CliError) else EXIT_FAILURE
     detail = traceback.format_exc() if verbose else None
-    return ClipResult(job, error=message, exit_code=code, detail=detail, worker=worker, fatal=fatal)
+    return ClipResult(job, error=message, exit_code=code, detail=detail, worker=worker, fatal=fatal, exception=error)

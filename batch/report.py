@@ -4,14 +4,20 @@ seconds per stage, when the first and last output frames were written; per proce
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .clips import ClipResult
 from .errors import OutputError
-from ..cli.state import process_started_at, timeline
+
+if TYPE_CHECKING:
+    from .clips import ClipResult
+
+# Moments of this process's start-up, time.time() by name ("cli_main", "preprocessor_built"), for the report and
+# the start-up log line.
+timeline: dict[str, float] = {}
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:
@@ -59,3 +65,17 @@ def write_report(path: Path, results: list[ClipResult], seconds: float, **extra:
         path.write_text(json.dumps(report, indent=2) + "\n")
     except OSError as error:
         raise OutputError(f"cannot write the report {path}: {error.strerror or error}") from error
+
+
+def process_started_at() -> float:
+    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the batch was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()

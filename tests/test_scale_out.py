@@ -19,7 +19,7 @@ pytest.importorskip("click")
 pytest.importorskip("tqdm")
 pytest.importorskip("PIL")
 from PIL import Image
-from scope_optical_flow_tensorrt.batch import plan as batch
+from scope_optical_flow_tensorrt.batch import api
 from scope_optical_flow_tensorrt.cli import main
 from scope_optical_flow_tensorrt.batch.plan import parse_devices, plan_jobs
 from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings
@@ -175,7 +175,7 @@ def test_workers_start_before_the_clips_are_planned(tmp_path: Path, sized_clips:
         workers_while_planning.append(len(multiprocessing.active_children()))
         return largest_first(jobs)
 
-    monkeypatch.setattr(batch, "largest_first", planning)
+    monkeypatch.setattr(api, "largest_first", planning)
     code, out, err = run_main("run", sized_clips, "--flow-npy", tmp_path / "npy", "--devices", "cpu:2",
                               "--report", tmp_path / "report.json", *FAST)
     assert code == 0, err
@@ -185,7 +185,7 @@ def test_workers_start_before_the_clips_are_planned(tmp_path: Path, sized_clips:
 
 
 def test_worker_pool_loads_the_model_before_any_clip_and_stops_early(tmp_path: Path) -> None:
-    model = {"size": (128, 128), "weights": None, "device": "cpu", "fp16": False, "num_flow_updates": 2,
+    model = {"height": 128, "width": 128, "weights": None, "device": "cpu", "fp16": False, "num_flow_updates": 2,
              "backend": "auto", "strict_device": False, "models_dir": None, "cuda_graphs": False}
     with WorkerPool(["cpu"], WriteSettings(chunk=2), model) as pool:
         assert len(multiprocessing.active_children()) == 1  # spawned at once, not when clips come
