@@ -24,7 +24,7 @@ from .outputs import DEFAULT_X264_PRESET, X264_PRESETS, StagedOutputs, VideoWrit
 from .preprocessor import build_preprocessor, load_model
 from .progress import Progress, ProgressBar
 from .ray_runner import FlowMapBatches, clip_task
-from .report import timeline
+from .startup import timeline
 
 __all__ = [
     "DECODER_CHOICES",

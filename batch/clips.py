@@ -18,21 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, ModelError, UsageError
-from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
-from .outputs import (
-    DEFAULT_X264_PRESET,
-    FloFolderWriter,
-    NpyArrayWriter,
-    NpyFolderWriter,
-    PngFolderWriter,
-    StagedOutputs,
-    VideoWriter,
-    is_video_path,
-)
-from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
+from .errors import EXIT_FAILURE, CliError, ModelError
+from .inputs import FrameChunk, choose_decoder, image_readers, open_inputs
+from .outputs import DEFAULT_X264_PRESET, ClipOutputs, Sink
+from .pipeline import Prefetcher, Stages, StageTimer, WriterThread
 from .preprocessor import load_model, worker_preprocessor
-from .report import process_started_at
+from .startup import process_started_at
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
 
 logger = logging.getLogger("scope_optical_flow_tensorrt.batch")  # not core.log: that would import torch
@@ -122,43 +113,25 @@ def process_clip(
     started_at = time.time()
     source = open_inputs(list(job.inputs), settings.fps)
     started = time.perf_counter()
-    stop = StopSignal()
-    with StagedOutputs(settings.overwrite) as staged:
-        sinks = _open_sinks(job, staged, source, settings)
-        decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
-        # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
-        chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), _image_readers(),
-                                       decoder or "cpu", keep_yuv=flow.device.type == "cuda",
-                                       threads=settings.codec_threads or 0)
-        reader = Prefetcher(chunks, settings.queue_depth, stop)
-        threads: list[WriterThread] = []
-        try:
-            reader.start()  # decoding starts while the model loads and warms up
-            load_started = time.perf_counter()
-            load_model(flow, warmup=settings.chunk)
-            load_seconds = time.perf_counter() - load_started
-            threads = [WriterThread(sink.write, settings.queue_depth, stop, f"writer-{sink.kind}").start()
-                       for sink in sinks]
-            if on_start is not None:
-                on_start(source.num_frames)
-            computed = _compute(flow, reader, settings, sinks, threads, on_frames or _ignore, source.num_frames)
-            for thread in threads:
-                thread.finish()
-            for sink in sinks:
-                sink.writer.close()
-        except BaseException as error:
-            stop.set(error)
-            reader.join()
-            for thread in threads:
-                thread.join()
-            for sink in sinks:
-                sink.writer.abort()
-            raise
-        reader.join()
-    stages = {"load": load_seconds, "decode": reader.timer.seconds, **computed.stages}
-    for sink, thread in zip(sinks, threads):
+    decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
+    # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
+    chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), image_readers(),
+                                   decoder or "cpu", keep_yuv=flow.device.type == "cuda",
+                                   threads=settings.codec_threads or 0)
+    with ClipOutputs(job, source.frame_rate, settings) as sinks, \
+            Stages(chunks, [(sink.kind, sink.write) for sink in sinks], settings.queue_depth) as threads:
+        # decoding has started; it goes on while the model loads and warms up
+        load_started = time.perf_counter()
+        load_model(flow, warmup=settings.chunk)
+        load_seconds = time.perf_counter() - load_started
+        if on_start is not None:
+            on_start(source.num_frames)
+        computed = _compute(flow, threads.reader, settings, sinks, threads.writers, on_frames or _ignore,
+                            source.num_frames)
+    stages = {"load": load_seconds, "decode": threads.reader.timer.seconds, **computed.stages}
+    for sink, thread in zip(sinks, threads.writers):
         stages[f"write_{sink.kind}"] = thread.timer.seconds
-    written = [thread for thread in threads if thread.first_done_at is not None]
+    written = [thread for thread in threads.writers if thread.first_done_at is not None]
     result = ClipResult(
         job,
         frames=computed.frames,
@@ -186,44 +159,6 @@ def process_clip(
 
 
 @dataclass
-class _Sink:
-    """One output: its writer, which kind of array it takes (``"images"``: RGB, ``"yuv420p"``: video planes,
-    ``"flow"``), a short name."""
-
-    writer: Any
-    takes: str
-    kind: str
-
-    def takes_for(self, height: int, width: int) -> str:
-        if self.kind == "video" and self.writer.input_format(height, width) == "yuv420p":
-            return "yuv420p"
-        return self.takes
-
-    def write(self, chunk: HostChunk) -> None:
-        self.writer.write(chunk.array(self.takes_for(chunk.height, chunk.width)))
-
-
-def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: WriteSettings) -> list[_Sink]:
-    sinks: list[_Sink] = []
-    if job.output is not None:
-        if is_video_path(job.output):
-            writer = VideoWriter(staged.add(job.output, folder=False), source.frame_rate, settings.codec,
-                                 settings.preset, threads=settings.codec_threads or 0)
-            sinks.append(_Sink(writer, "images", "video"))
-        else:
-            threads = settings.png_threads or png_threads(settings.codec_threads)
-            sinks.append(_Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
-    if job.flow_npy is not None:
-        if job.flow_npy.suffix.lower() == ".npy":
-            sinks.append(_Sink(NpyArrayWriter(staged.add(job.flow_npy, folder=False)), "flow", "npy"))
-        else:
-            sinks.append(_Sink(NpyFolderWriter(staged.add(job.flow_npy, folder=True)), "flow", "npy_folder"))
-    if job.flow_flo is not None:
-        sinks.append(_Sink(FloFolderWriter(staged.add(job.flow_flo, folder=True)), "flow", "flo"))
-    return sinks
-
-
-@dataclass
 class _Computed:
     frames: int
     size: tuple[int, int]
@@ -235,7 +170,7 @@ def _compute(
     flow: Any,
     chunks: Prefetcher[FrameChunk],
     settings: WriteSettings,
-    sinks: list[_Sink],
+    sinks: list[Sink],
     threads: list[WriterThread],
     on_frames: Callable[[int], Any],
     clip_frames: int | None = None,
@@ -325,34 +260,6 @@ def to_uint8_images(maps: Any) -> Any:
 def to_uint8_frames(maps: Any) -> Any:
     """``[1, 3, F, H, W]`` in ``[-1, 1]`` -> ``[F, H, W, 3]`` uint8 numpy."""
     return to_uint8_images(maps).cpu().numpy()
-
-
-def choose_decoder(requested: str, source: Any, device: Any) -> str:
-    """``"auto"`` -> ``"cpu"`` (FFmpeg's threaded software decoder; measured faster end to end than NVDEC with
-    frames downloaded to host memory, see benchmarks/NOTES.md); ``"nvdec"`` needs a CUDA device and a
-    PyAV/FFmpeg with the CUDA hardware device."""
-    if requested in ("auto", "cpu"):
-        decoder = "cpu"
-    elif requested == "nvdec":
-        if device.type != "cuda" or not nvdec_available():
-            raise UsageError("--decoder nvdec needs a CUDA device and a PyAV whose FFmpeg has the CUDA hardware "
-                             "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
-        decoder = "nvdec"
-    else:
-        raise UsageError(f"--decoder {requested!r} is not supported; use one of {', '.join(DECODER_CHOICES)}.")
-    logger.info("decoding %s with the %s decoder", source.path, decoder)
-    return decoder
-
-
-def png_threads(cores: int | None = None) -> int:
-    """Threads compressing PNGs by default: half the cores (of the machine, or ``cores`` when a worker shares it
-    with others; the other stages need the rest), 1 to 16."""
-    return max(1, min(16, (cores or os.cpu_count() or 1) // 2))
-
-
-def _image_readers() -> int:
-    """Threads decoding image files (PNG/JPEG decoders release the GIL)."""
-    return min(4, os.cpu_count() or 1)
 
 
 # -- failures as results; the worker side: one preprocessor per process ------------------------------------

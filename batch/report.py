@@ -1,23 +1,17 @@
-"""``run --report FILE``: what a run did, as JSON, for scripts and benchmarks (per clip: frames, seconds, busy
+"""``process(report=FILE)`` (``run --report FILE``): what a run did, as JSON, for scripts and benchmarks (per clip: frames, seconds, busy
 seconds per stage, when the first and last output frames were written; per process: start time, peak GPU memory)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .clips import ClipResult
 from .errors import OutputError
-
-if TYPE_CHECKING:
-    from .clips import ClipResult
-
-# Moments of this process's start-up, time.time() by name ("cli_main", "preprocessor_built"), for the report and
-# the start-up log line.
-timeline: dict[str, float] = {}
+from .startup import process_started_at, timeline
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:
@@ -66,16 +60,3 @@ def write_report(path: Path, results: list[ClipResult], seconds: float, **extra:
     except OSError as error:
         raise OutputError(f"cannot write the report {path}: {error.strerror or error}") from error
 
-
-def process_started_at() -> float:
-    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the batch was imported)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
-
-
-_IMPORTED_AT = time.time()

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from .clips import ClipJob, ClipResult, WriteSettings, run_clip
 from .preprocessor import build_preprocessor, load_model
-from .report import timeline
+from .startup import timeline
 
 
 class Workers(Protocol):
