@@ -1,5 +1,6 @@
-"""``process(report=FILE)`` (``run --report FILE``): what a run did, as JSON, for scripts and benchmarks (per clip: frames, seconds, busy
-seconds per stage, when the first and last output frames were written; per process: start time, peak GPU memory)."""
+"""``process(report=FILE)`` (``run --report FILE``): what a run did, as JSON, for scripts and benchmarks (per
+clip: frames, seconds, busy seconds per stage, when the first and last output frames were written; per process:
+start time, peak GPU memory)."""
 
 from __future__ import annotations
 

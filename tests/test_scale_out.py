@@ -26,7 +26,7 @@ from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings
 from scope_optical_flow_tensorrt.batch.dispatch import clip_size, largest_first
 from scope_optical_flow_tensorrt.batch.pool import WorkerPool
 from scope_optical_flow_tensorrt.batch.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_USAGE, CliError
-from scope_optical_flow_tensorrt.batch.ray_runner import FlowMapBatches
+from scope_optical_flow_tensorrt.batch import FlowMapBatches  # the public path of the Ray Data class
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
 from test_cli import moving_frames, read_video, run_main, write_video  # noqa: F401  (run_main: shared fixture)
