@@ -19,7 +19,7 @@ from .api import BatchReport, process
 from .clips import ClipJob, ClipResult, WriteSettings, to_uint8_frames
 from .errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, CliError, InputError, ModelError
 from .errors import OutputError, UsageError
-from .inputs import DECODER_CHOICES, IMAGE_SUFFIXES
+from .inputs import DECODER_CHOICES
 from .outputs import DEFAULT_X264_PRESET, X264_PRESETS, StagedOutputs, VideoWriter
 from .preprocessor import build_preprocessor, load_model
 from .progress import Progress, ProgressBar
@@ -34,7 +34,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_OUTPUT",
     "EXIT_USAGE",
-    "IMAGE_SUFFIXES",
     "X264_PRESETS",
     "BatchReport",
     "CliError",

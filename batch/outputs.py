@@ -221,7 +221,7 @@ class VideoWriter:
     @staticmethod
     def input_format(height: int, width: int) -> str:
         """What :meth:`write` should be given for frames of this size: ``"yuv420p"`` planes when the stream is
-        4:2:0 (even sizes; convert with ``cli.colour.rgb_to_yuv420p``, on the GPU), else ``"rgb24"``."""
+        4:2:0 (even sizes; convert with ``colour.rgb_to_yuv420p``, on the GPU), else ``"rgb24"``."""
         return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "rgb24"
 
     def write(self, frames: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""The clip pipeline (``cli.clips.process_clip``: reader thread, compute, writer threads): the same outputs as a
+"""The clip pipeline (``batch.clips.process_clip``: reader thread, compute, writer threads): the same outputs as a
 plain serial loop for every output kind, every stage stopped with nothing left behind on a decode error, a
 writer error or an interrupt, and memory bounded by the queues on a long clip. CPU, 128x128 compute, untrained
 weights, 1-2 flow updates."""
