@@ -233,9 +233,10 @@ def _compute(
     return _Computed(frames_done, size, stages, first_chunk_seconds)
 
 
-# Loading a shape's compiled kernels into this process and capturing their graph: 3.8-4.4 s on an H100
-# (benchmarks/results/guest.json, switch_s); the compiled kernels run about twice as fast as the uncompiled graphs.
-SWITCH_COST_S = 4.0
+# Loading a shape's compiled kernels mid-run, in a process whose caches are cold (the kernels just compiled by the
+# child), and capturing their graph: 6.3-7.2 s on an H100 (benchmarks/results/faces.json, switch_seconds); the
+# compiled kernels run about twice as fast as the uncompiled graphs.
+SWITCH_COST_S = 6.5
 _frames_in_process = [0]  # frames this process has computed (all clips): batch workers go on to more clips
 
 

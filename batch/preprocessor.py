@@ -26,6 +26,13 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
     Any failure is a :class:`ModelError` (a missing or unusable weights file: exit code 2)."""
     try:
         flow.load(warmup=warmup, size=size)
+        if warmup is not False:
+            # A batch has its process to itself while it runs (the command line, a script's call, a worker):
+            # kernels whose entries are on disk load now, before the first frame (seconds, while the decoder reads
+            # ahead); kernels still compiling switch in between chunks where the rest of the work repays it
+            # (clips.worth_switching). Loading them on a thread while the uncompiled model served took this
+            # process's Python lock: a 2,400-frame run fell from 814 to 254 frames/s (benchmarks/NOTES.md).
+            flow.wait_for_compiled(timeout=0)
     except (FileNotFoundError, ValueError) as error:
         raise ModelError(f"{flow.vocabulary.name('weights')}: {error}", EXIT_USAGE) from error
     except Exception as error:

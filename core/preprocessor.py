@@ -24,7 +24,7 @@ from .presets import apply_preset
 from .resize import crop_padding, pad_to_multiple, resize_images
 from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
 from .common.vocabulary import Vocabulary, current_vocabulary, option_name, speaking, words
-from .warmup import chunk_sizes, warm_up_backend, window_pair_counts
+from .warmup import chunk_sizes, needs_warm_up, warm_up_backend, window_pair_counts
 
 
 FIRST_FRAME_MODES: tuple[str, ...] = ("zero", "repeat")
@@ -343,9 +343,26 @@ class OpticalFlowTensorRTPreprocessor:
         backend = self.load()
         if backend is None or self._backend_size is None:  # at the input's own size, before any input
             return []
-        pair_counts = window_pair_counts(chunk_sizes(list(chunk_frames)), backend.max_pairs)
+        chunks = chunk_sizes(list(chunk_frames))
+        pair_counts = window_pair_counts(chunks, backend.max_pairs)
         self.warmup_routes = warm_up_backend(backend, pair_counts, *self._backend_size, self.device, progress)
+        if needs_warm_up(backend, self.device):
+            self._warm_whole_call(chunks)
         return self.warmup_routes
+
+    def _warm_whole_call(self, chunk_frames: list[int]) -> None:
+        """One whole call per chunk size on still frames (uint8 from the CPU, as hosts pass them), so the first
+        live call does no one-off work outside the model either (the input's conversion and the visualization
+        load their kernels on first use); the stream state is left as it was."""
+        assert self._backend_size is not None
+        height, width = self._backend_size
+        saved = (self._previous_frames, self._stream_key, self.normalizer.state())
+        try:
+            for frames in sorted(set(chunk_frames)):
+                self(torch.zeros(frames, height, width, 3, dtype=torch.uint8), layout="FHWC")
+        finally:
+            self._previous_frames, self._stream_key = saved[:2]
+            self.normalizer.restore(saved[2])
 
     def wait_for_compiled(self, timeout: float | None = None) -> bool:
         """Wait until the child process has compiled every shape warmed or met so far (at most ``timeout``

@@ -107,6 +107,13 @@ class FlowNormalizer:
     def reset(self) -> None:
         self._running = None
 
+    def state(self) -> Tensor | None:
+        """The running scale carried to the next call (for :meth:`restore`)."""
+        return self._running
+
+    def restore(self, state: Tensor | None) -> None:
+        self._running = state
+
     def scales(self, flows: Tensor) -> Tensor:
         batch, frames = flows.shape[:2]
         if self.mode == "fixed":

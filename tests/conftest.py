@@ -58,10 +58,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="no pretrained RAFT Small weights in ../shared/weights"))
 
 
+@pytest.fixture(scope="session")
+def _gpu_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gpu-models")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_models_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Never touch the user's real models/engine cache from tests."""
-    models_root = tmp_path_factory.mktemp("models")
+def _isolated_models_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Never touch the user's real models/engine cache from tests. GPU tests share one folder for the session, so
+    the compiled kernels and engines one test makes serve the next (a compile costs tens of seconds there)."""
+    if request.node.get_closest_marker("gpu") is not None:
+        models_root = request.getfixturevalue("_gpu_models_root")
+    else:
+        models_root = tmp_path_factory.mktemp("models")
     monkeypatch.setenv("DAYDREAM_SCOPE_MODELS_DIR", str(models_root))
     monkeypatch.delenv("SCOPE_OPTICAL_FLOW_WEIGHTS", raising=False)
     return models_root

@@ -55,6 +55,7 @@ class FakeTorchCompile:
         self.log = log
         self.compiles_here: list[str] = []
         self.loads: list[bytes] = []
+        self.compile_threads_seen: list[object] = []  # Inductor's compile_threads at each compiled call here
         self.new_process()
 
     @property
@@ -69,6 +70,9 @@ class FakeTorchCompile:
 
     def compile(self, fn: Callable[..., Any], **_: Any) -> Callable[..., Any]:
         def compiled(*args: Any) -> Any:
+            import torch._inductor.config as inductor_config
+
+            self.compile_threads_seen.append(inductor_config.compile_threads)
             first = args[0][0] if isinstance(args[0], list) else args[0]  # update_step's first argument: the pyramid
             shape = f"{fn.__name__}{list(first.shape)}"
             if shape not in self.seen:
@@ -114,6 +118,21 @@ def install(fake: FakeTorchCompile, set_attr: Callable[[Any, str, Any], None]) -
     set_attr(compiled_cache, "save_artifacts", fake.save)
     set_attr(compiled_cache, "load_artifacts", fake.load)
     set_attr(compiled_cache, "fresh_torch_cache", nullcontext)
+
+
+@pytest.fixture
+def gate(fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compiles (in any process) wait until this file exists; ``<gate>.started`` appears when one begins."""
+    path = tmp_path_factory.mktemp("gate") / "open"
+    monkeypatch.setenv("FAKE_COMPILE_GATE", str(path))
+    return path
+
+
+def wait_for_file(path: Path, timeout: float = GATE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 @pytest.fixture

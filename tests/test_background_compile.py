@@ -23,25 +23,11 @@ import pytest
 import torch
 from conftest import make_frames
 from fake_compile import FAKE_WORKER, FakeTorchCompile, make_preprocessor
+from fake_compile import wait_for_file as _wait_for
 from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import ROUTE_BACKGROUND, ROUTE_BUILT, ROUTE_LOADED
 from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_FAILED
 
 WAIT_S = 120
-
-
-@pytest.fixture
-def gate(fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Compiles (in any process) wait until this file exists; ``<gate>.started`` appears when one begins."""
-    path = tmp_path_factory.mktemp("gate") / "open"
-    monkeypatch.setenv("FAKE_COMPILE_GATE", str(path))
-    return path
-
-
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
 
 
 def test_warm_up_serves_at_once_and_a_waiting_caller_switches_to_the_compiled_kernels(

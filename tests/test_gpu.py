@@ -49,19 +49,20 @@ def test_fast_path_is_the_default_and_matches_fp32_eager(clip: torch.Tensor) -> 
 
 
 def test_cuda_graphs_equal_eager_in_the_same_precision(clip: torch.Tensor) -> None:
-    graphs = make(fp16=False, cuda_graphs=True).compute_flow(clip)
-    eager = make(fp16=False, cuda_graphs=False).compute_flow(clip)
+    graphs = make(fp16=False, cuda_graphs=True, torch_compile=False).compute_flow(clip)
+    eager = make(fp16=False, cuda_graphs=False, torch_compile=False).compute_flow(clip)
     assert (graphs - eager).abs().max() < 1e-3
 
 
 def test_graph_windows_and_streaming_on_gpu(clip: torch.Tensor) -> None:
-    whole = make(compile_in_background=False).compute_flow(clip)
-    windowed = make(max_batch_pairs=3, compile_in_background=False)  # windows of 3 pairs: two graph shapes
+    # The uncompiled graphs (the compiled ones are checked above and below; each compiled shape costs a compile).
+    whole = make(torch_compile=False).compute_flow(clip)
+    windowed = make(max_batch_pairs=3, torch_compile=False)  # windows of 3 pairs: two graph shapes
     streamed = torch.cat([windowed.compute_flow(clip[:4]), windowed.compute_flow(clip[4:])], dim=1)
     # fp16 convolutions pick other algorithms for other batch sizes: tiny differences, not continuity errors
     assert (streamed - whole).abs().max() < 0.05
     backend = windowed.load()
-    assert len(backend.graphs.captured_shapes) >= 2  # type: ignore[attr-defined]
+    assert len(backend.eager_graphs.captured_shapes) >= 2  # type: ignore[attr-defined]
 
 
 def test_background_compile_serves_at_once_then_switches_to_the_compiled_graphs(clip: torch.Tensor) -> None:
@@ -128,13 +129,14 @@ _FRESH_PROCESS = textwrap.dedent(
 
 
 def test_fresh_process_reuses_the_compiled_entry_with_parity_to_fp32_eager(tmp_path: Path) -> None:
-    """Process 1 has its kernels compiled by the compile process, which keeps the .torchcache entry; process 2,
-    with an empty Inductor cache, can only get its kernels from the entry: it must compile nothing (no child, no
+    """Process 1 has its kernels compiled by the compile process (or finds the entry an earlier test kept); process
+    2, with an empty Inductor cache, can only get its kernels from the entry: it must compile nothing (no child, no
     compile in its own process) and match fp32 eager within the usual bar."""
     package_parent = str(Path(scope_optical_flow_tensorrt.__file__).parents[1])  # not resolved: it may be a link
     env = {name: value for name, value in os.environ.items() if name not in ("TRITON_CACHE_DIR",)}
     env["PYTHONPATH"] = os.pathsep.join([package_parent, *filter(None, sys.path)])
-    models = tmp_path / "models"
+    # The GPU tests' shared models folder: process 1 finds the entry an earlier test kept, or has it compiled.
+    models = Path(os.environ["DAYDREAM_SCOPE_MODELS_DIR"]) / "optical-flow-tensorrt"
 
     def fresh_process(output: Path) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"inductor-{output.stem}")  # empty for each process
@@ -144,9 +146,8 @@ def test_fresh_process_reuses_the_compiled_entry_with_parity_to_fp32_eager(tmp_p
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     first = fresh_process(tmp_path / "first.pt")
-    assert first["compiled"] and first["routes"] == ["compiled-and-saved"], first
-    assert first["misses"] == 0, first  # compiled by the child process, only loaded here
-    assert len(list(models.glob("*.torchcache"))) == 1
+    assert first["compiled"] and first["routes"] in (["compiled-and-saved"], ["cache-entry"]), first
+    assert first["misses"] == 0, first  # compiled by the child process (or an earlier one), only loaded here
     second = fresh_process(tmp_path / "second.pt")
     assert second["compiled"] and second["routes"] == ["cache-entry"], second
     assert second["misses"] == 0 and second["hits"] >= 2, second  # encode and update_step from the entry
@@ -178,7 +179,7 @@ def test_a_guest_leaves_the_host_process_as_it_was(tmp_path: Path) -> None:
 
     before = snapshot()
     misses = counters["inductor"]["fxgraph_cache_miss"]
-    flow = make(models_dir=tmp_path)
+    flow = make()  # the default models folder: an entry an earlier test kept loads, else the child compiles it
     flow.load(warmup=4)
     assert flow.wait_for_compiled(timeout=400) and flow.load().warmed_shapes  # type: ignore[attr-defined]
     flow(make_frames(4, 240, 320))

@@ -22,6 +22,7 @@ side); the rest are rebuilt in place when they change.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import time
@@ -39,11 +40,12 @@ from ..model import raft as raft_module
 from ..model import specs as models_module
 from .engine_cache import (
     ArtifactBuildError,
+    artifact_lock_name,
     build_artifact,
     cached_files,
     check_artifact,
-    ensure_artifact,
     files_digest,
+    folder_writable,
     installed_version,
     invalidate,
     key_hash,
@@ -188,7 +190,14 @@ def fresh_torch_cache() -> ContextManager[None]:
 
 
 class CompiledKernelCache:
-    """The cache entries of one compiled model (``base_key``: :func:`compiled_key` without ``pairs``)."""
+    """The cache entries of one compiled model (``base_key``: :func:`compiled_key` without ``pairs``).
+
+    Reading takes no lock: an entry is read whole into memory and its bytes are checked against the sha256 its
+    sidecar records, so an entry being replaced while it is read is simply not used, and a folder this process
+    cannot write (a read-only models folder) still serves what it holds. Building holds that entry's own lock
+    (:func:`.engine_cache.artifact_lock_name`), so a compile of minutes never blocks a process that needs another
+    entry, only one that would compile the same.
+    """
 
     def __init__(self, directory: Path, base_key: dict[str, Any]) -> None:
         self.directory = directory
@@ -202,21 +211,32 @@ class CompiledKernelCache:
     def path(self, pairs: int) -> Path:
         return entry_path(self.directory, self.key(pairs))
 
+    @property
+    def writable(self) -> bool:
+        """Whether new entries can be kept here (else only the valid entries already here serve)."""
+        return folder_writable(self.directory)
+
+    def valid(self, pairs: int) -> bool:
+        """Whether ``pairs``' entry is on disk and valid for this key (no lock, nothing loaded)."""
+        return check_artifact(self.path(pairs), self.key(pairs)) is None
+
     def load(self, pairs: int) -> bool:
         """Hot-load ``pairs``' entry if it is valid (once per process); whether its kernels are now loaded."""
         path = self.path(pairs)
         if path in self._loaded:
             return True
-        with locked(self.directory):
-            return check_artifact(path, self.key(pairs)) is None and self._load(path)
+        data = read_entry(path, self.key(pairs))
+        return data is not None and self._load(path, data)
 
     def warm(self, pairs: int, run: Callable[[], None], still_compiled: Callable[[], bool]) -> str:
-        """Run one window shape (``run``) with its compiled kernels from the entry, or compile them and save the
-        entry; returns the route (``ROUTE_*``). Holds the folder's lock, so a second process waits and loads."""
+        """(The compile process.) Run one window shape (``run``) with its compiled kernels from the entry, or
+        compile them and save the entry; returns the route (``ROUTE_*``). Holds the entry's own lock, so a second
+        process compiling the same entry waits and loads it."""
         key, path = self.key(pairs), self.path(pairs)
         info = {"compiled_by": "compile process"}
-        with locked(self.directory):
-            if path in self._loaded or (check_artifact(path, key) is None and self._load(path)):
+        with locked(self.directory, name=artifact_lock_name(path)):
+            data = None if path in self._loaded else read_entry(path, key)
+            if path in self._loaded or (data is not None and self._load(path, data)):
                 misses = compile_misses()
                 run()
                 if not still_compiled():
@@ -227,10 +247,10 @@ class CompiledKernelCache:
                 # the key changed them). Replace it with what was just compiled.
                 logger.warning("compiled kernels %s did not serve %d pairs (torch compiled them anew); replacing it",
                                path.name, pairs)
-                data = save_artifacts()
-                if not data:
+                saved = save_artifacts()
+                if not saved:
                     return ROUTE_NOT_SAVED
-                build_artifact(path, key, lambda temp: temp.write_bytes(data), info)
+                build_artifact(path, key, lambda temp: temp.write_bytes(saved), info)
                 return ROUTE_BUILT
 
             def build(temp: Path) -> None:
@@ -238,13 +258,16 @@ class CompiledKernelCache:
                     run()
                 if not still_compiled():
                     raise CompileUnavailable("torch.compile failed; running eagerly")
-                data = save_artifacts()
-                if not data:
+                saved = save_artifacts()
+                if not saved:
                     raise ArtifactBuildError("torch recorded no compiled artifacts to save")
-                temp.write_bytes(data)
+                temp.write_bytes(saved)
 
+            reason = check_artifact(path, key)
+            if path.exists() or reason != "not built yet":
+                logger.warning("rebuilding compiled PyTorch kernels %s: %s", path.name, reason)
             try:
-                ensure_artifact(path, key, build, info=info, label="compiled PyTorch kernels")
+                build_artifact(path, key, build, info)
             except CompileUnavailable:
                 return ROUTE_EAGER
             except ArtifactBuildError as error:
@@ -253,19 +276,38 @@ class CompiledKernelCache:
             self._loaded.add(path)  # this process compiled them: nothing to load
             return ROUTE_BUILT
 
-    def _load(self, path: Path) -> bool:
-        """Hot-load a checked entry; an entry torch cannot read is discarded (and rebuilt by the caller)."""
+    def _load(self, path: Path, data: bytes) -> bool:
+        """Hot-load a checked entry's bytes; an entry torch cannot read is discarded (and rebuilt by the caller)."""
         started = time.perf_counter()
         try:
-            load_artifacts(path.read_bytes())
+            load_artifacts(data)
         except Exception as error:  # a pickled artifact from another build of torch can fail in many ways
-            invalidate(path, f"torch could not load its artifacts ({type(error).__name__}: {str(error)[:200]})")
+            reason = f"torch could not load its artifacts ({type(error).__name__}: {str(error)[:200]})"
+            try:
+                invalidate(path, reason)
+            except OSError:  # a read-only models folder: it stays, and this process serves uncompiled
+                logger.warning("cannot use %s: %s", path, reason)
             return False
         self._loaded.add(path)
         elapsed = time.perf_counter() - started
         self.load_seconds += elapsed
         logger.info("loaded compiled kernels %s (%.2f s)", path.name, elapsed)
         return True
+
+
+def read_entry(path: Path, key: dict[str, Any]) -> bytes | None:
+    """The bytes of a valid entry for ``key`` (checked against its sidecar's size and sha256 as read, so a file
+    replaced mid-read is never used), or ``None``. Takes no lock and writes nothing."""
+    if check_artifact(path, key) is not None:
+        return None
+    sidecar = read_sidecar(path) or {}
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) != sidecar.get("size_bytes") or hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+        return None  # replaced between the check and the read: the next reader sees the new one whole
+    return data
 
 
 # -- listing and clearing -------------------------------------------------------------------------------

@@ -119,20 +119,28 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def cache_lock(directory: Path) -> FileLock:
-    """The inter-process lock of a cache folder (one object per folder in this process, so it nests)."""
+def cache_lock(directory: Path, name: str = LOCK_NAME) -> FileLock:
+    """The inter-process lock ``name`` of a cache folder (one object per lock file in this process, so it nests):
+    the folder's own lock by default, or an artifact's (:func:`artifact_lock_name`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    lock_path = str((directory / LOCK_NAME).resolve())
+    lock_path = str((directory / name).resolve())
     with _locks_guard:
         if lock_path not in _locks:
             _locks[lock_path] = FileLock(lock_path)
         return _locks[lock_path]
 
 
+def artifact_lock_name(path: Path) -> str:
+    """The lock file of one artifact (``.<name>.lock``): held while that artifact alone is built, so that a long
+    build (a compile of minutes) blocks nobody who needs another artifact, or only reads this one."""
+    return f".{path.name}.lock"
+
+
 @contextmanager
-def locked(directory: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold the folder's lock; say so in the log if another process holds it (it may be building)."""
-    lock = cache_lock(directory)
+def locked(directory: Path, timeout: float = LOCK_TIMEOUT_S, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold the folder's lock (or lock ``name`` in it); say so in the log if another process holds it (it may be
+    building)."""
+    lock = cache_lock(directory, name)
     try:
         lock.acquire(timeout=min(LOCK_NOTICE_S, timeout))
     except Timeout:
@@ -243,15 +251,70 @@ def clear_directory(directory: Path) -> int:
     with locked(directory):
         for child in sorted(directory.iterdir()):
             name = child.name
-            ours = name.startswith(ARTIFACT_PREFIXES) and (
+            ours = (name.startswith(ARTIFACT_PREFIXES) and (
                 child.suffix in ARTIFACT_SUFFIXES
                 or name.endswith(tuple(suffix + SIDECAR_SUFFIX for suffix in ARTIFACT_SUFFIXES))
                 or TEMP_MARKER in name
-            )
+            )) or (name.startswith(tuple("." + prefix for prefix in ARTIFACT_PREFIXES)) and name.endswith(".lock"))
             if ours and child.is_file():
                 child.unlink()
                 removed += 1
     return removed
+
+
+def sweep_stale_temps(directory: Path) -> int:
+    """Remove temporary files that processes which no longer run left behind (a build killed mid-write); returns
+    the count. A temporary file's name holds its writer's process id, so a live writer's file is never touched."""
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for child in directory.iterdir():
+        writer = temp_writer(child.name)
+        if writer is None or process_alive(writer):
+            continue
+        try:
+            child.unlink()
+            removed += 1
+        except OSError:  # gone already, or a folder we cannot write: nothing to sweep here
+            continue
+    if removed:
+        logger.info("removed %d temporary file(s) that stopped builds left in %s", removed, directory)
+    return removed
+
+
+def temp_writer(name: str) -> int | None:
+    """The process id in a temporary artifact file's name (:func:`_temp_path`), or ``None`` for other names."""
+    if not name.startswith(ARTIFACT_PREFIXES) or TEMP_MARKER not in name:
+        return None
+    pid = name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OSError:  # e.g. Windows, where signal 0 is not a probe: assume alive, never remove a live file
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def folder_writable(directory: Path) -> bool:
+    """Whether artifacts can be written to ``directory`` (made if missing): a read-only models folder can still
+    serve what it holds."""
+    existing = directory
+    while not existing.exists():
+        if existing.parent == existing:
+            return False
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
 def _fsync(path: Path) -> None:

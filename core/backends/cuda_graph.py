@@ -90,4 +90,5 @@ class CudaGraphRunner:
             graph, pool=self._pool, capture_error_mode="thread_local"
         ):
             static_output = self.module(static_input)
+        graph.replay()  # the first launch uploads the graph to the device: here, not in the caller's next call
         return graph, static_input, static_output

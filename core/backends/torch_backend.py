@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -18,7 +19,6 @@ from ..artifacts.compiled_cache import (
     compile_misses,
     compiled_key,
 )
-from ..artifacts.engine_cache import check_artifact
 from ..common.log import log_once, logger
 from ..common.paths import plugin_models_dir
 from ..model.corr_lookup import fused_lookup_available
@@ -50,13 +50,24 @@ ROUTE_COMPILED_HERE = "compiled-in-this-process"
 
 
 @contextmanager
-def compile_settings() -> Iterator[None]:
-    """Dynamo settings for our own traces only, undone afterwards (the host's process keeps its own)."""
+def compile_settings(host: bool = True) -> Iterator[None]:
+    """Dynamo and Inductor settings for our own traces only, undone afterwards (the host's process keeps its own).
+
+    In a host's process (``host``; not the compile process) Inductor also works in the calling thread alone: there
+    it only loads what the compile process compiled, and the pool of compile workers it would start on first use
+    (a process per core, each importing torch) takes the CPU from the host's live calls for seconds (measured: a
+    warm Scope stream's first seconds ran at 32 ms per 4-frame chunk instead of 5, benchmarks/NOTES.md).
+    """
     import torch._dynamo.config as dynamo_config
 
     # the newer name, and the older one (an alias since torch 2.6): patch whichever this torch has
     names = [name for name in ("recompile_limit", "cache_size_limit") if hasattr(dynamo_config, name)]
-    with dynamo_config.patch({names[0]: max(getattr(dynamo_config, names[0]), RECOMPILE_LIMIT)}):
+    with ExitStack() as stack:
+        stack.enter_context(dynamo_config.patch({names[0]: max(getattr(dynamo_config, names[0]), RECOMPILE_LIMIT)}))
+        if host:
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(compile_threads=1))
         yield
 
 
@@ -128,6 +139,9 @@ class TorchFlowBackend:
         self.failed_shapes: dict[int, str] = {}  # window pairs -> why no compiled kernels serve it
         self._ready: dict[int, str] = {}  # window pairs -> route of an entry ready to load (not loaded yet)
         self._rebuilt: set[int] = set()  # shapes whose entry could not be loaded and was asked for again
+        self._asked: set[int] = set()  # shapes a warm-up has run (uncompiled graph captured, compiled kernels asked)
+        self.switch_seconds: dict[int, dict[str, float]] = {}  # window pairs -> seconds per part of its switch
+        self._state = threading.RLock()  # the shape maps above, between callers and the compile process's reports
         # torch.compile'd encode and update_step (set up on first need: it imports torch's compiler stack)
         self._compiled_parts: tuple[EncodeFn, UpdateStepFn] | None = None
         self.compiler: CompileProcess | None = None  # started on the first shape to compile
@@ -170,70 +184,109 @@ class TorchFlowBackend:
 
     def _ask_for(self, pairs: int) -> None:
         """Have ``pairs``' compiled kernels made ready: at once from a valid entry, else by the compile process."""
-        if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
-            return
-        if self.compiler is not None and self.compiler.requested(pairs):
-            return
-        try:
-            kernels = self._kernels()
-        except OSError as error:  # e.g. a read-only models folder: nowhere to keep compiled kernels
-            self._give_up(pairs, f"the models folder is not usable ({error})")
-            return
-        if check_artifact(kernels.path(pairs), kernels.key(pairs)) is None:
-            self._ready[pairs] = ROUTE_LOADED
-            return
-        self._compile_process().request(pairs)
+        with self._state:
+            if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
+                return
+            if self.compiler is not None and self.compiler.requested(pairs):
+                return
+            try:
+                kernels = self._kernels()
+            except OSError as error:  # e.g. an unusable models folder
+                self._give_up(pairs, f"the models folder is not usable ({error})")
+                return
+            if kernels.valid(pairs):
+                self._ready[pairs] = ROUTE_LOADED
+            elif not kernels.writable:
+                self._give_up(pairs, f"the models folder {kernels.directory} cannot be written, so compiled kernels "
+                                     "made now could not be kept; make it writable (or pass models_dir=) to compile")
+                return
+            else:
+                self._compile_process().request(pairs)
 
     def _collect_reports(self) -> None:
         if self.compiler is None:
             return
-        for pairs, report in list(self.compiler.reports.items()):
-            if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
-                continue
-            if report["route"] in (REPORT_FAILED, ROUTE_EAGER):
-                self._give_up(pairs, str(report.get("error", "torch.compile fell back to eager")))
-            else:
-                self._ready[pairs] = str(report["route"])
+        with self._state:
+            for pairs, report in list(self.compiler.reports.items()):
+                if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
+                    continue
+                if report["route"] in (REPORT_FAILED, ROUTE_EAGER):
+                    self._give_up(pairs, str(report.get("error", "torch.compile fell back to eager")))
+                else:
+                    self._ready[pairs] = str(report["route"])
 
     def _give_up(self, pairs: int, reason: str) -> None:
         self.failed_shapes[pairs] = reason
         log_once("torch-compile-failed", f"torch.compile failed ({reason[:300]}); the uncompiled model keeps serving.")
 
-    def _switch(self, pairs: int, route: str) -> None:
-        """Load ``pairs``' entry and capture its compiled graph, in the calling thread (which waits for it)."""
+    def _prepare(self, pairs: int, route: str) -> str | None:
+        """Load ``pairs``' entry and run its compiled kernels once (Dynamo's trace, Inductor's cached graphs, the
+        Triton kernels), in this thread; returns the route for :meth:`_capture`, or ``None`` if they cannot serve."""
         kernels = self._kernels()
-        frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
         started = time.perf_counter()
         if not kernels.load(pairs):  # unreadable (now discarded) or gone: built again, once
-            if pairs in self._rebuilt:
-                self._give_up(pairs, "its cache entry could not be loaded, even after it was built again")
-            else:
-                self._rebuilt.add(pairs)
-                self._compile_process().request(pairs, again=True)
-            return
+            with self._state:
+                if pairs in self._rebuilt or not kernels.writable:
+                    self._give_up(pairs, "its cache entry could not be loaded, even after it was built again")
+                else:
+                    self._rebuilt.add(pairs)
+                    self._compile_process().request(pairs, again=True)
+            return None
+        loaded = time.perf_counter()
         try:
             if self._compiled_parts is None:
                 self._compiled_parts = self._compile()
             misses = compile_misses()
             with torch.inference_mode(), compile_settings():
-                self._run_compiled(frames)
+                self._forward_compiled(self._zeros(pairs))
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...): stay uncompiled
-            if self.graphs is not None:
-                self.graphs.drop(pairs + 1)
-            self._give_up(pairs, f"{type(error).__name__}: {error}")
-            return
+            with self._state:
+                self._give_up(pairs, f"{type(error).__name__}: {error}")
+            return None
         if compile_misses() != misses:  # the entry did not hold every kernel: Inductor compiled some here
             logger.warning("compiled kernels for windows of %d pairs were partly compiled in this process (the cache "
                            "entry did not cover them)", pairs)
             route = ROUTE_COMPILED_HERE
-        self.warmed_shapes[pairs] = route
-        logger.info("compiled kernels serve windows of %d frames from now on (%s; loaded in %.1f s)", pairs + 1,
-                    route, time.perf_counter() - started)
+        self.switch_seconds[pairs] = {"entry": round(loaded - started, 3),
+                                      "trace_and_kernels": round(time.perf_counter() - loaded, 3)}
+        return route
+
+    def _capture(self, pairs: int, route: str) -> None:
+        """Capture ``pairs``' compiled graph in the calling thread and serve it from now on."""
+        started = time.perf_counter()
+        if self.graphs is not None:
+            try:
+                with torch.inference_mode(), compile_settings():
+                    self.graphs(self._zeros(pairs))
+            except Exception as error:  # a failure of the compiled kernels: the uncompiled graph keeps serving
+                self.graphs.drop(pairs + 1)
+                with self._state:
+                    self._give_up(pairs, f"{type(error).__name__}: {error}")
+                return
+        with self._state:
+            self.warmed_shapes[pairs] = route
+        parts = self.switch_seconds.setdefault(pairs, {})
+        parts["graph"] = round(time.perf_counter() - started, 3)
+        logger.info("compiled kernels serve windows of %d frames from now on (%s; loaded in %.1f s: %s)", pairs + 1,
+                    route, sum(parts.values()), ", ".join(f"{name} {value:.2f} s" for name, value in parts.items()))
 
     def _switch_ready(self) -> None:
+        """Switch, in the calling thread, every shape whose kernels are ready: load, run once, capture."""
         self._collect_reports()
-        for pairs in sorted(self._ready):
-            self._switch(pairs, self._ready.pop(pairs))
+        while True:
+            with self._state:
+                if not self._ready:
+                    return
+                pairs = min(self._ready)
+                route = self._ready.pop(pairs)
+            prepared_route = self._prepare(pairs, route)
+            if prepared_route is not None:
+                self._capture(pairs, prepared_route)
+
+    def _zeros(self, pairs: int) -> Tensor:
+        """Frames of a window of ``pairs`` pairs (contiguous, on the device; made under inference mode by callers
+        that trace, as live calls' frames are)."""
+        return torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
 
     def _compile(self) -> tuple[EncodeFn, UpdateStepFn]:
         return (torch.compile(self.model.encode, dynamic=COMPILE_DYNAMIC),
@@ -247,8 +300,8 @@ class TorchFlowBackend:
             raise RuntimeError(f"torch.compile is not used on {self.config.device.type}")
         if self._compiled_parts is None:
             self._compiled_parts = self._compile()
-        frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
-        with torch.inference_mode(), compile_settings():
+        with torch.inference_mode(), compile_settings(host=False):
+            frames = self._zeros(pairs)  # an inference tensor, as live calls pass: the same guards
             return self.kernel_cache.warm(pairs, lambda: self._forward_compiled(frames), lambda: self.compiled)
 
     # -- warm-up and waiting --------------------------------------------------------------------------
@@ -263,8 +316,9 @@ class TorchFlowBackend:
         self._retry_captures()
         warmed_now: list[int] = []
         for pairs in shapes:
-            if pairs in self.warmed_shapes or (self.compiler is not None and self.compiler.requested(pairs)):
+            if pairs in self._asked:  # warmed before: its graph is captured and its compiled kernels asked for
                 continue
+            self._asked.add(pairs)
             frames = torch.zeros(pairs + 1, 3, self.config.height, self.config.width, device=self.config.device)
             with torch.inference_mode():
                 self._run_eager(frames)  # captures the shape's uncompiled graph: served from now on
@@ -279,9 +333,10 @@ class TorchFlowBackend:
         return [self.warmed_shapes.get(pairs, ROUTE_FAILED) for pairs in warmed_now]
 
     def wait_for_compiled(self, timeout: float | None = None) -> bool:
-        """Wait for the compile process to finish every shape asked of it (at most ``timeout`` seconds), then load
-        the compiled kernels of every finished shape and capture their graphs, in this thread. Returns whether no
-        shape is left waiting (a shape whose compile failed stays on the uncompiled model, as the log says)."""
+        """Wait for the compile process to finish every shape asked of it (at most ``timeout`` seconds, whatever the
+        child is doing), then load the compiled kernels of every finished shape and capture their graphs, in this
+        thread (loading is the work this call is for: a few seconds per shape, not counted in ``timeout``). Returns
+        whether no shape is left waiting (a shape whose compile failed stays uncompiled, as the log says)."""
         self._retry_captures()
         if not self.compiled:
             return True
@@ -330,6 +385,7 @@ class TorchFlowBackend:
         self.model.fused_lookup = False
         if self.eager_graphs is not None:  # graphs captured with the fused lookup are recaptured without it
             self.eager_graphs = CudaGraphRunner(self._forward_eager, self.config.device)
+            self._asked.clear()
 
     def _forward_eager(self, frames: Tensor) -> Tensor:
         return self.model(frames).float()

@@ -1,0 +1,335 @@
+"""The compile process never blocks or hangs its host, and every window shape a face uses is compiled once and kept.
+
+CPU tests with the stand-in compiler (tests/fake_compile.py; the compile process runs it too). Each defect these
+tests name was found in the code before them: a child that lost its remaining shapes when its host exited (its
+report hit the closed pipe, and shapes asked while it ran waited for a next child the host never started),
+``wait_for_compiled(timeout)`` blocked on the folder's lock for the child's whole compile, a hung child with no
+watchdog, a read-only models folder whose valid entries broke the stream, and temporary files left by a kill.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_frames
+from fake_compile import FAKE_WORKER, FakeTorchCompile, make_preprocessor, wait_for_file
+from scope_optical_flow_tensorrt.core.artifacts import compiled_cache, engine_cache
+from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import ROUTE_BUILT, ROUTE_LOADED
+from scope_optical_flow_tensorrt.core.artifacts.engine_cache import TEMP_MARKER, process_alive, sweep_stale_temps
+from scope_optical_flow_tensorrt.core.backends.compile_process import SHAPE_LIMIT_ENV, CompileProcess, stop_child
+from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_FAILED
+
+WAIT_S = 120
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.torchcache"))
+
+
+def _temps(folder: Path) -> list[str]:
+    return [path.name for path in folder.iterdir() if TEMP_MARKER in path.name] if folder.is_dir() else []
+
+
+def _wait_until_gone(pid: int, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} is still running"
+        time.sleep(0.05)
+
+
+def _host_script(models: Path, gate: Path, warmup: object, extra: str = "") -> str:
+    """A host process that warms up, prints its compile child's pid, waits until the child compiles, then exits."""
+    return textwrap.dedent(f"""
+        import os, pathlib, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from fake_compile import FakeTorchCompile, install, make_preprocessor
+        from scope_optical_flow_tensorrt.core.backends import compile_process
+        install(FakeTorchCompile(), setattr)
+        compile_process.WORKER_COMMAND = [sys.executable, {str(FAKE_WORKER)!r}]
+        flow = make_preprocessor(pathlib.Path({str(models)!r}), compile_in_background=True)
+        flow.load(warmup={warmup!r})
+        print("child", flow.load().compiler._process.pid, flush=True)
+        while not pathlib.Path({str(gate) + ".started"!r}).exists():  # the child is compiling
+            time.sleep(0.02)
+        {extra}
+        print("exiting", flush=True)
+    """)
+
+
+# -- a host that goes away -------------------------------------------------------------------------------------
+
+
+def test_a_child_compiles_every_shape_its_host_asked_for_after_the_host_exits(
+    gate: Path, fake: FakeTorchCompile, tmp_path: Path
+) -> None:
+    """Chunks of 4 and 8 frames: windows of 4 and 8 pairs, the second asked while the child compiles the first.
+    The host exits at once; the child compiles both and keeps both entries (before: only the first, then the
+    child died on its report line, and the second shape waited for a next child that nobody started)."""
+    models = tmp_path / "models"
+    host = subprocess.Popen([sys.executable, "-c", _host_script(models, gate, [4, 8])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    child_pid = int(host.stdout.readline().split()[1])
+    assert host.stdout.readline().strip() == "exiting"
+    host.wait(timeout=WAIT_S)
+    assert host.returncode == 0, host.stderr.read() if host.stderr else ""
+    gate.touch()
+    _wait_until_gone(child_pid)
+    assert len(_entries(models)) == 2
+    assert sorted(line.split("[")[0] for line in fake.compiles) == ["encode", "encode", "update_step", "update_step"]
+    assert _temps(models) == []
+
+
+def test_a_child_whose_host_was_killed_stops_itself_when_a_shape_hangs(
+    gate: Path, fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The host is killed while its child hangs (the gate never opens): the child's own watchdog ends it within its
+    limit, leaving no temporary file and no lock held, so the next process compiles the entry."""
+    monkeypatch.setenv(SHAPE_LIMIT_ENV, "2")
+    models = tmp_path / "models"
+    script = _host_script(models, gate, 4, extra="os.kill(os.getpid(), 9)")
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    child_pid = int(host.stdout.readline().split()[1])
+    host.wait(timeout=WAIT_S)
+    assert host.returncode == -signal.SIGKILL
+    started = time.monotonic()
+    _wait_until_gone(child_pid, timeout=30)
+    assert time.monotonic() - started < 15
+    assert _entries(models) == [] and _temps(models) == []
+    gate.touch()
+    monkeypatch.delenv(SHAPE_LIMIT_ENV)
+    assert make_preprocessor(models).warm_up([4]) == [ROUTE_BUILT]  # nothing held the entry's lock
+
+
+# -- never blocked -----------------------------------------------------------------------------------------------
+
+
+def test_wait_for_compiled_returns_within_its_timeout_while_a_child_compiles(
+    gate: Path, fake: FakeTorchCompile, tmp_path: Path
+) -> None:
+    """Shape 4's entry is on disk, shape 8 is compiling (held at the gate). Switching shape 4 needs no lock the
+    child holds (before: the folder's lock, for the child's whole compile), and the wait honours its timeout."""
+    gate.touch()
+    make_preprocessor(tmp_path).warm_up([4])
+    gate.unlink()
+    fake.new_process()
+    flow = make_preprocessor(tmp_path, compile_in_background=True)
+    backend = flow.load(warmup=[4, 8])
+    wait_for_file(Path(str(gate) + ".started"))
+    assert not flow.wait_for_compiled(timeout=0)  # switches shape 4 at once; 8 is still compiling
+    assert backend.warmed_shapes == {4: ROUTE_LOADED}  # type: ignore[attr-defined]
+    for timeout in (0.0, 0.3):
+        began = time.monotonic()
+        assert not flow.wait_for_compiled(timeout=timeout)
+        assert time.monotonic() - began < timeout + 0.5
+    gate.touch()
+    assert flow.wait_for_compiled(timeout=WAIT_S)
+    assert backend.warmed_shapes == {4: ROUTE_LOADED, 8: ROUTE_BUILT}  # type: ignore[attr-defined]
+
+
+def test_a_hung_child_is_stopped_and_its_shape_served_uncompiled(
+    gate: Path, fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A warm-up that waits for its compiled kernels (compile_in_background=False) while the child hangs returns
+    once the watchdog has stopped the child (before: it waited as long as the child hung)."""
+    monkeypatch.setenv(SHAPE_LIMIT_ENV, "1")
+    flow = make_preprocessor(tmp_path)
+    routes: list[str] = []
+    warming = threading.Thread(target=lambda: routes.extend(flow.warm_up([4])))
+    warming.start()
+    wait_for_file(Path(str(gate) + ".started"))  # the child has started up and hangs in its shape from now on
+    began = time.monotonic()
+    backend = flow.load()
+    while 4 not in backend.failed_shapes:  # type: ignore[attr-defined]
+        assert time.monotonic() - began < 1 + 3  # the limit, the watchdog's polling and the child's stop
+        time.sleep(0.02)
+    warming.join(WAIT_S)  # then the warm-up goes on (a whole call on the uncompiled model) and returns
+    assert routes == [ROUTE_FAILED]
+    assert "no progress" in backend.failed_shapes[4]  # type: ignore[attr-defined]
+    assert backend.compiler._process is None  # type: ignore[attr-defined]
+    assert flow(make_frames(4, 64, 80)).shape == (1, 3, 4, 64, 80)
+    assert _entries(tmp_path) == [] and _temps(tmp_path) == []
+
+
+def test_valid_entries_serve_from_a_models_folder_that_cannot_be_written(
+    fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A read-only models folder (its lock file cannot be made) with a valid entry: the entry loads, calls run
+    compiled; a shape with no entry stays uncompiled with one line saying why, and no child is started for it."""
+    make_preprocessor(tmp_path).warm_up([4])
+    fake.new_process()
+
+    def read_only(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / engine_cache.LOCK_NAME))
+
+    monkeypatch.setattr(engine_cache, "cache_lock", read_only)
+    monkeypatch.setattr(compiled_cache, "folder_writable", lambda directory: False)
+    started = CompileProcess.started_in_this_process
+    flow = make_preprocessor(tmp_path)
+    assert flow.warm_up([4, 8]) == [ROUTE_LOADED, ROUTE_FAILED]
+    backend = flow.load()
+    assert "cannot be written" in backend.failed_shapes[8]  # type: ignore[attr-defined]
+    assert CompileProcess.started_in_this_process == started and backend.compiler is None  # type: ignore[attr-defined]
+    frames = make_frames(9, 64, 80)
+    reference = make_preprocessor(tmp_path / "eager", torch_compile=False)
+    torch.testing.assert_close(flow.compute_flow(frames), reference.compute_flow(frames))
+    assert flow.wait_for_compiled(timeout=0)
+
+
+# -- nothing left behind ---------------------------------------------------------------------------------------
+
+
+def test_temporary_files_of_processes_that_are_gone_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = tmp_path / f"raft_small_128x128_cpu-1.torchcache{TEMP_MARKER}{int(finished.stdout)}-7"
+    live = tmp_path / f"raft_small_128x128_cpu-2.torchcache{TEMP_MARKER}{os.getpid()}-7"
+    other = tmp_path / f"notes{TEMP_MARKER}1-1"  # not ours: never touched
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    assert sweep_stale_temps(tmp_path) == 1
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_stopping_a_child_that_is_writing_kills_it_and_removes_its_temporary_file(tmp_path: Path) -> None:
+    """close() during a long write: the child cannot unwind within the grace period (a write is one system call),
+    so it is killed, and its temporary file is swept (before: a 216 MB temporary file stayed)."""
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a process stuck in one long write
+        name = "raft_small_512x512_gpu-1.torchcache{TEMP_MARKER}" + str(os.getpid()) + "-1"
+        open(os.path.join({str(tmp_path)!r}, name), "wb").write(b"x" * 4096)
+        print("writing", flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "writing"
+    assert _temps(tmp_path)
+    began = time.monotonic()
+    stop_child(child, tmp_path)
+    assert time.monotonic() - began < 5 and child.poll() is not None
+    assert _temps(tmp_path) == []
+
+
+# -- every shape once, and kept ----------------------------------------------------------------------------------
+
+
+def _scope_stream(flow: object, frames: torch.Tensor) -> None:
+    """Scope's pattern: a warm-up for 4-frame chunks, then a stream of 4-frame chunks (windows of 3, then 4)."""
+    flow.load(warmup=4)  # type: ignore[attr-defined]
+    for start in range(0, frames.shape[0], 4):
+        flow(frames[start : start + 4])  # type: ignore[operator]
+
+
+def _cli_clip(flow: object, frames: torch.Tensor) -> None:
+    """The command line's pattern: a warm-up for 16-frame chunks, then a clip of 37 frames in 16-frame chunks
+    (windows of 15 and 16 pairs, and 5 for the last, partial chunk)."""
+    flow.load(warmup=16)  # type: ignore[attr-defined]
+    for start in range(0, frames.shape[0], 16):
+        flow.compute_flow(frames[start : start + 16])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("face", ["scope", "cli"])
+def test_every_shape_a_face_uses_is_kept_and_a_second_process_compiles_nothing(
+    fake: FakeTorchCompile, tmp_path: Path, face: str
+) -> None:
+    drive, frames, shapes = {"scope": (_scope_stream, make_frames(12, 64, 80), {4}),
+                             "cli": (_cli_clip, make_frames(37, 64, 80), {16, 8})}[face]
+    first = make_preprocessor(tmp_path, compile_in_background=True)
+    drive(first, frames)
+    first.load().compiler.wait(WAIT_S)  # type: ignore[attr-defined]  # (a host that exits here: the child goes on)
+    assert len(_entries(tmp_path)) == len(shapes)
+    compiled = list(fake.compiles)
+
+    fake.new_process()
+    started = CompileProcess.started_in_this_process
+    second = make_preprocessor(tmp_path, compile_in_background=True)
+    drive(second, frames)
+    assert second.wait_for_compiled(timeout=WAIT_S)
+    assert CompileProcess.started_in_this_process == started  # every entry was on disk: no compile process
+    assert set(second.load().warmed_shapes) == shapes  # type: ignore[attr-defined]
+    assert fake.compiles == compiled
+
+
+def test_a_failed_shape_is_tried_again_in_a_later_process_not_in_a_loop(
+    fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FAKE_COMPILE_FAIL", "1")
+    started = CompileProcess.started_in_this_process
+    flow = make_preprocessor(tmp_path, compile_in_background=True)
+    flow.load(warmup=4)
+    assert flow.wait_for_compiled(timeout=WAIT_S)
+    frames = make_frames(8, 64, 80)
+    for _ in range(3):
+        flow(frames[:4])
+        flow.wait_for_compiled(timeout=WAIT_S)
+    assert CompileProcess.started_in_this_process == started + 1  # asked once in this process
+    assert 4 in flow.load().failed_shapes  # type: ignore[attr-defined]
+
+    monkeypatch.delenv("FAKE_COMPILE_FAIL")
+    fake.new_process()
+    later = make_preprocessor(tmp_path, compile_in_background=True)
+    later.load(warmup=4)
+    assert later.wait_for_compiled(timeout=WAIT_S)
+    assert CompileProcess.started_in_this_process == started + 2
+    assert later.load().warmed_shapes == {4: ROUTE_BUILT}  # type: ignore[attr-defined]
+
+
+# -- how the host loads --------------------------------------------------------------------------------------------
+
+
+def test_the_host_loads_compiled_kernels_with_inductor_in_its_own_thread(
+    fake: FakeTorchCompile, tmp_path: Path
+) -> None:
+    """A host's process loads our kernels with Inductor's compile_threads at 1 (no pool of compile workers, a
+    process per core, taking the CPU from live calls), and its own setting is back afterwards."""
+    import torch._inductor.config as inductor_config
+
+    make_preprocessor(tmp_path).warm_up([4])
+    fake.new_process()
+    fake.compile_threads_seen.clear()
+    host_setting = inductor_config.compile_threads
+    flow = make_preprocessor(tmp_path, compile_in_background=True)
+    flow.load(warmup=4)
+    assert flow.wait_for_compiled(timeout=WAIT_S)
+    assert fake.compile_threads_seen and set(fake.compile_threads_seen) == {1}
+    assert inductor_config.compile_threads == host_setting
+
+
+def test_the_command_line_loads_entries_on_disk_before_its_first_frame(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    """The command line (a process of its own) switches shapes whose entries are on disk when it loads the model,
+    and never waits there for a shape that is still compiling."""
+    from scope_optical_flow_tensorrt.batch import load_model
+
+    make_preprocessor(tmp_path).warm_up([4])
+    fake.new_process()
+    flow = make_preprocessor(tmp_path, compile_in_background=True)
+    load_model(flow, warmup=4)
+    assert flow.load().warmed_shapes == {4: ROUTE_LOADED}  # type: ignore[attr-defined]
+    frames = make_frames(8, 64, 80)
+    reference = make_preprocessor(tmp_path / "eager", torch_compile=False)
+    torch.testing.assert_close(flow.compute_flow(frames[:4]), reference.compute_flow(frames[:4]))
+
+
+def test_a_warm_up_leaves_the_stream_where_it_was(fake: FakeTorchCompile, tmp_path: Path) -> None:
+    """The warm-up runs whole calls (input conversion, visualization) on still frames; the stream and its running
+    colour scale continue as if it had not happened."""
+    frames = make_frames(8, 64, 80)
+    warmed = make_preprocessor(tmp_path, normalization="running", compile_in_background=True)
+    plain = make_preprocessor(tmp_path / "plain", normalization="running", torch_compile=False)
+    first = warmed(frames[:4]), plain(frames[:4])
+    warmed.warm_up([4])
+    second = warmed(frames[4:]), plain(frames[4:])
+    for ours, reference in (first, second):
+        torch.testing.assert_close(ours, reference)
