@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, ModelError
+from .errors import EXIT_FAILURE, CliError, InputError, ModelError
 from .inputs import FrameChunk, choose_decoder, image_readers, open_inputs
 from .outputs import DEFAULT_X264_PRESET, ClipOutputs, Sink
 from .pipeline import Prefetcher, Stages, StageTimer, WriterThread
@@ -112,13 +112,15 @@ def process_clip(
     flow.reset()
     started_at = time.time()
     source = open_inputs(list(job.inputs), settings.fps)
+    if source.num_frames is not None and source.num_frames < 2:
+        raise InputError(_one_frame(job))
     started = time.perf_counter()
     decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
     # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
     chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), image_readers(),
                                    decoder or "cpu", keep_yuv=flow.device.type == "cuda",
                                    threads=settings.codec_threads or 0)
-    with ClipOutputs(job, source.frame_rate, settings) as sinks, \
+    with ClipOutputs(job, source.frame_rate, settings, inputs=input_paths(job, source)) as sinks, \
             Stages(chunks, [(sink.kind, sink.write) for sink in sinks], settings.queue_depth) as threads:
         # decoding has started; it goes on while the model loads and warms up
         load_started = time.perf_counter()
@@ -128,6 +130,8 @@ def process_clip(
             on_start(source.num_frames)
         computed = _compute(flow, threads.reader, settings, sinks, threads.writers, on_frames or _ignore,
                             source.num_frames)
+        if computed.frames < 2:  # a video of one frame (its length was not known before decoding)
+            raise InputError(_one_frame(job))
     stages = {"load": load_seconds, "decode": threads.reader.timer.seconds, **computed.stages}
     for sink, thread in zip(sinks, threads.writers):
         stages[f"write_{sink.kind}"] = thread.timer.seconds
@@ -158,6 +162,17 @@ def process_clip(
     return result
 
 
+def input_paths(job: ClipJob, source: Any) -> list[Path]:
+    """What no output of ``job`` may replace: the files its frames are read from and the paths its INPUT names."""
+    named = [Path(spec).expanduser() for spec in job.inputs]
+    return [*(getattr(source, "files", None) or []), *(path for path in named if path.exists())]
+
+
+def _one_frame(job: ClipJob) -> str:
+    return (f"{job.name} has one frame: flow is the motion between two frames, so one frame has no motion to "
+            "measure (its map would be white). Give a video, or a folder or glob of two images or more.")
+
+
 @dataclass
 class _Computed:
     frames: int
@@ -182,6 +197,7 @@ def _compute(
     """
     import torch
 
+    from ..core.common.errors import FrameError
     from ..core.resize import resize_flow
 
     device = flow.device
@@ -201,10 +217,14 @@ def _compute(
                 frames = torch.from_numpy(chunk.data)
                 if chunk.yuv is not None:
                     frames = yuv_to_rgb(frames.to(device, non_blocking=True), chunk.yuv, *size)
-                raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
+                try:
+                    raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
+                except FrameError as error:  # e.g. frames too small for --size native: bad input, not a failure
+                    raise InputError(str(error)) from error
                 outputs: dict[str, Any] = {}
                 if wanted & {"images", "yuv420p"}:
-                    images = to_uint8_images(flow.flow_to_image(raw, size=size))
+                    # raw is this preprocessor's own flow: no finiteness read-back (it would stall each chunk)
+                    images = to_uint8_images(flow.flow_to_image(raw, size=size, check_finite=False))
                     if "images" in wanted:
                         outputs["images"] = images
                     if "yuv420p" in wanted:  # the video encoder's input, converted here rather than in its thread

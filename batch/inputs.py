@@ -98,8 +98,8 @@ class FrameSource:
                 size, yuv = frame_size, frame_yuv
             elif frame_size != size:
                 raise InputError(
-                    f"{self.path}: frame {index} is {frame_size[1]}x{frame_size[0]} but earlier frames are "
-                    f"{size[1]}x{size[0]}; all frames must have one size (resize them first)."
+                    f"{self.path}: frame {index} is {frame_size[0]}x{frame_size[1]} (height x width, as --size) but "
+                    f"earlier frames are {size[0]}x{size[1]}; all frames must have one size (resize them first)."
                 )
             if batch is None:
                 batch = allocate((chunk_size, *frame.shape))

@@ -1,6 +1,12 @@
 """Writing results atomically: every output is written under a temporary name beside its destination and
 moved into place only when the whole run succeeded, so a failure leaves no half-written file or folder.
 
+Outputs are never clobbered unasked: each destination is claimed when it is staged (an OS lock on a hidden
+``.NAME.claim`` file beside it, held until the output is moved into place or discarded and released by the OS
+if the process dies), so a second run writing the same path fails at once instead of silently replacing the
+first one's result; without ``--overwrite`` the final move never replaces a file that appeared meanwhile; and an
+output that is one of the run's inputs (or a folder holding one) is refused even with ``--overwrite``.
+
 Writers: flow-visualization video (PyAV), PNG folder (Pillow), raw flow as one ``.npy`` array, per-frame
 ``.npy`` files, or Middlebury ``.flo`` files.
 """
@@ -11,6 +17,7 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from dataclasses import dataclass
@@ -19,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .errors import OutputError
 
@@ -37,38 +45,88 @@ def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_CODECS
 
 
-class StagedPath:
-    """A file or folder written at ``temporary`` and moved to ``destination`` by :meth:`commit`."""
+def cannot_write(destination: Path, error: OSError) -> OutputError:
+    """The error for an output that cannot be created in its folder (``error`` says why)."""
+    parent = destination.parent
+    reason = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) and parent.is_dir():  # e.g. /proc: it exists, takes no new files
+        reason = f"the folder exists but takes no new files ({reason})"
+    return OutputError(f"cannot write {destination} in {parent}: {reason}. Choose an output in a folder you can "
+                       "write to.")
 
-    def __init__(self, destination: Path, *, folder: bool, overwrite: bool) -> None:
+
+class OutputClaim:
+    """This run's exclusive claim on an output path: a lock on ``.NAME.claim`` beside it (the OS releases it if
+    the process dies, so a killed run never blocks the next). :meth:`release` removes the file while it still
+    holds the lock, so a waiting run never locks a file that is gone."""
+
+    def __init__(self, destination: Path) -> None:
+        self.path = destination.with_name(f".{destination.name}.claim")
+        self._lock = FileLock(str(self.path))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            if not self.path.exists():  # filelock could not even make the file: the folder takes no new files
+                raise cannot_write(destination, FileNotFoundError(2, "No such file or directory")) from None
+            raise OutputError(
+                f"output {destination} is being written by another run (it holds {self.path.name}); wait for that "
+                "run to finish, or choose another output path."
+            ) from None
+        except OSError as error:
+            raise cannot_write(destination, error) from error
+
+    def release(self) -> None:
+        if not self._lock.is_locked:
+            return
+        with contextlib.suppress(OSError):  # Windows cannot remove an open file: filelock removes it on release
+            self.path.unlink(missing_ok=True)
+        self._lock.release()
+
+
+class StagedPath:
+    """A file or folder written at ``temporary`` and moved to ``destination`` by :meth:`commit`; the destination
+    is claimed (:class:`OutputClaim`) from staging until commit or discard."""
+
+    def __init__(self, destination: Path, *, folder: bool, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
         self.destination = destination.expanduser().absolute()
         self.folder = folder
-        if self.destination.exists() and not overwrite:
-            raise OutputError(f"output {destination} already exists; pass --overwrite to replace it.")
-        if self.destination.exists() and self.destination.is_dir() != folder:
-            kind = "a folder" if self.destination.is_dir() else "a file"
-            raise OutputError(f"output {destination} is {kind}; choose another path.")
+        self.overwrite = overwrite
+        check_not_an_input(self.destination, inputs)
         parent = self.destination.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OutputError(f"cannot create the output folder {parent}: {error.strerror or error}") from error
-        token = f"partial-{os.getpid()}-{secrets.token_hex(3)}"
-        name = self.destination.name
-        # The real suffix stays last, so encoders that pick a format by extension still do.
-        suffix = "" if folder else self.destination.suffix
-        self.temporary = parent / f".{name}.{token}{suffix}"
+        self.claim = OutputClaim(self.destination)
         try:
-            if folder:
-                self.temporary.mkdir()
-            else:
-                self.temporary.touch(exist_ok=False)
-        except OSError as error:
-            raise OutputError(f"cannot write to {parent}: {error.strerror or error}") from error
+            if self.destination.exists() and not overwrite:
+                raise OutputError(f"output {destination} already exists; pass --overwrite to replace it.")
+            if self.destination.exists() and self.destination.is_dir() != folder:
+                kind = "a folder" if self.destination.is_dir() else "a file"
+                raise OutputError(f"output {destination} is {kind}; choose another path.")
+            token = f"partial-{os.getpid()}-{secrets.token_hex(3)}"
+            name = self.destination.name
+            # The real suffix stays last, so encoders that pick a format by extension still do.
+            suffix = "" if folder else self.destination.suffix
+            self.temporary = parent / f".{name}.{token}{suffix}"
+            try:
+                if folder:
+                    self.temporary.mkdir()
+                else:
+                    self.temporary.touch(exist_ok=False)
+            except OSError as error:
+                raise cannot_write(destination, error) from error
+        except BaseException:
+            self.claim.release()
+            raise
 
     def commit(self) -> None:
+        """Move the output into place (without ``overwrite``, never over anything there) and release the claim;
+        on failure the output is discarded."""
         try:
-            if self.folder and self.destination.exists():
+            if not self.overwrite:
+                self._move_without_replacing()
+            elif self.folder and self.destination.exists():
                 old = self.destination.with_name(f".{self.destination.name}.old-{secrets.token_hex(3)}")
                 self.destination.rename(old)
                 self.temporary.rename(self.destination)
@@ -76,28 +134,83 @@ class StagedPath:
             else:
                 os.replace(self.temporary, self.destination)
         except OSError as error:
+            self.discard()
+            if isinstance(error, FileExistsError):
+                raise OutputError(f"output {self.destination} appeared while this run wrote it (another program made "
+                                  "it); it was kept. Pass --overwrite to replace it, or choose another path.") from None
             raise OutputError(f"cannot move the finished output into place at {self.destination}: {error}") from error
+        self.claim.release()
 
     def discard(self) -> None:
+        try:
+            if self.folder:
+                shutil.rmtree(self.temporary, ignore_errors=True)
+            else:
+                self.temporary.unlink(missing_ok=True)
+        finally:
+            self.claim.release()
+
+    def _move_without_replacing(self) -> None:
+        """Move into place only if nothing is there (a hard link fails on an existing name; a folder's rename
+        fails on a non-empty one), so no output made meanwhile is replaced."""
+        if self.destination.exists():
+            raise FileExistsError(self.destination)
         if self.folder:
-            shutil.rmtree(self.temporary, ignore_errors=True)
-        else:
-            self.temporary.unlink(missing_ok=True)
+            self.temporary.rename(self.destination)
+            return
+        try:
+            os.link(self.temporary, self.destination)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: checked just above, under this run's claim
+            os.replace(self.temporary, self.destination)
+            return
+        self.temporary.unlink()
+
+
+def check_not_an_input(destination: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output that is one of ``inputs`` or a folder holding one (writing it would destroy the input),
+    whatever ``--overwrite`` says."""
+    target = _resolved(destination)
+    sources = [(Path(source), _resolved(Path(source))) for source in inputs]
+    same = [source for source, resolved in sources
+            if resolved == target or (destination.exists() and _same_file(destination, source))]
+    held = [source for source, resolved in sources if target in resolved.parents]
+    if same or held:
+        what, source = ("is", same[0]) if same else ("holds", held[0])
+        raise OutputError(
+            f"output {destination} {what} an input of this run ({source}); writing it would destroy the input. "
+            "Choose another output path (--overwrite never replaces an input)."
+        )
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path.expanduser()))
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 class StagedOutputs:
-    """Context manager: outputs added inside are committed together on success and discarded on any error."""
+    """Context manager: outputs added inside are committed together on success and discarded on any error.
+    ``inputs`` (the run's input files and folders) are never accepted as outputs."""
 
-    def __init__(self, overwrite: bool) -> None:
+    def __init__(self, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
         self.overwrite = overwrite
+        self.inputs = [Path(path) for path in inputs]
         self._staged: list[StagedPath] = []
 
     def add(self, destination: Path, *, folder: bool) -> Path:
-        """Stage ``destination``; returns the temporary path to write to."""
+        """Stage ``destination`` (claimed for this run until commit or discard); returns the temporary path to
+        write to."""
         for staged in self._staged:
             if staged.destination == destination.expanduser().absolute():
                 raise OutputError(f"{destination} is given as two different outputs; give each its own path.")
-        staged = StagedPath(destination, folder=folder, overwrite=self.overwrite)
+        staged = StagedPath(destination, folder=folder, overwrite=self.overwrite, inputs=self.inputs)
         self._staged.append(staged)
         return staged.temporary
 
@@ -106,8 +219,13 @@ class StagedOutputs:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
-            for staged in self._staged:
-                staged.commit()
+            for index, staged in enumerate(self._staged):
+                try:
+                    staged.commit()
+                except BaseException:
+                    for rest in self._staged[index + 1:]:
+                        rest.discard()
+                    raise
         else:
             for staged in self._staged:
                 staged.discard()
@@ -159,10 +277,12 @@ class ClipOutputs:
     ``job`` names the outputs (``output``: a video or a PNG folder; ``flow_npy``: one ``.npy`` array or a folder
     of them; ``flow_flo``: a ``.flo`` folder; ``None``: not written) and ``settings`` how they are written
     (``overwrite``, ``codec``, ``preset``, ``codec_threads``, ``png_threads``): a ``clips.ClipJob`` and
-    ``clips.WriteSettings``, which this module, below them, does not import."""
+    ``clips.WriteSettings``, which this module, below them, does not import. Each output is claimed as it is
+    staged (:class:`StagedOutputs`); one that is one of ``inputs`` (the clip's input files and folders) is
+    refused."""
 
-    def __init__(self, job: Any, frame_rate: Fraction, settings: Any) -> None:
-        self._staged = StagedOutputs(settings.overwrite)
+    def __init__(self, job: Any, frame_rate: Fraction, settings: Any, inputs: Iterable[Path] = ()) -> None:
+        self._staged = StagedOutputs(settings.overwrite, inputs=inputs)
         try:
             self.sinks = _open_sinks(job, self._staged, frame_rate, settings)
         except BaseException as error:

@@ -6,6 +6,9 @@ from a queue in its initializer, pins itself to it and builds one preprocessor (
 clip it gets). Clips are submitted as separate tasks, so a free worker takes the next one in submission order
 (dynamic distribution); a clip's temporal state lives in the one worker that runs it. Workers report when
 they are ready, and frames done, through queues.
+
+Workers die with their parent, however it ends (SIGKILL included): each watches a pipe whose only writer is the
+parent (:func:`exit_with_parent`), so none is left behind holding a model in GPU memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -49,6 +53,8 @@ class WorkerPool:
         self._frames_queue = context.Queue()
         self._ready_queue = context.Queue()
         self._stop = context.Event()  # set when the run ends early: queued clips return at once, running ones abort
+        # The workers get the reading end; only this process holds the writing end, which closes when it dies.
+        self._lifeline, self._parent_end = context.Pipe(duplex=False)
         threads = threads_per_worker(len(self.devices))
         if threads is not None and len(self.devices) > 1 and write.codec_threads is None:
             # Each worker's video decoder and encoder get its share of the cores: with FFmpeg's default every one
@@ -59,8 +65,8 @@ class WorkerPool:
             max_workers=len(self.devices),
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self._device_queue, self._frames_queue, self._ready_queue, self._stop, model, write.chunk,
-                      threads, verbose, logging_setup()),
+            initargs=(self._lifeline, self._device_queue, self._frames_queue, self._ready_queue, self._stop, model,
+                      write.chunk, threads, verbose, logging_setup()),
         )
         # The executor spawns a process when a task is submitted and no worker is idle: one empty task per
         # device starts every worker now, not when the first clips are submitted.
@@ -108,6 +114,8 @@ class WorkerPool:
             self._drain(lambda frames: None)
             for channel in (self._frames_queue, self._ready_queue, self._device_queue):
                 channel.close()
+            self._parent_end.close()  # the workers have exited: nobody watches it any more
+            self._lifeline.close()
 
 
 def logging_setup() -> tuple[int, str | None]:
@@ -161,10 +169,27 @@ def _started() -> None:
     """The empty task that makes the executor start a worker (see :class:`WorkerPool`)."""
 
 
-def _init_worker(device_queue: Any, frames_queue: Any, ready_queue: Any, stop: Any, model: dict[str, Any],
-                 warmup: int, threads: int | None, verbose: bool, log: tuple[int, str | None]) -> None:
-    """Worker initializer: take a device, pin to it, build, load and warm up this worker's preprocessor (at
-    ``warmup`` frames per call, the clips' chunk size), then report ready."""
+def exit_with_parent(lifeline: Any) -> None:
+    """(In a worker.) End this process at once when the parent is gone: ``lifeline`` is the reading end of a pipe
+    whose only writer is the parent, so it reports the end of the stream when the parent exits or is killed."""
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()  # the parent never writes: this returns only when its end closes
+        except (EOFError, OSError):
+            pass
+        os._exit(EXIT_FAILURE)
+
+    threading.Thread(target=watch, daemon=True, name="optical-flow-parent-watch").start()
+
+
+def _init_worker(lifeline: Any, device_queue: Any, frames_queue: Any, ready_queue: Any, stop: Any,
+                 model: dict[str, Any], warmup: int, threads: int | None, verbose: bool,
+                 log: tuple[int, str | None]) -> None:
+    """Worker initializer: watch the parent (:func:`exit_with_parent`), take a device, pin to it, log as the
+    parent does, build, load and warm up this worker's preprocessor (at ``warmup`` frames per call, the clips'
+    chunk size), then report ready."""
+    exit_with_parent(lifeline)
     device = device_queue.get()
     # Before torch is imported (and CUDA initialized) here: the worker sees only its GPU, as cuda:0.
     visible, local_device = worker_visible_devices(device, os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import EXIT_USAGE, ModelError, UsageError
+from .errors import EXIT_USAGE, InputError, ModelError, UsageError
 
 
 def build_preprocessor(**options: Any) -> Any:
@@ -23,7 +23,13 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
     """Load weights/engine now, so a bad ``weights`` fails before any input is read or output written;
     ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
     At the input's own size the model is built for the input frames' ``size``; without it, at the first input.
-    Any failure is a :class:`ModelError` (a missing or unusable weights file: exit code 2)."""
+    Frames too small for the input's own size are bad input (:class:`InputError`, exit code 3); any other failure
+    is a :class:`ModelError`: a missing or unusable weights file, or a size that cannot fit the device's memory,
+    is a bad option (exit code 2). The core's messages already name the option (``--weights`` on the command
+    line), so they are passed on as they are."""
+    from ..core.common.errors import FrameError
+    from ..core.memory import TooLargeForMemory
+
     try:
         flow.load(warmup=warmup, size=size)
         if warmup is not False:
@@ -33,8 +39,12 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
             # (clips.worth_switching). Loading them on a thread while the uncompiled model served took this
             # process's Python lock: a 2,400-frame run fell from 814 to 254 frames/s (benchmarks/NOTES.md).
             flow.wait_for_compiled(timeout=0)
+    except TooLargeForMemory as error:  # the size (or the input's own size) cannot fit: the message names the fix
+        raise ModelError(str(error), EXIT_USAGE) from error
+    except FrameError as error:
+        raise InputError(str(error)) from error
     except (FileNotFoundError, ValueError) as error:
-        raise ModelError(f"{flow.vocabulary.name('weights')}: {error}", EXIT_USAGE) from error
+        raise ModelError(str(error), EXIT_USAGE) from error
     except Exception as error:
         raise ModelError(str(error) or type(error).__name__) from error
 

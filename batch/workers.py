@@ -43,7 +43,7 @@ class LocalWorkers:
         if load_ahead:
             load_model(self.flow, warmup=write.chunk)
         self.write, self.verbose, self.on_start = write, verbose, on_start
-        self.labels = [str(model.get("device", "cuda"))]
+        self.labels = [str(self.flow.device)]  # where the clips run: the CPU after a fallback, not the cuda asked for
 
     def run(self, jobs: list[ClipJob], on_result: Callable[[ClipResult], None],
             on_frames: Callable[[int], None]) -> None:

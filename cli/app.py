@@ -22,14 +22,18 @@ EPILOG = (
 )
 
 
-def _common_options() -> list[click.Option]:
+def _common_options(quiet_keeps: str = "") -> list[click.Option]:
+    """``--verbose`` and ``--quiet``; ``quiet_keeps`` names what a command still prints with ``--quiet``."""
     return [
         click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=set_verbose,
                      help="Log details and show tracebacks on errors."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=set_quiet,
-                     help="No progress bar, warnings or summary lines: errors only "
-                          "(and the demo's untrained-weights notice)."),
+                     help="No progress bar, warnings or summary lines: errors only"
+                          + (f" (and {quiet_keeps})." if quiet_keeps else ".")),
     ]
+
+
+QUIET_KEEPS = {"demo": "the notice that the weights are untrained"}
 
 
 class OrderedGroup(click.Group):
@@ -50,7 +54,7 @@ def cli() -> None:
 
 
 for _command in (run_command, demo_command, prebuild_command, info_command, cache_group, bench_command):
-    _command.params.extend(_common_options())
+    _command.params.extend(_common_options(QUIET_KEEPS.get(_command.name or "", "")))
     _command.context_settings.setdefault("help_option_names", ["-h", "--help"])
     cli.add_command(_command)
 cli.params.extend(_common_options())

@@ -19,7 +19,7 @@ from .options import frame_size, model_options, preprocessor_options, weights_sp
 @click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @model_options(default_size="512x512", default_weights="untrained",
-               weights_help="Weights to load; speed does not depend on their values [default: untrained].")
+               weights_help="Weights to load; speed does not depend on their values.")
 def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: str, **options: Any) -> None:
     """Time the preprocessor (flow and visualization) on random frames already on the device.
 

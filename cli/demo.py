@@ -281,7 +281,7 @@ def _report(summary: dict[str, Any], pretrained: bool, output: Path, device: Any
     def sense(degrees: float) -> str:
         return "counter-clockwise" if degrees > 0 else "clockwise"
 
-    say(f"Synthetic clip: {summary['frames']} frames at {summary['compute_size'][1]}x{summary['compute_size'][0]}; "
+    say(f"Synthetic clip: {summary['frames']} frames at {summary['compute_size'][0]}x{summary['compute_size'][1]}; "
         f"the background pans {true['pan_u']:+.0f} px right and {true['pan_v']:+.0f} px down per frame, "
         f"a disk turns {true['spin_degrees']:.0f} degrees per frame {sense(true['spin_degrees'])}.")
     say(f"Flow: {summary['model']}, {summary['weights']}, {summary['backend']} backend on {device}, "

@@ -90,30 +90,37 @@ def prebuild_command(
     if any(height is None for height, _ in sizes):
         raise UsageError("prebuild needs sizes (--size HEIGHTxWIDTH): at --size native a run builds for each input's "
                          "size when it meets it; prebuild that size here to have it ready.")
-    for height, width in sizes:
-        arguments = {"fp16": fp16, "num_flow_updates": num_flow_updates, "max_pairs": max_pairs,
-                     "weights": weights_spec(weights), "models_dir": models_dir, "device": device,
-                     "model": raft_model}
-        if torch_path:
-            try:
-                from ..core.prebuild import prebuild_compiled
+    with cli_words():  # the core's messages name these flags (--weights untrained, --tensorrt-targets ...)
+        for height, width in sizes:
+            _prebuild_size(manager, height, width, torch_path=torch_path, onnx_only=onnx_only, chunks=chunks,
+                           targets=targets, fp16=fp16, num_flow_updates=num_flow_updates, max_pairs=max_pairs,
+                           weights=weights_spec(weights), models_dir=models_dir, device=device, model=raft_model)
 
-                paths = prebuild_compiled(height, width, chunk_frames=chunks, **arguments)
-            except RuntimeError as error:
-                raise CliError(str(error)) from error
-            for path in paths:
+
+def _prebuild_size(
+    manager: ModuleType, height: int, width: int, *, torch_path: bool, onnx_only: bool, chunks: tuple[int, ...],
+    targets: tuple[str, ...] | None, **arguments: Any,
+) -> None:
+    """``prebuild`` for one size: what it builds, and a line per file. A bad option or weights file is a usage
+    error (exit code 2); a build that cannot run here (no GPU, no TensorRT) a failure (1)."""
+    try:
+        if torch_path:
+            from ..core.prebuild import prebuild_compiled
+
+            for path in prebuild_compiled(height, width, chunk_frames=chunks, **arguments):
                 say(f"{height}x{width}: {path}")
-            continue
-        if onnx_only:
-            path = manager.export_onnx_cached(height, width, **arguments)
+        elif onnx_only:
+            say(f"{height}x{width}: {manager.export_onnx_cached(height, width, **arguments)}")
         else:
             try:
                 path = manager.prebuild_engine(height, width, tensorrt_targets=targets, **arguments)
-            except (RuntimeError, ValueError) as error:
+            except RuntimeError as error:
                 raise CliError(f"{error} (To export only the ONNX graph: prebuild --onnx-only.)") from error
             say(f"{height}x{width}: {path} ({built_with(path)})")
-            continue
-        say(f"{height}x{width}: {path}")
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    except RuntimeError as error:
+        raise CliError(str(error)) from error
 
 
 def built_with(path: Path) -> str:
@@ -145,10 +152,10 @@ def info_command(as_json: bool, models_dir: Path | None, raft_model: str) -> Non
     gpus = report["gpus"]
     click.echo("gpus        " + ("; ".join(f"{g['index']}: {g['name']} ({g['memory_gib']} GiB, sm_{g['capability']})"
                                           for g in gpus) if gpus else f"none ({report['cuda_note']})"))
-    click.echo(f"backends    {', '.join(report['backends'])} (tensorrt installed: {report['tensorrt_available']}; "
-               f"flavours: {', '.join(report['tensorrt_flavours']) or 'none'})")
+    flavours = ", ".join(report["tensorrt_flavours"]) or "none installed"
+    click.echo(f"backends    {', '.join(report['backends'])} (TensorRT flavours: {flavours})")
     for line in report["tensorrt_choice"]:
-        click.echo(f"tensorrt    {line}")
+        click.echo(f"engines     {line}")
     weights = report["weights"]
     click.echo(f"model       {report['model']}")
     click.echo(f"weights     {weights['status']}")
@@ -184,6 +191,9 @@ def collect_info(models_dir: Path | None = None, model: str = "raft_small") -> d
                          "capability": f"{props.major}{props.minor}"})
     cuda_note = "CUDA build, no GPU visible" if torch.version.cuda else "CPU-only PyTorch build"
     choice = []
+    if not gpus and "tensorrt_rtx" in installed_flavours():
+        choice.append("no GPU here: prebuild --tensorrt-targets sm86,sm89,sm120 builds portable TensorRT for RTX "
+                      "engines for those GPUs")
     for gpu in gpus:  # which flavour each GPU would run, and why (or why none)
         capability = f"{gpu['capability'][:-1]}.{gpu['capability'][-1]}"
         try:

@@ -31,9 +31,10 @@ def cli_vocabulary() -> Any:
             "strict_device": "--strict-device", "cuda_graphs": "--cuda-graphs", "weights": "--weights",
             "models_dir": "--models-dir", "flow_strength": "--strength", "normalization": "--normalization",
             "max_flow": "--max-flow", "decay": "--decay", "first_frame": "--first-frame", "preset": "--preset",
-            "max_batch_pairs": "--max-batch-pairs",
+            "max_batch_pairs": "--max-batch-pairs", "tensorrt_targets": "--tensorrt-targets",
         },
-        values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE}},
+        values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE},
+                "tensorrt_targets": {("8.6", "8.9", "12.0"): "sm86,sm89,sm120"}},
         settings={("fp16", True): "--fp16", ("fp16", False): "--fp32", ("cuda_graphs", False): "--no-cuda-graphs"},
     )
 
@@ -101,7 +102,9 @@ class ModelType(click.ParamType):
         return str(value)
 
 
-MODEL_HELP = "RAFT model: raft_small (fast) or raft_large (more accurate, several times slower)."
+# core.model.specs.MODEL_CHOICE (not imported here: it imports torch; a test checks they are the same).
+MODEL_CHOICE = "raft_small (fast, real time) or raft_large (more accurate, about twice the time per frame)"
+MODEL_HELP = f"RAFT model: {MODEL_CHOICE}."
 X264_PRESETS_HINT = "the libx264 preset of video outputs is --x264-preset"
 
 
@@ -157,9 +160,9 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
     options = [
         model_option(),
         click.option("--preset", "preset", type=PresetType(), default="none", show_default=True,
-                     help="vace: VACE's own flow annotator (raft_large, --updates 20, --size native, per_frame, "
-                          "--first-frame repeat). It replaces those options' defaults; options set to anything "
-                          "else win."),
+                     help="vace: VACE's own flow annotator (--model raft_large, --updates 20, --size native, "
+                          "--normalization per_frame, --first-frame repeat). Those of these options given on the "
+                          "command line win."),
         click.option("--size", "size", type=SizeType(), default=default_size, show_default=True,
                      help="Compute resolution HEIGHTxWIDTH (multiples of 8, at least 128), or native: the input's "
                           "own size, padded to a multiple of 8 (never resized)."),
@@ -182,9 +185,49 @@ def model_options(default_size: str, default_weights: str = "DEFAULT", weights_h
     def decorate(function: Callable) -> Callable:
         for option in reversed(options):
             function = option(function)
-        return function
+        return _with_preset_applied(function)
 
     return decorate
+
+
+# The command-line parameters --preset covers, and the core options each one sets.
+PRESET_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "raft_model": ("model",), "size": ("height", "width"), "num_flow_updates": ("num_flow_updates",),
+    "normalization": ("normalization",), "first_frame": ("first_frame",),
+}
+
+
+def _with_preset_applied(function: Callable) -> Callable:
+    """The command ``function`` called with ``--preset``'s values in place of the options it covers that were not
+    given on the command line (``core.presets``: given options win whatever their value, so ``--preset vace
+    --updates 12`` runs 12 updates); the command then sees no preset."""
+
+    @functools.wraps(function)
+    def command(**parameters: Any) -> Any:
+        if parameters.get("preset", "none") != "none":
+            parameters = apply_cli_preset(parameters, click.get_current_context())
+        return function(**parameters)
+
+    return command
+
+
+def apply_cli_preset(parameters: dict[str, Any], ctx: click.Context) -> dict[str, Any]:
+    """``parameters`` of a command with its ``--preset`` applied (and ``preset`` then ``"none"``)."""
+    from click.core import ParameterSource
+
+    from ..core.presets import apply_preset
+
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    present = [name for name in PRESET_PARAMETERS if name in parameters]
+    given = {key for name in present if ctx.get_parameter_source(name) not in defaults for key in PRESET_PARAMETERS[name]}
+    options = {key: value for name in present
+               for key, value in zip(PRESET_PARAMETERS[name],
+                                     parameters[name] if name == "size" else (parameters[name],))}
+    with cli_words():
+        chosen = apply_preset(parameters["preset"], options, given)
+    applied = {name: (tuple(chosen[key] for key in PRESET_PARAMETERS[name]) if name == "size"
+                      else chosen[PRESET_PARAMETERS[name][0]]) for name in present}
+    return {**parameters, **applied, "preset": "none"}
 
 
 def display_options(function: Callable) -> Callable:

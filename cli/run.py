@@ -91,13 +91,15 @@ def run_command(
         raise result.exception or CliError(result.error)
     written = ", ".join(str(path) for path in result.job.outputs)
     height, width = result.size
-    say(f"{result.frames} frames ({width}x{height}) in {result.seconds:.1f} s "
+    say(f"{result.frames} frames ({height}x{width}) in {result.seconds:.1f} s "
         f"({result.frames / result.seconds:.1f} frames/s) -> {written}")
 
 
 def _summarize(report: BatchReport, ray_address: str | None, device: str) -> None:
     """``run`` for many clips: a summary line, the failures, and a non-zero exit if any."""
-    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None else device)
+    ran_on = sorted({result.worker.split(" pid ")[0] for result in report.results if result.worker})  # CPU fallback
+    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None
+                                          else ", ".join(ran_on) or device)
     seconds = max(report.seconds, 1e-9)
     say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
         f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "

@@ -22,11 +22,14 @@ from typing import Literal
 import torch
 from einops import rearrange, repeat
 
+from .common.errors import FrameError
+
 Layout = Literal["BCFHW", "CFHW", "FHWC", "FCHW"]
 LAYOUTS: tuple[str, ...] = ("BCFHW", "CFHW", "FHWC", "FCHW")
 _CHANNEL_COUNTS = (1, 3, 4)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Resampling and colour conversions upstream can overshoot [0, 1] by a rounding error; allow that much.
+# Resampling and colour conversions upstream can overshoot [0, 1] by a rounding error: values up to this far
+# outside are accepted and clamped; anything further is an error that says how to clamp.
 RANGE_TOLERANCE = 1e-3
 
 
@@ -35,7 +38,7 @@ def infer_layout(shape: tuple[int, ...]) -> str:
     if len(shape) == 5:
         return "BCFHW"
     if len(shape) != 4:
-        raise ValueError(
+        raise FrameError(
             f"frames must be 4-D ([C,F,H,W] or [F,H,W,C]) or 5-D ([B,C,F,H,W]); got shape {list(shape)} "
             f"({len(shape)}-D). A single image needs a frame axis: use image[None] for [1,H,W,C]."
         )
@@ -48,7 +51,7 @@ def infer_layout(shape: tuple[int, ...]) -> str:
         return "FHWC"
     if first in (1, 4):
         return "CFHW"
-    raise ValueError(
+    raise FrameError(
         f"cannot tell the channel axis of frames with shape {list(shape)}: neither the first nor the last axis "
         "has 1, 3 or 4 channels. Pass layout='FHWC', 'CFHW' or 'FCHW' explicitly, or give RGB frames."
     )
@@ -61,13 +64,24 @@ def check_layout(layout: object) -> str:
     return layout.upper()
 
 
-def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
-    """Rearrange ``frames`` to ``[B, F, C, H, W]`` (no copy where einops can avoid one); checks channels."""
-    if not isinstance(frames, torch.Tensor):
+def check_tensor(tensor: object, name: str = "frames") -> torch.Tensor:
+    """``tensor`` if it is a torch tensor holding data, else a ``TypeError`` naming the fix."""
+    if not isinstance(tensor, torch.Tensor):
         raise TypeError(
-            f"frames must be a torch.Tensor, got {type(frames).__name__}. "
+            f"{name} must be a torch.Tensor, got {type(tensor).__name__}. "
             "Convert with torch.from_numpy(array) (uint8 [F,H,W,C] or float [0,1])."
         )
+    if tensor.is_meta:
+        raise TypeError(
+            f"got a meta tensor for {name} (shape {list(tensor.shape)}: a shape without data); pass a tensor with "
+            "data, on the CPU or a GPU (e.g. create it outside a torch.device('meta') block)."
+        )
+    return tensor
+
+
+def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
+    """Rearrange ``frames`` to ``[B, F, C, H, W]`` (no copy where einops can avoid one); checks channels."""
+    check_tensor(frames)
     layout = infer_layout(tuple(frames.shape)) if layout is None else check_layout(layout)
     expected_rank = len(layout)
     if frames.dim() != expected_rank:
@@ -79,14 +93,16 @@ def to_bfchw(frames: torch.Tensor, layout: str | None = None) -> torch.Tensor:
         out = rearrange(frames, f"{pattern} -> 1 f c h w")
     channels = out.shape[2]
     if channels not in _CHANNEL_COUNTS:
-        raise ValueError(
+        raise FrameError(
             f"frames have {channels} channels in layout {layout} (shape {list(frames.shape)}); expected 3 (RGB), "
             "1 (grey, replicated to RGB) or 4 (RGBA, alpha dropped). If the channel axis is elsewhere, pass layout=."
         )
+    if out.shape[0] == 0:
+        raise ValueError(f"frames hold an empty batch (shape {list(frames.shape)}, B = 0); pass at least one video.")
     if out.shape[1] == 0:
-        raise ValueError(f"frames contain zero frames (shape {list(frames.shape)}); pass at least one frame.")
+        raise FrameError(f"frames contain zero frames (shape {list(frames.shape)}); pass at least one frame.")
     if out.shape[-1] < 2 or out.shape[-2] < 2:
-        raise ValueError(
+        raise FrameError(
             f"frames of {out.shape[-2]}x{out.shape[-1]} pixels (layout {layout}, shape {list(frames.shape)}) are too "
             "small; frames must be at least 2x2. Check the layout (pass layout=) if this is unexpected."
         )
@@ -113,13 +129,17 @@ def to_unit_float(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     frames = frames.to(device, non_blocking=True).float()
     low, high = (value.item() for value in torch.aminmax(frames))
     if low != low or high != high:  # NaN compares unequal to itself
-        raise ValueError("frames contain NaN values; clean the input (e.g. torch.nan_to_num) before flow.")
+        raise FrameError("frames contain NaN values; clean the input (e.g. torch.nan_to_num) before flow.")
     if low in (float("inf"), float("-inf")) or high in (float("inf"), float("-inf")):
-        raise ValueError("frames contain infinite values; clean the input (e.g. torch.nan_to_num) before flow.")
+        raise FrameError("frames contain infinite values; clean the input (e.g. torch.nan_to_num) before flow.")
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
-        hint = " They look like 0-255 values: divide by 255 or pass uint8." if high > 1.5 else ""
-        raise ValueError(
-            f"float frames must be in [0, 1], got values in [{low:.4g}, {high:.4g}].{hint}"
+        if high > 1.5:
+            hint = "They look like 0-255 values: divide by 255 or pass uint8."
+        else:  # e.g. bicubic resizing overshoots
+            hint = "Clamp them first (frames.clamp(0, 1)): resampling such as bicubic resizing overshoots the range."
+        raise FrameError(
+            f"float frames must be in [0, 1] (values up to {RANGE_TOLERANCE:g} outside are accepted and clamped), "
+            f"got values in [{low:.4g}, {high:.4g}]. {hint}"
         )
     if low < 0.0 or high > 1.0:
         frames = frames.clamp_(0.0, 1.0)

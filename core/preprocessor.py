@@ -15,15 +15,16 @@ from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
 from .common.log import log_once, logger
 from .common.paths import plugin_models_dir
 from .device import resolve_device
-from .layout import check_layout, to_bfchw, to_unit_float
+from .layout import check_layout, check_tensor, to_bfchw, to_unit_float
+from .memory import check_call_fits, check_compute_size_fits, check_maps_fit
 from .model.compute_size import check_compute_size, default_max_pairs, native_compute_size
 from .model.raft import DOWNSAMPLE
 from .model.specs import DEFAULT_MODEL, model_spec
 from .model.weights import WeightsInfo, WeightsSpec
 from .presets import apply_preset
 from .resize import crop_padding, pad_to_multiple, resize_images
-from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, flow_to_rgb
-from .common.vocabulary import Vocabulary, current_vocabulary, option_name, speaking, words
+from .visualize import FLOW_STRENGTH_RANGE, FlowNormalizer, check_finite_flow, check_max_flow, flow_to_rgb
+from .common.vocabulary import SIZE, Vocabulary, current_vocabulary, option_name, speaking, words
 from .warmup import chunk_sizes, needs_warm_up, warm_up_backend, window_pair_counts
 
 
@@ -45,8 +46,8 @@ class OpticalFlowTensorRTPreprocessor:
             ``strict_device=True``), ``"cuda:N"`` or ``"cpu"``.
         fp16: half precision for the encoders and update block on CUDA (correlation stays fp32).
         flow_strength: 0 to 2; multiplies the displayed saturation (see ``core.visualize``).
-        model: ``"raft_small"`` (default; fast) or ``"raft_large"`` (more accurate, several times the cost),
-            torchvision's RAFT models.
+        model: torchvision's RAFT models: ``"raft_small"`` (the default; fast, real time) or ``"raft_large"`` (more
+            accurate, about twice the time per frame; ``core.model.specs.MODEL_CHOICE``).
         num_flow_updates: RAFT refinement iterations (12 is torchvision's default).
         first_frame: what the first frame of a stream shows, having no frame before it: ``"zero"`` (no motion,
             white; the default) or ``"repeat"`` (the map of the pair (0, 1), as VACE's annotator and Scope's
@@ -196,6 +197,16 @@ class OpticalFlowTensorRTPreprocessor:
         return self.normalizer.mode
 
     @property
+    def max_flow(self) -> float:
+        """Pixels of motion at full saturation with ``normalization="fixed"``; may be changed between calls."""
+        return self.normalizer.max_flow
+
+    @max_flow.setter
+    def max_flow(self, value: float) -> None:
+        with speaking(self.vocabulary):
+            self.normalizer.max_flow = check_max_flow(value)
+
+    @property
     def native_size(self) -> bool:
         """Whether flow is computed at the input's own size (``height=None, width=None``)."""
         return self.height is None
@@ -280,6 +291,7 @@ class OpticalFlowTensorRTPreprocessor:
             return self._backend
 
     def _create_backend(self, size: tuple[int, int]) -> FlowBackend:
+        check_compute_size_fits(self.device, size, self._correlation_bytes, self.native_size)
         height, width = size
         config = BackendConfig(
             height=height,
@@ -314,27 +326,58 @@ class OpticalFlowTensorRTPreprocessor:
         logger.info("optical flow ready: %s", self.describe_settings(size))
         return backend
 
-    def describe_settings(self, size: tuple[int, int] | None = None) -> str:
-        """The settings that actually run, named as the face's vocabulary names them (for the ready line):
-        ``fp16`` shows as off on the CPU, where it does not apply."""
+    def running_settings(self) -> list[tuple[str, object]]:
+        """Every setting that shapes the maps, as it runs now: ``(option key, value)`` pairs in the ready line's
+        order (``core.common.vocabulary`` keys; the compute size is ``SIZE``: ``(height, width)``, ``(None, None)`` at
+        the input's own size). ``fp16`` is whether half precision runs (off on the CPU); ``max_flow`` and ``decay``
+        appear with the normalizations that use them."""
+        settings: list[tuple[str, object]] = [
+            ("model", self.model),
+            (SIZE, (self.height, self.width)),
+            ("num_flow_updates", self.num_flow_updates),
+            ("fp16", self.fp16_active),
+            ("normalization", self.normalization),
+        ]
+        if self.normalization == "fixed":
+            settings.append(("max_flow", self.max_flow))
+        elif self.normalization == "running":
+            settings.append(("decay", self.normalizer.decay))
+        settings += [
+            ("flow_strength", self.flow_strength),
+            ("first_frame", self.first_frame),
+            ("backend", self.backend_name),
+            ("device", str(self.device)),
+        ]
+        return settings
+
+    def describe_settings(self, size: tuple[int, int] | None = None, **shown: object) -> str:
+        """The settings that actually run (:meth:`running_settings`), named as the face's vocabulary names them:
+        the ready line. At the input's own size the compute size met follows (``size``, or the latest input's),
+        height x width. ``shown`` replaces values a face applies itself (the ComfyUI node's ``first_frame``
+        ``drop``)."""
         vocabulary = self.vocabulary
-        height, width = size or self.compute_size or (0, 0)
-        if self.native_size:
-            compute = f"compute {width}x{height} (the input's own size, padded to a multiple of 8)" if size or self.compute_size else (
-                "compute at the input's own size")
-        else:
-            compute = f"compute {self.width}x{self.height}"
-        precision = vocabulary.describe("fp16", self.fp16_active)
-        if self.fp16 and not self.fp16_active:
-            precision += " (fp16 applies on CUDA only)"
-        return ", ".join([
-            vocabulary.describe("model", self.model),
-            vocabulary.describe("backend", self.backend_name),
-            vocabulary.describe("device", str(self.device)),
-            compute,
-            precision,
-            vocabulary.describe("num_flow_updates", self.num_flow_updates),
-        ])
+        parts: list[str] = []
+        for key, value in {**dict(self.running_settings()), **shown}.items():
+            if key == SIZE:
+                parts.append(self._describe_size(size or self.compute_size))
+            elif key == "fp16":
+                precision = (vocabulary.setting("fp16", value) if vocabulary.has("fp16")
+                             else f"precision {'fp16' if value else 'fp32'}")
+                parts.append(precision + (" (fp16 applies on CUDA only)" if self.fp16 and not value else ""))
+            else:
+                parts.append(vocabulary.describe(key, value))
+        return ", ".join(parts)
+
+    def _describe_size(self, compute: tuple[int, int] | None) -> str:
+        vocabulary = self.vocabulary
+        if not self.native_size:
+            if vocabulary.has(SIZE):
+                return vocabulary.setting(SIZE, (self.height, self.width))
+            return f"compute size {self.height}x{self.width}"
+        text = vocabulary.setting(SIZE, (None, None)) if vocabulary.has(SIZE) else "compute size"
+        if compute is None:
+            return f"{text} (the input's own size)"
+        return f"{text} (the input's own size, padded to {compute[0]}x{compute[1]})"
 
     def warm_up(self, chunk_frames: Iterable[int], progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Load, then run each window shape of streams fed ``chunk_frames`` frames per call once (see
@@ -390,11 +433,20 @@ class OpticalFlowTensorRTPreprocessor:
         self.normalizer.reset()
 
     def __call__(self, frames: Any, layout: str | None = None) -> Tensor:
-        """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``."""
+        """Flow maps for ``frames`` (a tensor or Scope's context): ``[B, 3, F, H_out, W_out]`` in ``[-1, 1]``.
+
+        A call that fails leaves the stream as it was: its sizes are checked against the device's memory before
+        anything is allocated, and the stream state moves only when the maps are made."""
         with speaking(self.vocabulary):
             tensor, target = _unpack_context(frames)
-            flow, input_size = self._compute_flow(tensor, layout)
-            return self.flow_to_image(flow, size=target or input_size)
+            state = (self._previous_frames, self._stream_key, self.normalizer.state())
+            try:
+                flow, input_size = self._compute_flow(tensor, layout, maps_size=target or "input")
+                return self._draw(flow, target or input_size)
+            except BaseException:
+                self._previous_frames, self._stream_key = state[:2]
+                self.normalizer.restore(state[2])
+                raise
 
     def compute_flow(self, frames: Tensor, layout: str | None = None) -> Tensor:
         """Raw flow ``[B, F, 2, h, w]`` in compute-resolution pixels (at the input's own size: the input's size,
@@ -406,11 +458,21 @@ class OpticalFlowTensorRTPreprocessor:
         with speaking(self.vocabulary):
             return self._compute_flow(frames, layout)[0]
 
-    def _compute_flow(self, frames: Tensor, layout: str | None) -> tuple[Tensor, tuple[int, int]]:
+    def _compute_flow(
+        self, frames: Tensor, layout: str | None, maps_size: tuple[int, int] | str | None = None
+    ) -> tuple[Tensor, tuple[int, int]]:
+        """Raw flow and the input size; ``maps_size`` (a size, or ``"input"``) is the size of the maps the caller
+        makes next, checked against the device's memory with everything else before anything is allocated."""
         batch_frames = to_bfchw(frames, layout or self.layout)
         batch, num_frames, _, in_height, in_width = batch_frames.shape
         stream_key = (batch, in_height, in_width)
         height, width = self.compute_size_for(in_height, in_width)
+        check_call_fits(
+            self.device, frames=batch * num_frames, input_size=(in_height, in_width), compute_size=(height, width),
+            output_size=(in_height, in_width) if maps_size == "input" else maps_size,  # type: ignore[arg-type]
+            copies_input=not (batch_frames.dtype == torch.float32 and batch_frames.device == self.device),
+            element_bytes=self._correlation_bytes, native=self.native_size,
+        )
         unit = to_unit_float(batch_frames, self.device).flatten(0, 1)
         padding: tuple[int, int, int, int] | None = None
         if self.native_size:
@@ -435,12 +497,31 @@ class OpticalFlowTensorRTPreprocessor:
         self._stream_key = stream_key
         return flows, (in_height, in_width)
 
-    def flow_to_image(self, flow: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales)."""
+    def flow_to_image(
+        self, flow: Tensor, size: tuple[int, int] | None = None, *, check_finite: bool = True
+    ) -> Tensor:
+        """Visualize ``[B, F, 2, h, w]`` flow as ``[B, 3, F, H, W]`` in ``[-1, 1]`` (updates running scales).
+
+        Flow that is empty, has no data (the meta device) or holds NaN or infinite values is a ``ValueError`` /
+        ``TypeError`` naming the fix. Checking finiteness reads one value back from the device; a caller drawing
+        this preprocessor's own :meth:`compute_flow` result (computed from checked frames) may skip it with
+        ``check_finite=False``."""
+        check_tensor(flow, "flow")
         if flow.dim() != 5 or flow.shape[2] != 2:
             raise ValueError(f"flow must be [B, F, 2, H, W], got shape {list(flow.shape)}.")
-        batch, num_frames = flow.shape[:2]
+        if flow.numel() == 0:
+            raise ValueError(f"flow holds no frames (shape {list(flow.shape)}); pass flow of at least one frame.")
+        if check_finite:
+            check_finite_flow(flow)
         height, width = size if size is not None else flow.shape[-2:]
+        check_maps_fit(flow.device, frames=flow.shape[0] * flow.shape[1], flow_size=tuple(flow.shape[-2:]),
+                       output_size=(height, width))
+        return self._draw(flow, (height, width))
+
+    def _draw(self, flow: Tensor, size: tuple[int, int]) -> Tensor:
+        """:meth:`flow_to_image` of flow this preprocessor computed (finite: no check, no read-back)."""
+        batch, num_frames = flow.shape[:2]
+        height, width = size
         scales = self.normalizer.scales(flow)
         rgb = flow_to_rgb(flow.flatten(0, 1), scales.flatten(), self.flow_strength)
         # Resize the distance from white: resampling keeps exact zeros exact, so still areas (and a first frame
@@ -449,6 +530,11 @@ class OpticalFlowTensorRTPreprocessor:
         return rearrange(rgb * 2.0 - 1.0, "(b f) c h w -> b c f h w", b=batch, f=num_frames)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    @property
+    def _correlation_bytes(self) -> int:
+        """Bytes per value of the correlation volume at least (fp16 only where half precision runs)."""
+        return 2 if self.fp16_active else 4
 
     def _sequence_flow(self, backend: FlowBackend, frames: Tensor, previous: Tensor | None) -> Tensor:
         """Flow for one video's frames ``[F, 3, h, w]``: pairs (previous, 0), (0, 1), ... in windows."""

@@ -4,15 +4,21 @@
 20 updates at the video's own size (padded to a multiple of 8), each map scaled by that frame's largest motion,
 and the first map repeated so the control video has as many frames as the input.
 
-The rule, the same in every face: **a preset replaces the default values of its options; an option set to
-anything but its default wins over the preset.** ``preset="vace", normalization="running"`` runs VACE's model
-and size with running normalization; ``preset="vace", num_flow_updates=12`` still runs 20 updates, because 12 is
-the default (a face cannot tell a default left alone from one typed in). ``"none"`` (or ``None``) is no preset.
+The rule: **a preset replaces the options it covers, except those the caller set.** Where the caller can tell
+which options were given (the command line: flags typed on it), those win whatever their value; the Python API
+cannot tell a keyword left at its default from one passed with the default value, so there an option set to
+anything but its default wins. ``preset="vace", normalization="running"`` runs VACE's model and size with
+running normalization; in Python ``preset="vace", num_flow_updates=12`` still runs 20 updates (12 is the default),
+on the command line ``--preset vace --updates 12`` runs 12. ``"none"`` (or ``None``) is no preset.
+
+The ComfyUI nodes and Scope's settings have no preset field, because a form cannot show the preset's values in
+the fields it overrides: VACE's annotator is a node and a pipeline of its own there, carrying only the settings
+that still apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .model.specs import DEFAULT_MODEL
@@ -42,15 +48,21 @@ NO_PRESET = "none"
 PRESET_NAMES: tuple[str, ...] = (NO_PRESET, *PRESETS)
 
 
-def apply_preset(preset: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` (values of :data:`OPTION_DEFAULTS`' keys) with ``preset``'s values where they are defaults."""
+def apply_preset(
+    preset: str | None, options: Mapping[str, Any], given: Collection[str] | None = None
+) -> dict[str, Any]:
+    """``options`` (values of :data:`OPTION_DEFAULTS`' keys) with ``preset``'s values in place of those the caller
+    did not set: ``given`` names the options set explicitly (they win whatever their value); ``None``: those whose
+    value differs from its default (for callers that cannot tell)."""
     if preset is None or preset == NO_PRESET:
         return dict(options)
     if preset not in PRESETS:
         raise ValueError(words(
             "{preset=name} is not a preset; use one of " + ", ".join(PRESET_NAMES) + ".", name=preset
         ))
+    chosen = set(given) if given is not None else {key for key, value in options.items()
+                                                     if value != OPTION_DEFAULTS[key]}
     return {
-        key: PRESETS[preset][key] if key in PRESETS[preset] and value == OPTION_DEFAULTS[key] else value
+        key: PRESETS[preset][key] if key in PRESETS[preset] and key not in chosen else value
         for key, value in options.items()
     }

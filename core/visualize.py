@@ -55,6 +55,19 @@ def flow_magnitude_max(flow: Tensor) -> Tensor:
     return torch.linalg.vector_norm(flow, dim=1).flatten(1).amax(dim=1)
 
 
+def check_finite_flow(flow: Tensor, name: str = "flow") -> None:
+    """A ``ValueError`` naming the fix when ``flow`` holds NaN or infinite values (one value read back)."""
+    finite = torch.isfinite(flow)
+    if bool(finite.all()):
+        return
+    bad = int(finite.numel() - finite.sum())
+    raise ValueError(
+        f"{name} holds {bad} NaN or infinite value(s) of {finite.numel()}: such motion has no colour. Check what "
+        "made it (e.g. frames with NaN, an fp16 overflow upstream), or clean it with torch.nan_to_num(flow, nan=0.0, "
+        "posinf=0.0, neginf=0.0) first."
+    )
+
+
 def flow_to_rgb(flow: Tensor, scale: Tensor | float, flow_strength: float = 1.0) -> Tensor:
     """``[N, 2, H, W]`` flow in pixels -> ``[N, 3, H, W]`` RGB in ``[0, 1]``; ``scale`` is ``[N]`` or a number."""
     if flow.dim() != 4 or flow.shape[1] != 2:
@@ -71,6 +84,8 @@ def flow_to_rgb(flow: Tensor, scale: Tensor | float, flow_strength: float = 1.0)
     num_colors = wheel.shape[0]
     angle = torch.atan2(-v, -u) / math.pi
     position = (angle + 1.0) / 2.0 * (num_colors - 1)
+    # NaN flow (unchecked callers) must never index out of the wheel: on CUDA that would be a device-side assert
+    position = torch.nan_to_num(position, nan=0.0).clamp_(0.0, num_colors - 1)
     index0 = position.floor()
     frac = (position - index0).unsqueeze(1)
     index0 = index0.long()
@@ -79,6 +94,14 @@ def flow_to_rgb(flow: Tensor, scale: Tensor | float, flow_strength: float = 1.0)
     color1 = wheel[index1].permute(0, 3, 1, 2)
     color = (1.0 - frac) * color0 + frac * color1
     return 1.0 - saturation.unsqueeze(1) * (1.0 - color)
+
+
+def check_max_flow(max_flow: object) -> float:
+    """``max_flow`` as a float, or a ``ValueError`` naming the option: a positive, finite number of pixels."""
+    valid = isinstance(max_flow, (int, float)) and not isinstance(max_flow, bool)
+    if not (valid and math.isfinite(max_flow) and max_flow > 0):  # type: ignore[arg-type]
+        raise ValueError(f"{option_name('max_flow')} must be a positive number of pixels, got {max_flow!r}.")
+    return float(max_flow)  # type: ignore[arg-type]
 
 
 class FlowNormalizer:
@@ -93,8 +116,7 @@ class FlowNormalizer:
             raise ValueError(words(
                 f"{{normalization=mode}} is not supported; use one of {', '.join(NORMALIZATIONS)}.", mode=mode
             ))
-        if not (isinstance(max_flow, (int, float)) and math.isfinite(max_flow) and max_flow > 0):
-            raise ValueError(f"{option_name('max_flow')} must be a positive number of pixels, got {max_flow!r}.")
+        check_max_flow(max_flow)
         if not (isinstance(decay, (int, float)) and 0.0 < decay <= 1.0):
             raise ValueError(
                 f"{option_name('decay')} must be in (0, 1], got {decay!r}; 0.9 forgets a peak in about 20 frames."
@@ -108,7 +130,7 @@ class FlowNormalizer:
         self._running = None
 
     def state(self) -> Tensor | None:
-        """The running scale carried to the next call (for :meth:`restore`)."""
+        """What :meth:`restore` puts back (the running scale; replaced, never changed in place)."""
         return self._running
 
     def restore(self, state: Tensor | None) -> None:

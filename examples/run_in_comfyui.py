@@ -2,13 +2,17 @@
 
     python examples/run_in_comfyui.py /path/to/ComfyUI --form typed     # comfy_api.latest (comfy_entrypoint)
     python examples/run_in_comfyui.py /path/to/ComfyUI --form classic   # NODE_CLASS_MAPPINGS
+    python examples/run_in_comfyui.py /path/to/ComfyUI --vace           # Optical Flow (VACE annotator) instead
 
 ``typed`` loads this repository as ComfyUI loads a custom node folder (its root ``__init__.py``, through
 ``nodes.load_custom_node``); ``classic`` loads a one-line custom node that re-exports the classic mappings, the
-form older ComfyUI reads. Then the example workflow (API format, saved before the ``preset`` input existed) is
-validated and executed by ComfyUI's own executor, on a short synthetic clip written as
-``input/optical_flow_example.mp4``, with untrained weights (no download) unless ``--weights`` says otherwise.
-It prints one JSON line (form, node classes, outputs written) and exits 0 when the workflow ran.
+form older ComfyUI reads. Then the example workflow (API format) is validated and executed by ComfyUI's own
+executor, on a short synthetic clip written as ``input/optical_flow_example.mp4``, with untrained weights (no
+download) unless ``--weights`` says otherwise. ``--vace`` swaps its Optical Flow (RAFT) node for the Optical Flow
+(VACE annotator) node (same links, the inputs that node has); ``--first-frame`` sets the RAFT node's first_frame (a
+value saved by an earlier version, ``copy_next``, must still validate and run). It prints one JSON line (form,
+node classes, outputs written, the package's log lines that state the settings) and exits 0 when the workflow
+ran.
 
 Needs ComfyUI's requirements in this Python (aiohttp, safetensors, transformers, ...), and this package importable
 as ``scope_optical_flow_tensorrt``. tests/test_comfyui.py runs it where ``COMFYUI_PATH`` points at a checkout.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +65,20 @@ def write_clip(path: Path, frames: int = 6, height: int = 128, width: int = 160)
         container.mux(stream.encode())
 
 
-async def run(comfyui: Path, form: str, weights: str, preset: str | None) -> dict[str, Any]:
+class _SettingsLines(logging.Handler):
+    """Keeps the package's log lines that state the settings that run ("optical flow ready: ...", "... runs: ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("optical flow ready:", "optical flow runs:")):
+            self.lines.append(message)
+
+
+async def run(comfyui: Path, form: str, weights: str, vace: bool, first_frame: str | None) -> dict[str, Any]:
     sys.argv = [str(comfyui / "main.py"), "--cpu"]
     sys.path.insert(0, str(comfyui))
     import comfy.options
@@ -94,7 +112,7 @@ async def run(comfyui: Path, form: str, weights: str, preset: str | None) -> dic
     if not loaded:
         raise RuntimeError(f"ComfyUI did not load the {form} nodes (see its log above)")
     classes = {node_id: nodes.NODE_CLASS_MAPPINGS[node_id] for node_id in
-               ("OpticalFlowRAFT", "OpticalFlowToImage", "OpticalFlowMagnitudeMask")}
+               ("OpticalFlowRAFT", "OpticalFlowVACE", "OpticalFlowToImage", "OpticalFlowMagnitudeMask")}
     from comfy_api.latest import io
 
     typed = {node_id: issubclass(cls, io.ComfyNode) for node_id, cls in classes.items()}
@@ -104,8 +122,15 @@ async def run(comfyui: Path, form: str, weights: str, preset: str | None) -> dic
     prompt = {key: value for key, value in json.loads(WORKFLOW.read_text()).items() if not key.startswith("_")}
     flow_node = next(node for node in prompt.values() if node["class_type"] == "OpticalFlowRAFT")
     flow_node["inputs"]["weights"] = weights
-    if preset is not None:
-        flow_node["inputs"]["preset"] = preset
+    if first_frame is not None:
+        flow_node["inputs"]["first_frame"] = first_frame
+    if vace:
+        kept = ("images", "precision", "backend", "weights")
+        flow_node.update(class_type="OpticalFlowVACE",
+                         inputs={name: value for name, value in flow_node["inputs"].items() if name in kept})
+    settings_lines = _SettingsLines()
+    logging.getLogger("scope_optical_flow_tensorrt").addHandler(settings_lines)
+    logging.getLogger("scope_optical_flow_tensorrt").setLevel(logging.INFO)
     valid, error, outputs, node_errors = await execution.validate_prompt("example", prompt, None)
     if not valid:
         raise RuntimeError(f"ComfyUI rejected the example workflow: {error} {node_errors}")
@@ -117,7 +142,9 @@ async def run(comfyui: Path, form: str, weights: str, preset: str | None) -> dic
         messages = [message for message in executor.status_messages if message[0] == "execution_error"]
         raise RuntimeError(f"the example workflow failed: {messages}")
     written = sorted(str(path.relative_to(work / "output")) for path in (work / "output").rglob("*") if path.is_file())
-    return {"form": form, "typed_nodes": typed, "outputs": written, "preset": preset}
+    return {"form": form, "typed_nodes": typed, "outputs": written, "node": flow_node["class_type"],
+            "inputs": {name: value for name, value in flow_node["inputs"].items() if not isinstance(value, list)},
+            "settings_lines": settings_lines.lines}
 
 
 def main() -> int:
@@ -125,9 +152,11 @@ def main() -> int:
     parser.add_argument("comfyui", type=Path, help="a ComfyUI checkout (its folder with main.py)")
     parser.add_argument("--form", choices=("typed", "classic"), default="typed")
     parser.add_argument("--weights", default="untrained (random)", help="the node's weights input")
-    parser.add_argument("--preset", default=None, help="set the node's preset input (e.g. vace)")
+    parser.add_argument("--vace", action="store_true", help="run the Optical Flow (VACE annotator) node instead")
+    parser.add_argument("--first-frame", default=None, help="the RAFT node's first_frame input")
     options = parser.parse_args()
-    result = asyncio.run(run(options.comfyui.resolve(), options.form, options.weights, options.preset))
+    result = asyncio.run(run(options.comfyui.resolve(), options.form, options.weights, options.vace,
+                             options.first_frame))
     print(json.dumps(result))
     return 0
 

@@ -16,22 +16,31 @@ from torch import Tensor
 from ..core import OpticalFlowTensorRTPreprocessor
 from ..core.artifacts.compiled_cache import ROUTE_BACKGROUND
 from ..core.common.log import logger
-from ..core.model.compute_size import check_compute_size
+from ..core.layout import check_tensor
 from ..core.model.specs import model_spec
 from ..core.model.weights import WeightsSpec
-from ..core.presets import apply_preset
 from ..core.resize import resize_flow
-from ..core.visualize import FlowNormalizer, flow_to_rgb
+from ..core.visualize import FlowNormalizer, check_finite_flow, flow_to_rgb
 from ..core.common.vocabulary import words
 from ..core.warmup import needs_warm_up, window_pair_counts
 from . import host
-from .inputs import FIRST_FRAME_MODES, NATIVE_SIZE, PRECISIONS, WEIGHTS_DEFAULT, WEIGHTS_UNTRAINED, node_vocabulary
+from .inputs import (
+    FIRST_FRAME_MODES,
+    LEGACY_FIRST_FRAME,
+    NATIVE_SIZE,
+    PRECISIONS,
+    WEIGHTS_DEFAULT,
+    WEIGHTS_UNTRAINED,
+    NodeSpec,
+    node_vocabulary,
+)
 
 # The node's first_frame values as the core's (drop is the node's own: it removes frame 0 afterwards).
-_CORE_FIRST_FRAME = {"zero": "zero", "copy_next": "repeat", "drop": "zero"}
+_CORE_FIRST_FRAME = {"zero": "zero", "repeat": "repeat", "drop": "zero"}
 _IMAGE_CHANNELS = (1, 3, 4)
 # Full-size flow (2 floats) + RGB (3 floats) + temporaries per pixel: ~64 Mpixel windows peak near 2 GB.
 VISUAL_WINDOW_PIXELS = 64 << 20
+RUNNING_DECAY = 0.9  # running normalization forgets a peak in about 20 frames
 
 
 @dataclass(frozen=True)
@@ -50,42 +59,38 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
-class ChosenSettings:
-    """The node's settings after its preset (``core.presets``: defaults replaced, other values win)."""
+class MapSettings:
+    """How the node draws the flow: changing these never reloads the model."""
 
-    model: str
-    flow_updates: int
-    compute_height: int  # NATIVE_SIZE (0): the input's own size
-    compute_width: int
+    flow_strength: float
     normalization: str
-    first_frame: str  # the node's value: zero, copy_next or drop
+    max_flow: float
+    first_frame: str  # the node's value: zero, repeat or drop
+
+    def normalizer(self) -> FlowNormalizer:
+        return FlowNormalizer(self.normalization, max_flow=self.max_flow, decay=RUNNING_DECAY)
+
+    def core_options(self) -> dict[str, object]:
+        """The preprocessor's keyword arguments for these settings."""
+        return {"flow_strength": self.flow_strength, "normalization": self.normalization, "max_flow": self.max_flow,
+                "decay": RUNNING_DECAY, "first_frame": _CORE_FIRST_FRAME[self.first_frame]}
+
+    def apply(self, preprocessor: OpticalFlowTensorRTPreprocessor) -> None:
+        """Make ``preprocessor`` (a cached one, built for other map settings) draw with these."""
+        preprocessor.flow_strength = self.flow_strength
+        preprocessor.normalizer = self.normalizer()
+        preprocessor.first_frame = _CORE_FIRST_FRAME[self.first_frame]
 
 
-def resolve_preset(
-    preset: str, *, model: str, flow_updates: int, compute_height: int, compute_width: int, normalization: str,
-    first_frame: str,
-) -> ChosenSettings:
-    """Apply ``preset`` to the node's inputs with the core's rule, translating between the node's values
-    (compute size 0, first_frame copy_next) and the core's (``None``, ``"repeat"``)."""
-    check_first_frame(first_frame)
-    height = None if compute_height == NATIVE_SIZE else compute_height
-    width = None if compute_width == NATIVE_SIZE else compute_width
-    check_compute_size(height, width)  # 0 and 0 go together
-    chosen = apply_preset(preset, {
-        "model": model, "num_flow_updates": flow_updates, "normalization": normalization,
-        "height": height, "width": width,
-        "first_frame": "repeat" if first_frame == "copy_next" else first_frame,  # drop: not a default, it wins
-    })
-    first_frame = "copy_next" if chosen["first_frame"] == "repeat" else chosen["first_frame"]
-    height, width = chosen["height"], chosen["width"]
-    return ChosenSettings(
-        model=chosen["model"], flow_updates=chosen["num_flow_updates"], normalization=chosen["normalization"],
-        compute_height=NATIVE_SIZE if height is None else height,
-        compute_width=NATIVE_SIZE if width is None else width, first_frame=first_frame,
-    )
+def node_first_frame(value: str) -> str:
+    """The node's ``first_frame`` value, with values saved by earlier versions (``copy_next``) read as today's
+    (``repeat``); anything else is an error listing the choices."""
+    value = LEGACY_FIRST_FRAME.get(value, value)
+    check_first_frame(value)
+    return value
 
 
-_cache: dict[tuple[ModelSettings, object], OpticalFlowTensorRTPreprocessor] = {}
+_cache: dict[tuple[ModelSettings, object, str | None], OpticalFlowTensorRTPreprocessor] = {}
 
 
 def clear_cache() -> None:
@@ -94,10 +99,14 @@ def clear_cache() -> None:
 
 
 def get_preprocessor(
-    settings: ModelSettings, frame_size: tuple[int, int] | None = None
+    settings: ModelSettings,
+    frame_size: tuple[int, int] | None = None,
+    maps: MapSettings | None = None,
+    spec: NodeSpec | None = None,
 ) -> OpticalFlowTensorRTPreprocessor:
     """The loaded preprocessor for ``settings``: reused while they stay the same, else built and loaded anew
-    (at the input's own size, for frames of ``frame_size``).
+    (at the input's own size, for frames of ``frame_size``), drawing with ``maps`` and speaking node ``spec``'s
+    words.
 
     One model is kept at a time, so switching settings frees the old one. The stream state is reset, so every
     node execution is a new clip.
@@ -106,13 +115,14 @@ def get_preprocessor(
         raise ValueError(f"precision={settings.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
     native = settings.compute_height == NATIVE_SIZE and settings.compute_width == NATIVE_SIZE
     weights_spec, weights_version = _resolve_weights(settings.weights)
-    key = (settings, weights_version)
+    key = (settings, weights_version, spec.node_id if spec is not None else None)  # each node speaks its words
     preprocessor = _cache.get(key)
     if preprocessor is None:
         preprocessor = OpticalFlowTensorRTPreprocessor(
             height=None if native else settings.compute_height,
             width=None if native else settings.compute_width,
-            vocabulary=node_vocabulary(),
+            vocabulary=node_vocabulary(spec) if spec is not None else node_vocabulary(),
+            **(maps.core_options() if maps is not None else {}),  # type: ignore[arg-type]
             device=settings.device,
             fp16=settings.precision == "fp16",
             model=settings.model,
@@ -137,6 +147,8 @@ def get_preprocessor(
         # ComfyUI waits for this node anyway: shapes a child process has compiled since the last run switch to their
         # compiled kernels here (never during a run; the first runs use the uncompiled model, about half as fast).
         preprocessor.wait_for_compiled(timeout=0)
+    if maps is not None:
+        maps.apply(preprocessor)
     preprocessor.reset()
     return preprocessor
 
@@ -200,6 +212,8 @@ def check_flow(flow: object) -> Tensor:
             f"flow must be a FLOW [N, 2, H, W] (x/y motion in pixels), got {shape}. Connect the 'flow' output of "
             "the Optical Flow (RAFT) node."
         )
+    check_tensor(flow, "flow")
+    check_finite_flow(flow)  # NaN or infinite motion has no colour and no magnitude
     return flow
 
 
@@ -237,14 +251,14 @@ def video_flow(
     Frames go through the preprocessor in windows of its ``max_batch_pairs`` (its streaming state makes that
     equal to one call), with ComfyUI's progress bar and Cancel check between windows. ``previous_frame``
     (``[H, W, C]``) is the frame before ``images[0]``, so frame 0 gets real motion; without it frame 0 has no
-    reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"copy_next"`` (frame 1's flow: the
+    reference and ``first_frame`` decides: ``"zero"`` (no motion, white), ``"repeat"`` (frame 1's flow, as the
     core's ``first_frame="repeat"``) or ``"drop"`` (the output has N - 1 frames).
     """
     check_clip(images, previous_frame, first_frame)
     preprocessor.first_frame = _CORE_FIRST_FRAME[first_frame]
     if previous_frame is not None:
         preprocessor.compute_flow(previous_frame[None])  # primes the stream; no model call for a single frame
-    window = max(2, preprocessor.max_batch_pairs)  # the first window holds the pair (0, 1) that copy_next repeats
+    window = max(2, preprocessor.max_batch_pairs)  # the first window holds the pair (0, 1) that repeat repeats
     progress = host.progress_bar(images.shape[0])
     pieces: list[Tensor] = []
     for start in range(0, images.shape[0], window):
@@ -256,6 +270,22 @@ def video_flow(
     if previous_frame is None and first_frame == "drop":
         flow = flow[1:]
     return flow
+
+
+def flow_maps(
+    spec: NodeSpec, settings: ModelSettings, maps: MapSettings, images: Tensor, previous_frame: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """One execution of a flow node: the clip's maps (IMAGE) and flow (FLOW) at the input size, with the settings
+    that run stated in the log in the node's words (as it loads, and at every execution)."""
+    check_clip(images, previous_frame, maps.first_frame)
+    height, width = images.shape[1:3]
+    preprocessor = get_preprocessor(settings, frame_size=(height, width), maps=maps, spec=spec)
+    shown = {"first_frame": maps.first_frame} if maps.first_frame == "drop" else {}
+    with_size = preprocessor.compute_size_for(height, width)
+    logger.info("optical flow runs: %s", preprocessor.describe_settings(with_size, **shown))
+    raw = video_flow(preprocessor, images, previous_frame, maps.first_frame)
+    window = visual_window(height, width)
+    return flow_images(raw, preprocessor.normalizer, maps.flow_strength, preprocessor.device, window, (height, width))
 
 
 def flow_images(

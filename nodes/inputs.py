@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.backends import BACKENDS
-from ..core.model.specs import DEFAULT_MODEL, MODEL_NAMES
-from ..core.presets import PRESET_NAMES
+from ..core.model.specs import DEFAULT_MODEL, MODEL_CHOICE, MODEL_NAMES
+from ..core.presets import PRESETS
 from ..core.visualize import FLOW_STRENGTH_RANGE, NORMALIZATIONS
 from ..core.common.vocabulary import Vocabulary
 
 WEIGHTS_DEFAULT = "DEFAULT"
 WEIGHTS_UNTRAINED = "untrained (random)"
 PRECISIONS = ("fp16", "fp32")
-FIRST_FRAME_MODES = ("zero", "copy_next", "drop")
+# The core's first_frame values (zero, repeat) and the node's own drop, which returns one frame fewer.
+FIRST_FRAME_MODES = ("zero", "repeat", "drop")
+# Values workflows saved before the faces shared one spelling may hold, and what they mean now.
+LEGACY_FIRST_FRAME = {"copy_next": "repeat"}
 NATIVE_SIZE = 0  # compute_width = compute_height = 0: the input's own size
 MAX_COMPUTE_SIZE = 2048
 FLOW_TYPE = "FLOW"
@@ -78,6 +81,8 @@ class NodeSpec:
     function: str
     inputs: tuple[NodeInput, ...]
     outputs: tuple[NodeOutputSpec, ...]
+    # Core options this node sets itself, not as inputs (key in core.common.vocabulary -> value).
+    fixed: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _weights_choices() -> list[str]:
@@ -104,6 +109,29 @@ MAX_FLOW = NodeInput(
     "saturation. Ignored by the other modes.",
 )
 FLOW_INPUT = NodeInput("flow", FLOW_TYPE, tooltip="Raw flow [N, 2, H, W] in pixels, from Optical Flow (RAFT).")
+IMAGES = NodeInput("images", "IMAGE", tooltip="The video's frames in order ([N, H, W, C]); at least 2.")
+PRECISION = NodeInput(
+    "precision", "COMBO", default="fp16", choices=PRECISIONS, option="fp16", values={True: "fp16", False: "fp32"},
+    tooltip="fp16 runs the encoders and update block in half precision on CUDA (faster); fp32 everywhere "
+    "else. Ignored on the CPU.",
+)
+BACKEND = NodeInput(
+    "backend", "COMBO", default="auto", choices=BACKENDS, option="backend",
+    tooltip="auto: TensorRT when installed on CUDA, else PyTorch. Engines are built once and cached in "
+    "models/optical_flow.",
+)
+WEIGHTS = NodeInput(
+    "weights", "COMBO", default=WEIGHTS_DEFAULT, choices=_weights_choices, option="weights",
+    values={None: WEIGHTS_UNTRAINED},
+    tooltip="DEFAULT: torchvision's weights of the chosen model (downloaded once, or a file of that model in "
+    "$SCOPE_OPTICAL_FLOW_WEIGHTS); a .pth file of the chosen model from models/optical_flow; or untrained "
+    "(random) for testing a workflow without weights.",
+)
+PREVIOUS_FRAMES = NodeInput(
+    "previous_frames", "IMAGE", optional=True,
+    tooltip="Frames before this clip (e.g. the previous chunk of a long video); its last frame becomes "
+    "frame 0's reference, so frame 0 shows real motion. Same size as images.",
+)
 
 OPTICAL_FLOW = NodeSpec(
     node_id="OpticalFlowRAFT",
@@ -112,12 +140,12 @@ OPTICAL_FLOW = NodeSpec(
         "Optical flow between consecutive frames with RAFT Small or Large (TensorRT or PyTorch), for video "
         "ControlNet / VACE conditioning. Input: a video's frames in order. Output: RGB flow maps (hue = direction, "
         "saturation = speed, white = still) at the input size, and the raw flow in pixels. Each run is a new "
-        "clip; the model stays loaded while the model settings are unchanged. preset = vace gives the maps of "
-        "VACE's own flow annotator."
+        "clip; the model stays loaded while the model settings are unchanged. For the maps of VACE's own flow "
+        "annotator use Optical Flow (VACE annotator)."
     ),
     function="compute",
     inputs=(
-        NodeInput("images", "IMAGE", tooltip="The video's frames in order ([N, H, W, C]); at least 2."),
+        IMAGES,
         NodeInput(
             "compute_width", "INT", default=512, minimum=NATIVE_SIZE, maximum=MAX_COMPUTE_SIZE, step=8, option="width",
             values={None: str(NATIVE_SIZE)},
@@ -131,12 +159,7 @@ OPTICAL_FLOW = NodeSpec(
             tooltip="Height the flow is computed at (multiple of 8, at least 128); 0 (with compute_width 0): the "
             "input's own size.",
         ),
-        NodeInput(
-            "precision", "COMBO", default="fp16", choices=PRECISIONS, option="fp16",
-            values={True: "fp16", False: "fp32"},
-            tooltip="fp16 runs the encoders and update block in half precision on CUDA (faster); fp32 everywhere "
-            "else. Ignored on the CPU.",
-        ),
+        PRECISION,
         NodeInput(
             "flow_updates", "INT", default=12, minimum=1, maximum=32, option="num_flow_updates",
             tooltip="RAFT refinement iterations: fewer is faster, more is more accurate (12 is standard).",
@@ -144,40 +167,19 @@ OPTICAL_FLOW = NodeSpec(
         STRENGTH,
         NORMALIZATION,
         MAX_FLOW,
-        NodeInput(
-            "backend", "COMBO", default="auto", choices=BACKENDS, option="backend",
-            tooltip="auto: TensorRT when installed on CUDA, else PyTorch. Engines are built once and cached in "
-            "models/optical_flow.",
-        ),
+        BACKEND,
         NodeInput(
             "first_frame", "COMBO", default="zero", choices=FIRST_FRAME_MODES, option="first_frame",
-            values={"repeat": "copy_next"},
             tooltip="Frame 0 has no frame before it (unless previous_frames is connected). zero: no motion "
-            "(white); copy_next: repeat frame 1's flow (as VACE's annotator does); drop: output one frame fewer.",
+            "(white); repeat: frame 1's map (as VACE's annotator does); drop: output one frame fewer.",
         ),
-        NodeInput(
-            "weights", "COMBO", default=WEIGHTS_DEFAULT, choices=_weights_choices, option="weights",
-            values={None: WEIGHTS_UNTRAINED},
-            tooltip="DEFAULT: torchvision's weights of the chosen model (downloaded once, or a file of that model in "
-            "$SCOPE_OPTICAL_FLOW_WEIGHTS); a .pth file of the chosen model from models/optical_flow; or untrained "
-            "(random) for testing a workflow without weights.",
-        ),
+        WEIGHTS,
         NodeInput(
             "model", "COMBO", default=DEFAULT_MODEL, choices=MODEL_NAMES, option="model",
-            tooltip="raft_small: fast (real time). raft_large: more accurate (Sintel final EPE 2.72 vs 3.28 on "
-            "torchvision's model cards), several times slower and more memory.",
+            tooltip=f"RAFT model: {MODEL_CHOICE}. raft_large also needs more memory (Sintel final EPE 2.72 vs 3.28 "
+            "on torchvision's model cards).",
         ),
-        NodeInput(
-            "previous_frames", "IMAGE", optional=True,
-            tooltip="Frames before this clip (e.g. the previous chunk of a long video); its last frame becomes "
-            "frame 0's reference, so frame 0 shows real motion. Same size as images.",
-        ),
-        NodeInput(
-            "preset", "COMBO", default="none", choices=PRESET_NAMES, option="preset", optional=True,
-            tooltip="vace: the maps of VACE's own flow annotator (model raft_large, flow_updates 20, compute size "
-            "0 x 0 = the input's own, normalization per_frame, first_frame copy_next). It replaces those inputs' "
-            "default values; an input set to anything else wins.",
-        ),
+        PREVIOUS_FRAMES,
     ),
     outputs=(
         NodeOutputSpec("flow_image", "IMAGE", "Flow visualization [N, H, W, 3] in [0, 1], same size as the input "
@@ -185,6 +187,21 @@ OPTICAL_FLOW = NodeSpec(
         NodeOutputSpec("flow", FLOW_TYPE, "Raw flow [N, 2, H, W]: x/y motion from the previous frame, in pixels of "
                        "the input size."),
     ),
+)
+
+OPTICAL_FLOW_VACE = NodeSpec(
+    node_id="OpticalFlowVACE",
+    display_name="Optical Flow (VACE annotator)",
+    description=(
+        "The flow maps of VACE's own flow annotator, for VACE's flow conditioning: RAFT Large with 20 updates at "
+        "the frames' own size (padded to a multiple of 8, never resized), each map scaled by its frame's fastest "
+        "motion, and frame 1's map repeated for frame 0, so there is one map per frame. Only the inputs that "
+        "leave those maps as VACE's are here; for other settings use Optical Flow (RAFT)."
+    ),
+    function="compute_vace",
+    inputs=(IMAGES, PRECISION, BACKEND, WEIGHTS, PREVIOUS_FRAMES),
+    outputs=OPTICAL_FLOW.outputs,
+    fixed={**PRESETS["vace"], "flow_strength": 1.0},
 )
 
 FLOW_TO_IMAGE = NodeSpec(
@@ -221,7 +238,7 @@ MAGNITUDE_MASK = NodeSpec(
     outputs=(NodeOutputSpec("mask", "MASK", "Motion mask [N, H, W] in [0, 1], the flow's size."),),
 )
 
-NODE_SPECS: tuple[NodeSpec, ...] = (OPTICAL_FLOW, FLOW_TO_IMAGE, MAGNITUDE_MASK)
+NODE_SPECS: tuple[NodeSpec, ...] = (OPTICAL_FLOW, OPTICAL_FLOW_VACE, FLOW_TO_IMAGE, MAGNITUDE_MASK)
 
 
 def classic_input_types(spec: NodeSpec) -> dict[str, Any]:
@@ -233,15 +250,20 @@ def classic_input_types(spec: NodeSpec) -> dict[str, Any]:
     return groups
 
 
+def node_vocabulary(spec: NodeSpec = OPTICAL_FLOW) -> Vocabulary:
+    """How the core's messages name options inside node ``spec``: by its inputs that set them (a message that
+    names an option the node has no input for leaves that sentence out)."""
+    return _vocabularies(spec.node_id)
+
+
 @functools.cache
-def node_vocabulary() -> Vocabulary:
-    """How the core's messages name options inside the nodes: by the inputs that set them."""
+def _vocabularies(node_id: str) -> Vocabulary:
+    [spec] = [spec for spec in NODE_SPECS if spec.node_id == node_id]
     names: dict[str, str] = {}
     values: dict[str, Mapping[object, str]] = {}
-    for spec in NODE_SPECS:
-        for item in spec.inputs:
-            if item.option is not None:
-                names[item.option] = item.name
-                if item.values:
-                    values[item.option] = item.values
-    return Vocabulary(face="ComfyUI node", style="field", names=names, values=values)
+    for item in spec.inputs:
+        if item.option is not None:
+            names[item.option] = item.name
+            if item.values:
+                values[item.option] = item.values
+    return Vocabulary(face=f"ComfyUI node {spec.display_name}", style="field", names=names, values=values)

@@ -61,6 +61,9 @@ def typed_node(classic: type) -> type[io.ComfyNode]:
         def execute(cls, **inputs: Any) -> io.NodeOutput:
             return io.NodeOutput(*getattr(classic(), spec.function)(**inputs))
 
+    validate = classic.__dict__.get("VALIDATE_INPUTS")
+    if validate is not None:  # the typed form's name for the same check (ComfyUI reads the inputs it names)
+        TypedNode.validate_inputs = classmethod(validate.__func__)  # type: ignore[attr-defined]
     TypedNode.__name__ = TypedNode.__qualname__ = f"{classic.__name__}Typed"
     return TypedNode
 

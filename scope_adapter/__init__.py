@@ -4,11 +4,13 @@ Scope finds this module through the entry-point group ``scope`` (see ``pyproject
 
 - ``register_preprocessors(register)``, in Scope builds with the VACE preprocessor registry (January 2026):
   registers the core's :class:`OpticalFlowTensorRTPreprocessor` (as :class:`.vocabulary.ScopeFlowPreprocessor`,
-  whose messages name no options: this form has no settings) as ``("flow", "Flow")``. Scope builds it
-  with no arguments and calls it with its ``PreprocessorContext`` once per chunk.
+  whose messages name no options: this form has no settings) as ``("flow", "Flow")``, and VACE's annotator's
+  maps as ``("flow-vace", "Flow (VACE)")``. Scope builds them with no arguments and calls them with its
+  ``PreprocessorContext`` once per chunk.
 - ``register_pipelines(register)``, in Scope releases where preprocessors are pipelines marked
-  ``usage=[UsageType.PREPROCESSOR]`` (v0.1.0-beta.3 and later): registers :class:`.pipeline.FlowPipeline`, a thin
-  wrapper around the same preprocessor. In a Scope without that API the hook registers nothing.
+  ``usage=[UsageType.PREPROCESSOR]`` (v0.1.0-beta.3 and later): registers :class:`.pipeline.FlowPipeline` and
+  :class:`.pipeline.FlowVacePipeline`, thin wrappers around the same preprocessor. In a Scope without that API the
+  hook registers nothing.
 
 Importing this module imports neither torch, the core nor Scope: they load inside the hooks, when Scope asks.
 """
@@ -22,6 +24,10 @@ import pluggy
 
 PREPROCESSOR_ID = "flow"
 DISPLAY_NAME = "Flow"
+# VACE's own flow annotator's maps: a preprocessor of its own, because a preset field could not show its values in
+# the fields it overrides.
+VACE_PREPROCESSOR_ID = "flow-vace"
+VACE_DISPLAY_NAME = "Flow (VACE)"
 
 
 def _scope_hookimpl() -> pluggy.HookimplMarker:
@@ -41,9 +47,10 @@ hookimpl = _scope_hookimpl()
 def register_preprocessors(register: Callable[[str, str, type], Any]) -> None:
     """Register the preprocessor class for Scope's VACE conditioning dropdown: the core's class, whose messages
     name no options (this form has no settings to set)."""
-    from .vocabulary import ScopeFlowPreprocessor
+    from .vocabulary import ScopeFlowPreprocessor, ScopeFlowVacePreprocessor
 
     register(PREPROCESSOR_ID, DISPLAY_NAME, ScopeFlowPreprocessor)
+    register(VACE_PREPROCESSOR_ID, VACE_DISPLAY_NAME, ScopeFlowVacePreprocessor)
 
 
 @hookimpl(optionalhook=True)
@@ -51,9 +58,10 @@ def register_pipelines(register: Callable[[type], Any]) -> None:
     """Register the preprocessor pipeline where Scope has preprocessor pipelines; otherwise do nothing."""
     if not scope_has_preprocessor_pipelines():
         return
-    from .pipeline import FlowPipeline
+    from .pipeline import FlowPipeline, FlowVacePipeline
 
     register(FlowPipeline)
+    register(FlowVacePipeline)
 
 
 def scope_has_preprocessor_pipelines() -> bool:
@@ -65,4 +73,5 @@ def scope_has_preprocessor_pipelines() -> bool:
     return hasattr(UsageType, "PREPROCESSOR")
 
 
-__all__ = ["DISPLAY_NAME", "PREPROCESSOR_ID", "hookimpl", "register_pipelines", "register_preprocessors"]
+__all__ = ["DISPLAY_NAME", "PREPROCESSOR_ID", "VACE_DISPLAY_NAME", "VACE_PREPROCESSOR_ID", "hookimpl",
+           "register_pipelines", "register_preprocessors"]

@@ -67,13 +67,17 @@ def _gpu_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_models_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """Never touch the user's real models/engine cache from tests. GPU tests share one folder for the session, so
-    the compiled kernels and engines one test makes serve the next (a compile costs tens of seconds there)."""
+    """Never touch the user's real models/engine cache (or its record of trusted entries) from tests. GPU tests share
+    one folder for the session, so the compiled kernels one test makes serve the next (a compile costs tens of
+    seconds there)."""
     if request.node.get_closest_marker("gpu") is not None:
         models_root = request.getfixturevalue("_gpu_models_root")
+        trust = models_root.parent / f"{models_root.name}-trusted-entries"
     else:
         models_root = tmp_path_factory.mktemp("models")
+        trust = tmp_path_factory.mktemp("trusted-entries")
     monkeypatch.setenv("DAYDREAM_SCOPE_MODELS_DIR", str(models_root))
+    monkeypatch.setenv("SCOPE_OPTICAL_FLOW_TRUST_DIR", str(trust))
     monkeypatch.delenv("SCOPE_OPTICAL_FLOW_WEIGHTS", raising=False)
     return models_root
 

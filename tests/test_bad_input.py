@@ -28,7 +28,8 @@ BAD_FRAMES = [
     ("NaN", torch.where(GOOD > 0.5, torch.nan, GOOD), ValueError, r"NaN.*nan_to_num"),
     ("Inf", torch.where(GOOD > 0.5, torch.inf, GOOD), ValueError, r"infinite.*nan_to_num"),
     ("0-255 floats", GOOD * 255, ValueError, r"must be in \[0, 1\].*divide by 255 or pass uint8"),
-    ("negative floats", GOOD - 0.5, ValueError, r"must be in \[0, 1\], got values in \[-0\.\d+, 0\.\d+\]\.$"),
+    ("negative floats", GOOD - 0.5, ValueError, r"must be in \[0, 1\] \(values up to 0\.001 outside are accepted and "
+     r"clamped\), got values in \[-0\.\d+, 0\.\d+\]\. Clamp them first \(frames\.clamp\(0, 1\)\)"),
     ("int32", (GOOD * 255).to(torch.int32), TypeError, r"dtype torch.int32.*uint8.*floating"),
     ("bool", GOOD > 0.5, TypeError, r"dtype torch.bool"),
     ("numpy array", GOOD.numpy(), TypeError, r"must be a torch.Tensor.*torch.from_numpy"),

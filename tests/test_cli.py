@@ -4,6 +4,7 @@ message. CPU, 128x128 compute, untrained weights, 1-2 flow updates."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -125,7 +126,7 @@ def test_run_video_to_video_npy_and_flo(tmp_path: Path) -> None:
     result = cli("run", tmp_path / "in.mp4", "-o", tmp_path / "flow.mp4", "--flow-npy", tmp_path / "flow.npy",
                  "--flow-flo", tmp_path / "flo", "--chunk", "4", *FAST)
     assert result.returncode == 0, result.stderr
-    assert "6 frames (112x96)" in result.stdout
+    assert "6 frames (96x112)" in result.stdout  # height x width, as --size
     assert "UNTRAINED" in result.stderr  # the core's warning reaches the user
     video, rate = read_video(tmp_path / "flow.mp4")
     assert video.shape == (6, 96, 112, 3) and rate == 12
@@ -413,7 +414,11 @@ def test_prebuild_without_tensorrt_explains(run_main) -> None:
         pass
     code, _, err = run_main("prebuild", "--size", "128", "--weights", "untrained")
     assert code == 1
-    assert "TensorRT" in err and "pip install" in err and "--onnx-only" in err and "Traceback" not in err
+    assert "TensorRT" in err and "--onnx-only" in err and "Traceback" not in err
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        assert "pip install" in err
+    else:  # no GPU here, but TensorRT for RTX builds portable engines: the message says how
+        assert "needs a CUDA GPU (--device cuda" in err and "--tensorrt-targets sm86,sm89,sm120" in err
 
 
 # -- small units ----------------------------------------------------------------------------------------------
@@ -577,10 +582,69 @@ def test_preset_flag_and_the_x264_preset(tmp_path: Path, run_main) -> None:
 
 
 def test_cli_vocabulary_names_existing_flags() -> None:
-    from scope_optical_flow_tensorrt.cli.options import cli_vocabulary
-    from scope_optical_flow_tensorrt.cli.run import run_command
+    from scope_optical_flow_tensorrt.cli.app import cli as group
+    from scope_optical_flow_tensorrt.cli.options import MODEL_CHOICE, cli_vocabulary
+    from scope_optical_flow_tensorrt.core.model.specs import MODEL_CHOICE as CORE_MODEL_CHOICE
 
-    flags = {flag for param in run_command.params for flag in [*param.opts, *param.secondary_opts]}
+    assert MODEL_CHOICE == CORE_MODEL_CHOICE  # one sentence for the model choice in every face
+    flags = {flag for command in group.commands.values() for param in command.params
+             for flag in [*param.opts, *param.secondary_opts]}
     named = {name.split(" ")[0] for name in cli_vocabulary().names.values()}
     named |= set(cli_vocabulary().settings.values())
     assert named <= flags, named - flags
+
+
+# -- messages: each once, in the command line's words, with consistent exit codes ----------------------------
+
+
+def test_weights_errors_name_the_flag_once(tmp_path: Path, run_main) -> None:
+    frames = _png_frames(tmp_path / "frames")
+    code, _, err = run_main("run", frames, "-o", tmp_path / "out", "--device", "cpu", "--weights", "nope.pth")
+    assert code == EXIT_USAGE and "RAFT weights file not found: nope.pth (from --weights)." in err
+    assert err.count("--weights") == 1
+    code, _, err = run_main("run", frames, "-o", tmp_path / "out", "--device", "cpu", "--weights", "C_T_SKHT_V2")
+    assert code == EXIT_USAGE and err.count("--weights") == 1
+    assert "--weights C_T_SKHT_V2 is neither a Raft_Small_Weights name" in err
+    assert "It is a Raft_Large_Weights name: add --model raft_large." in err
+    code, _, err = run_main("prebuild", "--onnx-only", "--size", "128", "--weights", "nope.pth")
+    assert code == EXIT_USAGE and "(from --weights)" in err  # the same answer from every command
+
+
+def test_bad_input_exits_3_and_says_why(tmp_path: Path, run_main) -> None:
+    one = tmp_path / "one"
+    write_images(one, moving_frames(1, 64, 64))
+    code, _, err = run_main("run", one, "-o", tmp_path / "out.mp4", *FAST)
+    assert code == EXIT_INPUT and "has one frame" in err and "no motion to measure" in err
+    small = tmp_path / "small"
+    write_images(small, moving_frames(2, 64, 64))
+    code, _, err = run_main("run", small, "-o", tmp_path / "out.mp4", "--size", "native", "--updates", "1",
+                            "--weights", "untrained", "--device", "cpu")
+    assert code == EXIT_INPUT and "the frames are 64x64 (height x width), too small" in err and "--size 128x128" in err
+    assert not (tmp_path / "out.mp4").exists()
+    mixed = tmp_path / "mixed"
+    write_images(mixed, moving_frames(2, 64, 64))
+    Image.fromarray(moving_frames(1, 64, 72)[0]).save(mixed / "img_9.png")
+    code, _, err = run_main("run", mixed, "-o", tmp_path / "out.mp4", *FAST)
+    assert code == EXIT_INPUT and "is 64x72 (height x width, as --size) but earlier frames are 64x64" in err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_an_output_folder_that_takes_no_files_says_so(tmp_path: Path, run_main) -> None:
+    frames = _png_frames(tmp_path / "frames")
+    code, _, err = run_main("run", frames, "-o", "/proc/o.mp4", *FAST)
+    assert code == EXIT_OUTPUT and "cannot write /proc/o.mp4 in /proc: the folder exists but takes no new files" in err
+
+
+def test_help_texts_say_each_thing_once(run_main) -> None:
+    code, out, _ = run_main("bench", "--help")
+    assert code == 0 and out.count("[default: untrained]") == 1
+    assert "untrained-weights notice" not in out and "the weights are untrained" not in out
+    code, out, _ = run_main("demo", "--help")
+    assert "the notice that the weights are untrained" in " ".join(out.split())
+    code, out, _ = run_main("run", "--help")
+    assert "about twice the time per frame" in " ".join(out.split()) and "several times" not in out
+
+
+def test_info_does_not_contradict_itself(run_main) -> None:
+    code, out, _ = run_main("info")
+    assert code == 0 and "tensorrt installed:" not in out and "TensorRT flavours:" in out

@@ -346,10 +346,23 @@ def test_list_and_clear_cache(cache_dir: Path) -> None:
 
 
 def test_prebuild_without_tensorrt_raises_with_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "tensorrt", None)  # make `import tensorrt` fail everywhere
+    for flavour in ("tensorrt", "tensorrt_rtx"):  # make `import tensorrt` (and TensorRT for RTX) fail everywhere
+        monkeypatch.setitem(__import__("sys").modules, flavour, None)
     with pytest.raises(RuntimeError, match="pip install tensorrt"):
         prebuild_engine(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=tmp_path)
     assert not list(tmp_path.glob("*.trt"))
+
+
+def test_prebuild_without_a_gpu_points_at_portable_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where TensorRT for RTX is installed but there is no GPU, the error says how to build without one."""
+    from scope_optical_flow_tensorrt.core.artifacts import trt_build
+
+    monkeypatch.setattr(engine_manager, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(engine_manager, "flavour_available", lambda flavour: flavour == trt_build.TENSORRT_RTX)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"needs a CUDA GPU \(device='cuda'.*TensorRT for RTX \(installed\) builds "
+                                           r"portable engines.*tensorrt_targets=\('8\.6', '8\.9', '12\.0'\)"):
+        prebuild_engine(SIZE, SIZE, num_flow_updates=1, weights=None, models_dir=tmp_path)
 
 
 def test_export_onnx_cached_rebuilds_stale_graph(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,12 +107,14 @@ print(",".join(sorted(mappings)))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().split(",") == ["OpticalFlowMagnitudeMask", "OpticalFlowRAFT", "OpticalFlowToImage"]
+    assert result.stdout.strip().split(",") == ["OpticalFlowMagnitudeMask", "OpticalFlowRAFT", "OpticalFlowToImage",
+                                                "OpticalFlowVACE"]
 
 
 def test_mappings_and_declarations(pack: types.ModuleType) -> None:
     assert pack.NODE_DISPLAY_NAME_MAPPINGS == {
         "OpticalFlowRAFT": "Optical Flow (RAFT)",
+        "OpticalFlowVACE": "Optical Flow (VACE annotator)",
         "OpticalFlowToImage": "Flow to Image",
         "OpticalFlowMagnitudeMask": "Flow Magnitude Mask",
     }
@@ -122,7 +124,7 @@ def test_mappings_and_declarations(pack: types.ModuleType) -> None:
         assert callable(getattr(node_class, node_class.FUNCTION)), node_id
         assert node_class.CATEGORY == "optical flow"
         assert len(node_class.DESCRIPTION) > 40
-    assert flow_node(pack).RETURN_TYPES == ("IMAGE", "FLOW")
+    assert flow_node(pack).RETURN_TYPES == pack.NODE_CLASS_MAPPINGS["OpticalFlowVACE"].RETURN_TYPES == ("IMAGE", "FLOW")
     assert pack.NODE_CLASS_MAPPINGS["OpticalFlowToImage"].RETURN_TYPES == ("IMAGE",)
     assert pack.NODE_CLASS_MAPPINGS["OpticalFlowMagnitudeMask"].RETURN_TYPES == ("MASK",)
 
@@ -154,9 +156,12 @@ def test_input_types_schema(pack: types.ModuleType) -> None:
     assert required["normalization"][0] == list(normalizations)
     assert required["weights"][0][:2] == ["DEFAULT", "untrained (random)"]
     assert required["compute_width"][1]["step"] == 8 and required["compute_width"][1]["min"] == 0  # 0: native
-    optional = flow_node(pack).INPUT_TYPES()["optional"]
-    assert optional["preset"][0] == ["none", "vace"] and optional["preset"][1]["default"] == "none"
-    assert list(optional) == ["previous_frames", "preset"]  # optional: saved workflows without it still validate
+    assert required["first_frame"][0] == ["zero", "repeat", "drop"]  # the core's spelling, and the node's drop
+    assert list(flow_node(pack).INPUT_TYPES()["optional"]) == ["previous_frames"]
+    # The VACE annotator's node carries only the inputs that leave its maps VACE's.
+    vace = pack.NODE_CLASS_MAPPINGS["OpticalFlowVACE"].INPUT_TYPES()
+    assert list(vace["required"]) == ["images", "precision", "backend", "weights"]
+    assert list(vace["optional"]) == ["previous_frames"]
 
 
 # -- execution ---------------------------------------------------------------------------------------------
@@ -213,11 +218,18 @@ def test_windows_equal_one_call(pack: types.ModuleType, work: types.ModuleType, 
 def test_first_frame_modes(pack: types.ModuleType, work: types.ModuleType) -> None:
     frames = make_frames(4, 96, 112)
     _, zero = run(flow_node(pack), images=frames, first_frame="zero")
-    image, copied = run(flow_node(pack), images=frames, first_frame="copy_next")
+    image, copied = run(flow_node(pack), images=frames, first_frame="repeat")
     dropped_image, dropped = run(flow_node(pack), images=frames, first_frame="drop")
     torch.testing.assert_close(copied[0], zero[1])
     torch.testing.assert_close(copied[1:], zero[1:])
     assert image[0].min() < 1.0  # the first map is no longer blank
+    # Workflows saved with the earlier spelling still run, with the same meaning, and pass ComfyUI's check.
+    legacy_image, legacy = run(flow_node(pack), images=frames, first_frame="copy_next")
+    torch.testing.assert_close(legacy, copied)
+    torch.testing.assert_close(legacy_image, image)
+    assert flow_node(pack).VALIDATE_INPUTS(first_frame="copy_next") is True
+    assert "first_frame = copy is not supported; use one of zero, repeat, drop" in flow_node(pack).VALIDATE_INPUTS(
+        first_frame="copy")
     assert dropped.shape[0] == dropped_image.shape[0] == 3
     torch.testing.assert_close(dropped, zero[1:])
 
@@ -350,31 +362,31 @@ def test_bad_settings_and_mismatched_inputs(pack: types.ModuleType, work: types.
     torch.testing.assert_close(image, good_image)
 
 
-def test_vace_preset_native_size_and_the_ready_line_in_node_words(
+def test_vace_node_native_size_and_the_ready_line_in_node_words(
     pack: types.ModuleType, work: types.ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
     frames = make_frames(3, 128, 136)
     caplog.set_level(logging.INFO, logger="scope_optical_flow_tensorrt")
-    # The inputs the preset covers left at their defaults: the preset replaces them.
-    image, flow = run(flow_node(pack), images=frames, preset="vace", compute_width=512, compute_height=512,
-                      flow_updates=12, precision="fp16")
+    vace = pack.NODE_CLASS_MAPPINGS["OpticalFlowVACE"]
+    image, flow = run(vace, images=frames, precision="fp16", weights="untrained (random)")
     preprocessor = next(iter(work._cache.values()))
     assert (preprocessor.model, preprocessor.num_flow_updates, preprocessor.compute_size) == ("raft_large", 20,
                                                                                               (128, 136))
     assert image.shape == (3, 128, 136, 3) and flow.shape == (3, 2, 128, 136)
-    torch.testing.assert_close(image[0], image[1])  # first_frame copy_next: the first map repeated
+    torch.testing.assert_close(image[0], image[1])  # the first map repeated
     ready = [record.getMessage() for record in caplog.records if "optical flow ready" in record.getMessage()]
-    assert ready and "model = raft_large" in ready[-1] and "flow_updates = 20" in ready[-1]
+    # The node has no model or updates inputs: the line states them in plain words, not as inputs.
+    assert ready and "model raft_large" in ready[-1] and "flow updates 20" in ready[-1]
+    assert "first frame repeat" in ready[-1] and "normalization per_frame" in ready[-1]
     # On the CPU fp16 does not run: the line says what runs, in the node's words.
     assert "precision = fp32 (fp16 applies on CUDA only)" in ready[-1] and "fp16=True" not in ready[-1]
-    # An input set to anything but its default wins over the preset; compute size 0 x 0 is the input's own.
-    run(flow_node(pack), images=frames, preset="vace", compute_width=0, compute_height=0, flow_updates=3)
+    # Compute size 0 x 0 on the RAFT node is the input's own, and 0 goes with 0 only.
+    run(flow_node(pack), images=frames, compute_width=0, compute_height=0, flow_updates=3)
     preprocessor = next(iter(work._cache.values()))
     assert (preprocessor.num_flow_updates, preprocessor.compute_size) == (3, (128, 136))
-    with pytest.raises(ValueError, match=r"compute_height = 0 and compute_width = 0 go together"):
+    with pytest.raises(ValueError, match=r"compute_height = 0 and compute_width = 0 go together.*got "
+                                         r"compute_height = 256 and compute_width = 0"):
         run(flow_node(pack), images=frames, compute_width=0, compute_height=256)
-    with pytest.raises(ValueError, match=r"preset = vase is not a preset; use one of none, vace"):
-        run(flow_node(pack), images=frames, preset="vase")
 
 
 def test_node_messages_name_node_inputs(pack: types.ModuleType, work: types.ModuleType,

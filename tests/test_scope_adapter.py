@@ -8,6 +8,7 @@ the registered class at a small compute size, with seeded weights from ``$SCOPE_
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import subprocess
 import sys
@@ -106,9 +107,13 @@ def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def registered_class(seeded_weights: Path, monkeypatch: pytest.MonkeyPatch) -> type:
-    """The class the plugin registers with Scope, loaded through the installed entry point."""
+    """The class the plugin registers with Scope as Flow, loaded through the installed entry point."""
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", str(seeded_weights))
-    [(_, _, cls)] = registered_preprocessors(plugin_manager(ScopeHookSpec))
+    registered = [cls for preprocessor_id, _, cls in registered_preprocessors(plugin_manager(ScopeHookSpec))
+                  if preprocessor_id == "flow"]
+    if not registered and not any(point.value == ENTRY_POINT_MODULE for point in entry_points(group="scope")):
+        pytest.skip("the package is not installed (pip install -e .): Scope finds plugins by their entry point")
+    [cls] = registered
     return cls
 
 
@@ -142,10 +147,15 @@ def test_plugin_manager_loads_us_through_the_entry_point() -> None:
 
 def test_register_preprocessors_registers_flow_with_the_core_class() -> None:
     calls = registered_preprocessors(plugin_manager(ScopeHookSpec))
-    [(preprocessor_id, name, registered)] = calls
+    [(preprocessor_id, name, registered), (vace_id, vace_name, vace)] = calls
     assert (preprocessor_id, name) == ("flow", "Flow") and issubclass(registered, OpticalFlowTensorRTPreprocessor)
     # This form has no settings: its messages name none (not the API's device='cpu').
     assert registered(device="cpu").vocabulary.names == {}
+    # VACE's annotator's maps are an entry of their own, built with no arguments like every registry entry.
+    assert (vace_id, vace_name) == ("flow-vace", "Flow (VACE)") and issubclass(vace, OpticalFlowTensorRTPreprocessor)
+    flow = vace(device="cpu")
+    assert (flow.model, flow.num_flow_updates, flow.native_size, flow.first_frame) == ("raft_large", 20, True,
+                                                                                       "repeat")
 
 
 @pytest.mark.skipif(SCOPE_INSTALLED, reason="Scope is installed: covered by test_pipeline_hook_with_scope")
@@ -341,7 +351,9 @@ def test_pipeline_hook_with_scope(seeded_weights: Path, monkeypatch: pytest.Monk
     if not scope_has_preprocessor_pipelines():
         assert registered == []
         return
-    [pipeline_class] = registered
+    [pipeline_class, vace_class] = registered
+    assert (vace_class.get_config_class().pipeline_id, vace_class.get_config_class().pipeline_name) == (
+        "flow-vace", "Flow (VACE)")
     config = pipeline_class.get_config_class()
     assert (config.pipeline_id, config.pipeline_name) == ("flow", "Flow")
     assert [usage.value for usage in config.usage] == ["preprocessor"]
@@ -399,11 +411,12 @@ def test_gpu_defaults_through_the_plugin(registered_class: type, monkeypatch: py
 # -- the pipeline's settings, against a stand-in for Scope v0.2.x's pipeline API ------------------------------
 
 
-def stand_in_scope(with_ui: bool) -> dict[str, Any]:
+def stand_in_scope(ui: str | None) -> dict[str, Any]:
     """Modules standing in for the parts of Scope (v0.2.x) that ``scope_adapter.pipeline`` imports, written here
     from Scope's documented interface: a pydantic ``BasePipelineConfig`` (whose ``height``/``width`` are the
     output size), ``ModeDefaults``, ``UsageType.PREPROCESSOR``, ``ui_field_config`` (v0.2.0 and later: puts a
-    ``ui`` object into the field's JSON schema), ``Pipeline``, ``Requirements`` and ``normalize_frame_sizes``."""
+    ``ui`` object into the field's JSON schema; ``ui="modulatable"``: with v0.2.4's ``modulatable`` argument,
+    ``"plain"``: without it, ``None``: no ``ui_field_config``), ``Pipeline``, ``Requirements`` and ``normalize_frame_sizes``."""
     import enum
     import types
     from typing import ClassVar
@@ -431,13 +444,21 @@ def stand_in_scope(with_ui: bool) -> dict[str, Any]:
 
     base_schema.UsageType, base_schema.ModeDefaults = UsageType, ModeDefaults
     base_schema.BasePipelineConfig = BasePipelineConfig
-    if with_ui:
+    if ui == "modulatable":
         def ui_field_config(*, order: int | None = None, is_load_param: bool = False, label: str | None = None,
-                            **other: Any) -> dict[str, Any]:
+                            modulatable: bool = False) -> dict[str, Any]:
+            extra = {"modulatable": True} if modulatable else {}
             return {"ui": {"category": "configuration", "is_load_param": is_load_param, "order": order,
-                           "label": label, **other}}
+                           "label": label, **extra}}
 
         base_schema.ui_field_config = ui_field_config
+    elif ui == "plain":
+        def plain_ui_field_config(*, order: int | None = None, is_load_param: bool = False,
+                                  label: str | None = None) -> dict[str, Any]:
+            return {"ui": {"category": "configuration", "is_load_param": is_load_param, "order": order,
+                           "label": label}}
+
+        base_schema.ui_field_config = plain_ui_field_config
     interface = types.ModuleType("scope.core.pipelines.interface")
 
     class Pipeline:
@@ -455,13 +476,13 @@ def stand_in_scope(with_ui: bool) -> dict[str, Any]:
     return modules
 
 
-@pytest.fixture(params=[True, False], ids=["scope-0.2", "scope-0.1"])
+@pytest.fixture(params=["modulatable", "plain", None], ids=["scope-0.2.4", "scope-0.2.0", "scope-0.1"])
 def pipeline_module(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``scope_adapter.pipeline`` imported against the stand-in Scope, with or without ``ui_field_config``."""
     if SCOPE_INSTALLED:
         pytest.skip("Daydream Scope is installed: test_pipeline_hook_with_scope covers the real one")
     pytest.importorskip("pydantic")  # Scope's config classes are pydantic models
-    for name, module in stand_in_scope(with_ui=request.param).items():
+    for name, module in stand_in_scope(ui=request.param).items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.delitem(sys.modules, "scope_optical_flow_tensorrt.scope_adapter.pipeline", raising=False)
     import scope_optical_flow_tensorrt.scope_adapter.pipeline as module
@@ -477,32 +498,52 @@ def test_pipeline_config_fields_follow_scope_conventions(pipeline_module: Any) -
     schema = config.model_json_schema()["properties"]
     assert schema["model"]["enum"] == ["raft_small", "raft_large"] and schema["model"]["default"] == "raft_small"
     for name in ("compute_height", "compute_width"):
-        assert (schema[name]["minimum"], schema[name]["multipleOf"], schema[name]["default"]) == (0, 8, 512)
+        # Scope draws these as sliders stepping by 1 (it reads no step): any value in the range must load.
+        assert (schema[name]["minimum"], schema[name]["maximum"], schema[name]["default"]) == (0, 2048, 512)
+        assert "multipleOf" not in schema[name]
     assert (schema["num_flow_updates"]["minimum"], schema["num_flow_updates"]["default"]) == (1, 12)
-    assert "height" in schema  # Scope's own output size stays as it was
-    has_ui = hasattr(sys.modules["scope.core.pipelines.base_schema"], "ui_field_config")
-    assert schema["preset"]["enum"] == ["none", "vace"] and schema["preset"]["default"] == "none"
+    assert schema["max_flow"]["default"] == 20.0 and schema["max_flow"]["minimum"] > 0
+    assert "height" in schema and "preset" not in schema  # Scope's own output size stays; VACE has a pipeline
+    ui_field_config = getattr(sys.modules["scope.core.pipelines.base_schema"], "ui_field_config", None)
+    has_ui = ui_field_config is not None
+    modulates = has_ui and "modulatable" in inspect.signature(ui_field_config).parameters
     assert schema["first_frame"]["enum"] == ["zero", "repeat"] and schema["first_frame"]["default"] == "zero"
-    for name in ("preset", "model", "compute_height", "compute_width", "num_flow_updates", "flow_strength",
-                 "normalization", "first_frame"):
+    live = ("flow_strength", "max_flow", "first_frame")
+    for name in ("model", "compute_height", "compute_width", "num_flow_updates", "flow_strength", "normalization",
+                 "max_flow", "first_frame"):
         assert schema[name]["description"]
         if has_ui:  # rendered in Scope's Settings panel; load params rebuild the pipeline
-            assert schema[name]["ui"]["is_load_param"] is (name not in ("flow_strength", "first_frame")), name
+            assert schema[name]["ui"]["is_load_param"] is (name not in live), name
+            # the beat-synced modulation drives the strength where Scope can (v0.2.4); older ones load it anyway
+            assert schema[name]["ui"].get("modulatable", False) is (modulates and name == "flow_strength"), name
         else:
             assert "ui" not in schema[name]
-    for bad in ({"model": "raft_huge"}, {"compute_height": 130}, {"compute_width": 120}, {"num_flow_updates": 0},
-                {"preset": "vase"}, {"first_frame": "copy_next"}):
+    assert pipeline_module.FlowPipeline.LIVE_FIELDS == live
+    for bad in ({"model": "raft_huge"}, {"compute_height": -8}, {"compute_width": 4096}, {"num_flow_updates": 0},
+                {"first_frame": "copy_next"}, {"max_flow": 0}):
         with pytest.raises(ValidationError):
             config(**bad)
-    # The core's rules, in the names of Scope's fields.
-    with pytest.raises(ValidationError, match=r"compute_width = 120 must be a multiple of 8 and at least 128"):
-        config(compute_width=120)
-    with pytest.raises(ValidationError, match=r"compute_height = 0 and compute_width = 0 go together"):
-        config(compute_height=0)
-    assert config(compute_height=0, compute_width=0, preset="vace").compute_height == 0
+    for odd in ({"compute_height": 130}, {"compute_width": 1}, {"compute_height": 0}):
+        config(**odd)  # values the sliders offer validate; the pipeline rounds them (test below)
+    assert pipeline_module.FlowVaceConfig.model_json_schema()["properties"].keys() <= schema.keys() - {
+        "model", "compute_height", "compute_width", "num_flow_updates", "flow_strength", "normalization", "max_flow",
+        "first_frame"}
 
 
-@pytest.mark.parametrize("pipeline_module", [True], indirect=True, ids=["scope-0.2"])
+def test_every_compute_size_the_sliders_offer_loads(pipeline_module: Any) -> None:
+    compute_size = pipeline_module.compute_size
+    assert compute_size(512, 512) == (512, 512, None) and compute_size(0, 0) == (None, None, None)
+    height, width, note = compute_size(130, 1)
+    assert (height, width) == (136, 128)
+    assert note == ("compute_height = 130 runs as 136 and compute_width = 1 runs as 128 (flow is computed at "
+                    "multiples of 8, at least 128)")
+    height, width, note = compute_size(0, 512)
+    assert (height, width) == (None, None) and "compute_height = 0 computes at the input's own size" in note
+    for value in range(0, 2049, 7):  # every one builds a preprocessor
+        OpticalFlowTensorRTPreprocessor(*compute_size(value, 2048 - value)[:2], device="cpu")
+
+
+@pytest.mark.parametrize("pipeline_module", ["modulatable"], indirect=True, ids=["scope-0.2.4"])
 def test_pipeline_runs_the_configured_model(
     pipeline_module: Any, tmp_path: Path, seeded_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -516,8 +557,8 @@ def test_pipeline_runs_the_configured_model(
     monkeypatch.setenv("SCOPE_OPTICAL_FLOW_WEIGHTS", f"{seeded_weights}:{large_weights}")
     on_cpu = functools.partial(OpticalFlowTensorRTPreprocessor, device="cpu")
     monkeypatch.setattr(pipeline_module, "OpticalFlowTensorRTPreprocessor", on_cpu)
-    [pipeline_class] = [cls for cls in _registered_pipelines()]
-    assert pipeline_class is pipeline_module.FlowPipeline
+    [pipeline_class, vace_class] = [cls for cls in _registered_pipelines()]
+    assert (pipeline_class, vace_class) == (pipeline_module.FlowPipeline, pipeline_module.FlowVacePipeline)
     settings = {"model": "raft_large", "compute_height": COMPUTE_SIZE, "compute_width": 136, "num_flow_updates": 1}
     config = pipeline_class.get_config_class()(**settings)
     pipeline = pipeline_class(**config.model_dump())  # as Scope's PipelineManager builds plugin pipelines
@@ -533,8 +574,8 @@ def test_pipeline_runs_the_configured_model(
     torch.testing.assert_close(torch.cat(outputs), (whole[0].permute(1, 2, 3, 0) + 1) / 2, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pipeline_module", [True], indirect=True, ids=["scope-0.2"])
-def test_pipeline_vace_preset_and_messages_in_scope_words(
+@pytest.mark.parametrize("pipeline_module", ["modulatable"], indirect=True, ids=["scope-0.2.4"])
+def test_flow_vace_pipeline_and_messages_in_scope_words(
     pipeline_module: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import functools
@@ -544,24 +585,57 @@ def test_pipeline_vace_preset_and_messages_in_scope_words(
     on_cpu = functools.partial(OpticalFlowTensorRTPreprocessor, device="cpu", weights=None)
     monkeypatch.setattr(pipeline_module, "OpticalFlowTensorRTPreprocessor", on_cpu)
     core_log._said.discard("random-weights-raft_large")  # said again here, in Scope's words
-    pipeline_class = pipeline_module.FlowPipeline
-    config = pipeline_class.get_config_class()(preset="vace", num_flow_updates=2)  # non-default: it wins
-    pipeline = pipeline_class(**config.model_dump())
+    pipeline_class = pipeline_module.FlowVacePipeline
+    config = pipeline_class.get_config_class()()
+    pipeline = pipeline_class(**config.model_dump())  # as Scope builds it: every field of its config
     flow = pipeline.preprocessor
-    assert (flow.model, flow.num_flow_updates, flow.native_size, flow.first_frame) == ("raft_large", 2, True,
+    assert (flow.model, flow.num_flow_updates, flow.native_size, flow.first_frame) == ("raft_large", 20, True,
                                                                                        "repeat")
     frames = uint8_frames(3, 128, 136)
-    maps = pipeline(video=[frame[None] for frame in frames], init_cache=True)["video"]
+    maps = pipeline(video=[frame[None] for frame in frames], init_cache=True, flow_strength=2.0)["video"]
     assert maps.shape == (3, 128, 136, 3) and flow.compute_size == (128, 136)
+    assert flow.flow_strength == 1.0  # no such field here: nothing live changes VACE's maps
     torch.testing.assert_close(maps[0], maps[1])  # the first map repeated
     ready = [record.getMessage() for record in caplog.records if "optical flow ready" in record.getMessage()]
-    assert ready and "model = raft_large" in ready[-1] and "num_flow_updates = 2" in ready[-1]
-    with pytest.raises(ValueError, match=r"first_frame = copy is not supported; use one of zero, repeat"):
-        pipeline(video=[frame[None] for frame in frames], first_frame="copy")
+    # No fields: the settings in plain words, none as a field, and no precision flag Scope lacks.
+    assert ready and "model raft_large" in ready[-1] and "flow updates 20" in ready[-1]
+    assert "first frame repeat" in ready[-1] and "padded to 128x136" in ready[-1]
+    assert "fp16 False" not in ready[-1] and "precision fp32 (fp16 applies on CUDA only)" in ready[-1]
     # Scope has no weights field: the untrained-weights notice names none (the API's weights=None least of all).
     notices = [record.getMessage() for record in caplog.records if "UNTRAINED" in record.getMessage()]
     assert notices and "flow maps will not show real motion." in notices[-1]
     assert "weights" not in notices[-1].split("UNTRAINED random weights")[1]
+
+
+@pytest.mark.parametrize("pipeline_module", ["modulatable"], indirect=True, ids=["scope-0.2.4"])
+def test_flow_pipeline_fields_are_what_runs_at_load_and_live(
+    pipeline_module: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import functools
+
+    on_cpu = functools.partial(OpticalFlowTensorRTPreprocessor, device="cpu", weights=None)
+    monkeypatch.setattr(pipeline_module, "OpticalFlowTensorRTPreprocessor", on_cpu)
+    config = pipeline_module.FlowConfig(compute_height=130, compute_width=0, first_frame="zero", num_flow_updates=1,
+                                        normalization="fixed", max_flow=5.0)
+    caplog.set_level(logging.INFO, logger="scope_optical_flow_tensorrt")
+    pipeline = pipeline_module.FlowPipeline(**config.model_dump())
+    flow = pipeline.preprocessor
+    assert flow.first_frame == "zero" and flow.native_size and flow.max_flow == 5.0  # zero means zero at load
+    assert any("compute_height = 0" in r.getMessage() or "compute_width = 0 computes at the input's own size"
+               in r.getMessage() for r in caplog.records)
+    frames = uint8_frames(3, 128, 136)
+    maps = pipeline(video=[frame[None] for frame in frames], init_cache=True)["video"]
+    assert maps[0].min() == 1.0  # zero: the first map white
+    live = pipeline(video=[frame[None] for frame in frames], init_cache=True, first_frame="repeat", max_flow=2.0,
+                    flow_strength=0.5)["video"]
+    assert (flow.first_frame, flow.max_flow, flow.flow_strength) == ("repeat", 2.0, 0.5)
+    torch.testing.assert_close(live[0], live[1])  # repeat: the same meaning live as at load
+    with pytest.raises(ValueError, match=r"first_frame = copy is not supported; use one of zero, repeat"):
+        pipeline(video=[frame[None] for frame in frames], first_frame="copy")
+    ready = [record.getMessage() for record in caplog.records if "optical flow ready" in record.getMessage()]
+    assert "compute_height = 0, compute_width = 0 (the input's own size, padded to 128x136)" in ready[-1]
+    assert "num_flow_updates = 1" in ready[-1] and "normalization = fixed, max_flow = 5.0" in ready[-1]
+    assert "fp16" not in ready[-1].replace("(fp16 applies", "") and "None" not in ready[-1]
 
 
 def _registered_pipelines() -> list[type]:

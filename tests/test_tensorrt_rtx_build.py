@@ -88,11 +88,11 @@ def test_fp16_network_keeps_correlation_and_lookup_in_fp32(built: dict, model: s
 
     build_case(built, model, True, 128)
     onnx = next(built["dir"].glob(f"{model}_128x128_fp16-*.onnx"))
-    bind_polygraphy("tensorrt_rtx")
     from polygraphy.backend.trt import network_from_onnx_path
 
-    _, network, _parser = network_from_onnx_path(str(onnx), strongly_typed=True)
-    layers = [network.get_layer(index) for index in range(network.num_layers)]
+    with bind_polygraphy("tensorrt_rtx"):
+        _, network, _parser = network_from_onnx_path(str(onnx), strongly_typed=True)
+        layers = [network.get_layer(index) for index in range(network.num_layers)]
 
     def output_types(kind: object) -> list[object]:
         return [layer.get_output(0).dtype for layer in layers if layer.type == kind]

@@ -113,7 +113,7 @@ def test_native_size_pads_crops_and_rebuilds_per_size() -> None:
 
 
 def test_native_size_rejects_frames_too_small_and_half_sizes() -> None:
-    with pytest.raises(ValueError, match=r"frames are 100x90 .* at least 128 pixels on each side.*height=128"):
+    with pytest.raises(ValueError, match=r"frames are 90x100 \(height x width\).* at least 128 pixels on each side.*height=128"):
         make(height=None, width=None).compute_flow(make_frames(2, 90, 100), layout="FHWC")
     with pytest.raises(ValueError, match=r"height=None and width=None go together"):
         make(height=None, width=256)

@@ -36,7 +36,7 @@ def test_one_message_in_each_faces_words(vocabulary, expected: str) -> None:
 
 def test_face_values_are_translated() -> None:
     assert node_vocabulary().setting("fp16", False) == "precision = fp32"
-    assert node_vocabulary().setting("first_frame", "repeat") == "first_frame = copy_next"
+    assert node_vocabulary().setting("first_frame", "repeat") == "first_frame = repeat"  # one spelling everywhere
     assert cli_vocabulary().setting("fp16", False) == "--fp32"
     assert cli_vocabulary().setting("size", (None, None)) == "--size native"
     assert SCOPE_SETTINGS.setting("size", (None, None)) == "compute_height = 0, compute_width = 0"

@@ -22,7 +22,6 @@ side); the rest are rebuilt in place when they change.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import shutil
 import time
@@ -40,6 +39,7 @@ from ..model import raft as raft_module
 from ..model import specs as models_module
 from .engine_cache import (
     ArtifactBuildError,
+    UnusableArtifact,
     artifact_lock_name,
     build_artifact,
     cached_files,
@@ -51,6 +51,7 @@ from .engine_cache import (
     key_hash,
     locked,
     package_version,
+    read_artifact,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -216,9 +217,10 @@ class CompiledKernelCache:
         """Whether new entries can be kept here (else only the valid entries already here serve)."""
         return folder_writable(self.directory)
 
-    def valid(self, pairs: int) -> bool:
-        """Whether ``pairs``' entry is on disk and valid for this key (no lock, nothing loaded)."""
-        return check_artifact(self.path(pairs), self.key(pairs)) is None
+    def why_invalid(self, pairs: int) -> str | None:
+        """Why ``pairs``' entry cannot be loaded (not built yet, stale, untrusted, ...), or ``None`` when it is valid
+        (no lock, nothing loaded)."""
+        return check_artifact(self.path(pairs), self.key(pairs))
 
     def load(self, pairs: int) -> bool:
         """Hot-load ``pairs``' entry if it is valid (once per process); whether its kernels are now loaded."""
@@ -276,6 +278,17 @@ class CompiledKernelCache:
             self._loaded.add(path)  # this process compiled them: nothing to load
             return ROUTE_BUILT
 
+    def discard(self, pairs: int, reason: str) -> None:
+        """Remove ``pairs``' entry after it failed at use (its kernels loaded, then did not run), so that no later
+        process loads it again: the next one that needs it builds it anew."""
+        path = self.path(pairs)
+        self._loaded.discard(path)
+        try:
+            with locked(self.directory):
+                invalidate(path, reason)
+        except OSError as error:  # e.g. a read-only models folder: the stream goes on all the same
+            logger.warning("could not discard %s (%s): %s", path, reason, error)
+
     def _load(self, path: Path, data: bytes) -> bool:
         """Hot-load a checked entry's bytes; an entry torch cannot read is discarded (and rebuilt by the caller)."""
         started = time.perf_counter()
@@ -296,18 +309,12 @@ class CompiledKernelCache:
 
 
 def read_entry(path: Path, key: dict[str, Any]) -> bytes | None:
-    """The bytes of a valid entry for ``key`` (checked against its sidecar's size and sha256 as read, so a file
-    replaced mid-read is never used), or ``None``. Takes no lock and writes nothing."""
-    if check_artifact(path, key) is not None:
-        return None
-    sidecar = read_sidecar(path) or {}
+    """The bytes of a valid, trusted entry for ``key`` (:func:`.engine_cache.read_artifact`: checked in what was
+    read, so a file replaced mid-read is never used), or ``None``. Takes no lock and writes nothing."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        return read_artifact(path, key)
+    except (OSError, UnusableArtifact):
         return None
-    if len(data) != sidecar.get("size_bytes") or hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
-        return None  # replaced between the check and the read: the next reader sees the new one whole
-    return data
 
 
 # -- listing and clearing -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from filelock import FileLock, Timeout
 
 from ..common.log import logger
 from ..model.specs import MODEL_NAMES
+from . import trust
 
 PACKAGE_NAME = "scope-optical-flow-tensorrt"
 
@@ -41,12 +42,23 @@ ARTIFACT_SUFFIXES = (".onnx", ".trt", ".rtcache", ".torchcache")
 LOCK_TIMEOUT_S = 3600.0
 LOCK_NOTICE_S = 2.0
 
+# Every field a sidecar holds and its type (build_artifact writes exactly these): anything else means a rebuild.
+SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "key": dict, "info": dict, "size_bytes": int, "sha256": str, "created": str, "build_seconds": (int, float),
+}
+SIDECAR_REQUIRED = ("key", "size_bytes", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 _locks: dict[str, FileLock] = {}
 _locks_guard = threading.Lock()
 
 
 class ArtifactBuildError(RuntimeError):
     """A build function did not produce a usable file."""
+
+
+class UnusableArtifact(RuntimeError):
+    """An artifact read for use failed its checks (see :func:`read_artifact`)."""
 
 
 def sanitize_gpu_name(name: str) -> str:
@@ -111,12 +123,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The sidecar of artifact ``path`` as a dict, or ``None`` if missing or unreadable."""
+    """The sidecar of artifact ``path`` as a dict, or ``None`` if missing, unreadable or malformed (a field of
+    the wrong type, a field it never holds, a required one missing: see :data:`SIDECAR_FIELDS`)."""
     try:
         data = json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if sidecar_is_well_formed(data) else None
+
+
+def sidecar_is_well_formed(data: object) -> bool:
+    """Whether ``data`` is a sidecar as :func:`build_artifact` writes one, every field of its type."""
+    if not isinstance(data, dict) or not all(name in data for name in SIDECAR_REQUIRED):
+        return False
+    for name, value in data.items():
+        wanted = SIDECAR_FIELDS.get(name)
+        if wanted is None or isinstance(value, bool) or not isinstance(value, wanted):
+            return False
+    return data["size_bytes"] >= 0 and _SHA256.fullmatch(data["sha256"]) is not None
 
 
 def cache_lock(directory: Path, name: str = LOCK_NAME) -> FileLock:
@@ -159,22 +183,46 @@ def locked(directory: Path, timeout: float = LOCK_TIMEOUT_S, name: str = LOCK_NA
 
 
 def check_artifact(path: Path, key: dict[str, Any]) -> str | None:
-    """Why ``path`` cannot be used for ``key`` (a short reason), or ``None`` when it is valid."""
+    """Why ``path`` cannot be used for ``key`` (a short reason), or ``None`` when it is valid: its sidecar is well
+    formed and holds ``key``, its size and sha256 match, and it is an entry this process may load
+    (:func:`.trust.why_untrusted`)."""
     if not path.is_file():
         return "not built yet"
     sidecar = read_sidecar(path)
     if sidecar is None:
-        return f"its metadata {sidecar_path(path).name} is missing or unreadable"
-    stored = sidecar.get("key")
+        return f"its metadata {sidecar_path(path).name} is missing, unreadable or malformed"
+    stored = sidecar["key"]
     if stored != key:
-        changed = sorted(name for name in set(key) | set(stored or {}) if (stored or {}).get(name) != key.get(name))
+        changed = sorted(name for name in set(key) | set(stored) if stored.get(name) != key.get(name))
         return f"it was built for other settings (changed: {', '.join(changed)})"
     size = path.stat().st_size
-    if size != sidecar.get("size_bytes"):
-        return f"its size is {size} bytes, not the {sidecar.get('size_bytes')} recorded (truncated or replaced)"
-    if file_sha256(path) != sidecar.get("sha256"):
+    if size != sidecar["size_bytes"]:
+        return f"its size is {size} bytes, not the {sidecar['size_bytes']} recorded (truncated or replaced)"
+    sha256 = file_sha256(path)
+    if sha256 != sidecar["sha256"]:
         return "its sha256 does not match the recorded one (corrupt)"
-    return None
+    return trust.why_untrusted(path, key, sha256)
+
+
+def read_artifact(path: Path, key: dict[str, Any] | None = None) -> bytes:
+    """The bytes of an artifact, read once and checked as :func:`check_artifact` checks (against ``key``, or
+    ``None``: the key its sidecar holds) in what was read, so a file swapped after an earlier check is never
+    used. Raises :class:`UnusableArtifact` with the reason."""
+    with path.open("rb") as handle:
+        status = os.fstat(handle.fileno())
+        data = handle.read()
+    sidecar = read_sidecar(path)
+    if sidecar is None:
+        raise UnusableArtifact(f"{path.name}: its metadata is missing, unreadable or malformed")
+    if key is not None and sidecar["key"] != key:
+        raise UnusableArtifact(f"{path.name}: it was built for other settings")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if len(data) != sidecar["size_bytes"] or sha256 != sidecar["sha256"]:
+        raise UnusableArtifact(f"{path.name}: its size or sha256 does not match the recorded ones")
+    reason = trust.why_untrusted(path, sidecar["key"], sha256, status)
+    if reason is not None:
+        raise UnusableArtifact(f"{path.name}: {reason}")
+    return data
 
 
 def build_artifact(
@@ -203,6 +251,7 @@ def build_artifact(
         "build_seconds": round(time.monotonic() - started, 3),
     }
     atomic_write_bytes(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True).encode())
+    trust.remember(key, sha256)
     return path
 
 

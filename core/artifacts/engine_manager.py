@@ -33,6 +33,7 @@ import torch
 
 from ..common.log import logger
 from ..common.paths import plugin_models_dir
+from ..common.vocabulary import setting, words
 from ..model import fast_update as fast_update_module
 from ..model import raft as raft_module
 from ..model import specs as models_module
@@ -43,6 +44,7 @@ from ..model.weights import WeightsInfo, WeightsSpec, load_raft
 from . import onnx_export as onnx_export_module
 from .compiled_cache import clear_torch_cache_dir, list_compiled_entries
 from .engine_cache import (
+    UnusableArtifact,
     build_artifact,
     cached_files,
     check_artifact,
@@ -53,6 +55,7 @@ from .engine_cache import (
     key_hash,
     locked,
     package_version,
+    read_artifact,
     read_sidecar,
     sanitize_gpu_name,
 )
@@ -65,11 +68,14 @@ from .trt_build import (
     BuildTarget,
     build_engine_bytes,
     build_target,
+    flavour_available,
     portable_target,
     require_tensorrt,
 )
 
 CACHE_FORMAT = 1
+# Compute capabilities of the portable-engine example in messages (RTX 30xx, 40xx, 50xx).
+PORTABLE_EXAMPLE = ("8.6", "8.9", "12.0")
 
 Engine = TypeVar("Engine")
 # (onnx_path, engine_path_being_written, spec, target) -> None: writes a serialized engine to the path.
@@ -203,7 +209,8 @@ def portable_engine(directory: Path, key: dict[str, Any], capability: str) -> Pa
         if path.suffix != ".trt" or not isinstance(stored, dict) or stored.get("gpu_name") != "portable":
             continue
         same = {name: value for name, value in stored.items() if name not in _TARGET_FIELDS} == wanted
-        if same and capability in stored.get("compute_targets", ()) and check_artifact(path, stored) is None:
+        targets = stored.get("compute_targets")
+        if same and isinstance(targets, list) and capability in targets and check_artifact(path, stored) is None:
             return path
     return None
 
@@ -340,9 +347,14 @@ def load_runtime_cache(engine: Path, target: BuildTarget) -> bytes | None:
     """TensorRT for RTX's runtime cache kept for ``engine`` on this GPU, or ``None`` (none, stale or corrupt)."""
     path = runtime_cache_path(engine)
     with locked(engine.parent):
-        if check_artifact(path, runtime_cache_key(engine, target)) is not None:
+        key = runtime_cache_key(engine, target)
+        if check_artifact(path, key) is not None:
             return None
-        return path.read_bytes()
+        try:
+            return read_artifact(path, key)
+        except UnusableArtifact as error:  # replaced since the check: treated as absent (rebuilt by the runtime)
+            logger.warning("not using TensorRT for RTX's runtime cache %s", error)
+            return None
 
 
 def save_runtime_cache(engine: Path, target: BuildTarget, data: bytes) -> Path | None:
@@ -368,7 +380,7 @@ def load_engine(
         for attempt in (1, 2):
             path, info = ensure_engine(directory, spec, weights, target, builder)
             try:
-                engine = deserialize(path.read_bytes())
+                engine = deserialize(read_artifact(path))
             except Exception as error:  # TensorRT raises or returns None for a bad plan, depending on the damage
                 engine, failure = None, f"{type(error).__name__}: {error}"
             else:
@@ -412,7 +424,17 @@ def prebuild_engine(
     if tensorrt_targets:
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, portable_target(tuple(tensorrt_targets)))[0]
     require_tensorrt()  # first, so a machine without TensorRT gets the install hint
-    resolved = cuda_device(device)
+    try:
+        resolved = cuda_device(device, hint="")
+    except RuntimeError as error:
+        if not flavour_available(TENSORRT_RTX):
+            raise RuntimeError(f"{error} TensorRT: {TENSORRT_INSTALL_HINT}.") from error
+        raise RuntimeError(words(  # TensorRT for RTX builds without a GPU, for GPUs it is told of
+            f"{error}",
+            "Without a GPU, TensorRT for RTX (installed) builds portable engines for the compute capabilities "
+            "you list: {tensorrt_targets=example} (RTX 30xx, 40xx and 50xx).",
+            example=PORTABLE_EXAMPLE,
+        )) from error
     target = build_target(resolved)
     with torch.cuda.device(resolved):
         return ensure_engine(plugin_models_dir(models_dir), spec, weights, target)[0]
@@ -475,7 +497,8 @@ def cuda_device(
         raise ValueError(f"device={device!r} is not a valid torch device; use 'cuda' or 'cuda:N'.") from error
     if resolved.type != "cuda" or not torch.cuda.is_available():
         raise RuntimeError(
-            f"{what} needs a CUDA GPU (device={device!r}, CUDA available: {torch.cuda.is_available()}).{hint}"
+            f"{what} needs a CUDA GPU ({setting('device', str(device))}, CUDA available: "
+            f"{torch.cuda.is_available()}).{hint}"
         )
     return torch.device("cuda", resolved.index if resolved.index is not None else torch.cuda.current_device())
 

@@ -99,7 +99,9 @@ def export_raft_onnx(
     precision = graph_precision(model)
     used = resolve_exporter(exporter)
     device = next(model.parameters()).device
-    example = torch.rand(EXAMPLE_FRAMES, 3, height, width, device=device)
+    # a private generator: exporting must not move the host's random stream
+    example = torch.rand(EXAMPLE_FRAMES, 3, height, width, device=device,
+                         generator=torch.Generator(device=device).manual_seed(0))
     target = Path(path)
     model = model.eval()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

@@ -31,7 +31,9 @@ import importlib
 import logging
 import os
 import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -53,8 +55,16 @@ TENSORRT_RTX = "tensorrt_rtx"  # TensorRT for RTX
 FLAVOURS: tuple[str, ...] = (TENSORRT, TENSORRT_RTX)  # preference order when several can serve a GPU
 FLAVOUR_TITLES = {TENSORRT: "TensorRT 10/11", TENSORRT_RTX: "TensorRT for RTX"}
 TENSORRT_MIN_CAPABILITY = (7, 5)  # TensorRT 10 dropped Maxwell, Pascal and Volta
-# TensorRT's scratch memory for tactics; capped at half the GPU's memory on small cards.
+# TensorRT's scratch memory for tactics (the builder's WORKSPACE pool limit); capped at half the GPU's memory on
+# small cards.
 DEFAULT_WORKSPACE_BYTES = 4 << 30
+# TensorRT for RTX asks its workspace for about twice the fp32 correlation volume per frame pair, for the pairs
+# rounded up to a power of two (measured with 1.7 at 512x512: 1.09 GB for 8 pairs, 2.17 GB for 12, 4.31 GB for 23
+# and for 24, the default), and a build that asks for more than the pool's limit fails ("OutOfMemory (Requested
+# size was ...)"), where TensorRT 10/11 picks another tactic. The default pairs per call keep the correlation
+# pyramid within 2 GiB (core.model.compute_size), so 8 GiB covers them at every size. It is a limit, not an
+# allocation: the 512x512 build without a GPU peaked at 1.1 GB of host memory.
+RTX_WORKSPACE_BYTES = 8 << 30
 MIN_FRAMES = 2
 # Goes into the engine cache key: engines built by an older recipe (weakly typed, fp16 builder flag with the
 # correlation layers pinned to fp32) are rebuilt, never loaded.
@@ -190,7 +200,7 @@ def build_target(device: torch.device, flavour: str | None = None) -> BuildTarge
         gpu_name=properties.name,
         compute_capability=capability,
         tensorrt_version=str(trt.__version__),
-        workspace_bytes=int(min(DEFAULT_WORKSPACE_BYTES, properties.total_memory // 2)),
+        workspace_bytes=int(min(workspace_limit(flavour), properties.total_memory // 2)),
         flavour=flavour,
         compute_targets=(capability,) if flavour == TENSORRT_RTX else (),
     )
@@ -202,31 +212,56 @@ def portable_target(compute_targets: tuple[str, ...]) -> BuildTarget:
 
     trt = import_tensorrt(TENSORRT_RTX)
     targets = check_targets(trt, compute_targets)
-    return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), DEFAULT_WORKSPACE_BYTES, TENSORRT_RTX, targets)
+    return BuildTarget(PORTABLE_GPU_NAME, "", str(trt.__version__), workspace_limit(TENSORRT_RTX), TENSORRT_RTX,
+                       targets)
 
 
-def bind_polygraphy(flavour: str) -> None:
-    """Point polygraphy's TensorRT handles at ``flavour``'s module.
+def workspace_limit(flavour: str) -> int:
+    """The builder's workspace pool limit for ``flavour`` (before the cap at half a GPU's memory)."""
+    return RTX_WORKSPACE_BYTES if flavour == TENSORRT_RTX else DEFAULT_WORKSPACE_BYTES
+
+
+# polygraphy's modules that keep a module-level handle of TensorRT (``trt``), rebound for the other flavour.
+_POLYGRAPHY_TRT_HANDLES = ("polygraphy.util.util", "polygraphy.backend.trt.util", "polygraphy.backend.trt.loader",
+                           "polygraphy.backend.trt.config", "polygraphy.backend.tensorrt_rtx.config",
+                           "polygraphy.datatype.tensorrt")
+_binding = threading.RLock()
+
+
+@contextlib.contextmanager
+def bind_polygraphy(flavour: str) -> Iterator[None]:
+    """Point polygraphy's TensorRT handles at ``flavour``'s module inside the block, and back afterwards.
 
     polygraphy picks ``tensorrt`` or ``tensorrt_rtx`` once, from ``$POLYGRAPHY_USE_TENSORRT_RTX`` at its first
-    import; a process that builds with the other flavour (or imported polygraphy before choosing) gets the
-    module-level handles of the loaders it uses rebound here (a no-op when they already match).
+    import, and keeps module-level handles. A build with the other flavour rebinds those handles (and polygraphy's
+    ``USE_TENSORRT_RTX``) for its own duration only, never the environment, so the host's own polygraphy use gets
+    its flavour back when the build ends. Our builds take turns (a lock); a host thread that uses polygraphy while
+    one runs would see the build's flavour, so a host mixing both builds its own engines between ours.
     """
     from polygraphy import config as polygraphy_config
 
     wanted = flavour == TENSORRT_RTX
-    if polygraphy_config.USE_TENSORRT_RTX == wanted:
-        return
-    from polygraphy.mod.trt_importer import lazy_import_trt
+    with _binding:
+        if polygraphy_config.USE_TENSORRT_RTX == wanted:
+            yield
+            return
+        from polygraphy.mod.trt_importer import lazy_import_trt
 
-    polygraphy_config.USE_TENSORRT_RTX = wanted
-    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if wanted else "0"
-    handle = lazy_import_trt()
-    for name in ("polygraphy.util.util", "polygraphy.backend.trt.util", "polygraphy.backend.trt.loader",
-                 "polygraphy.backend.trt.config", "polygraphy.backend.tensorrt_rtx.config",
-                 "polygraphy.datatype.tensorrt"):
-        importlib.import_module(name).trt = handle
-    importlib.import_module("polygraphy.backend.trt.util").TRT_LOGGER = None  # rebuilt from the new module
+        modules = [importlib.import_module(name) for name in _POLYGRAPHY_TRT_HANDLES]
+        trt_util = importlib.import_module("polygraphy.backend.trt.util")
+        handles, trt_logger = [module.trt for module in modules], trt_util.TRT_LOGGER
+        polygraphy_config.USE_TENSORRT_RTX = wanted
+        try:
+            handle = lazy_import_trt()
+            for module in modules:
+                module.trt = handle
+            trt_util.TRT_LOGGER = None  # rebuilt from the bound module
+            yield
+        finally:
+            polygraphy_config.USE_TENSORRT_RTX = not wanted
+            for module, previous in zip(modules, handles):
+                module.trt = previous
+            trt_util.TRT_LOGGER = trt_logger
 
 
 def build_engine_bytes(
@@ -257,7 +292,14 @@ def build_engine_bytes(
     trt = import_tensorrt(flavour)
     if flavour == TENSORRT:
         check_polygraphy(str(trt.__version__))
-    bind_polygraphy(flavour)
+    with bind_polygraphy(flavour):  # polygraphy's handles point at this flavour for this build only
+        return _build(trt, onnx_path, height=height, width=width, max_frames=max_frames, precision=wanted,
+                      workspace_bytes=workspace_bytes, device=device, flavour=flavour, compute_targets=compute_targets)
+
+
+def _build(trt: ModuleType, onnx_path: Path, *, height: int, width: int, max_frames: int, precision: str,
+           workspace_bytes: int, device: torch.device | None, flavour: str, compute_targets: tuple[str, ...]) -> bytes:
+    """:func:`build_engine_bytes` once polygraphy is bound to ``flavour``."""
     from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     opt_frames = max(MIN_FRAMES, max_frames)
@@ -282,7 +324,7 @@ def build_engine_bytes(
     targets = f", for compute capabilities {', '.join(compute_targets)}" if compute_targets else ""
     logger.warning(
         "building a %s engine for RAFT at %dx%d (%s, up to %d frames per call%s). A first build can take "
-        "minutes; it is cached afterwards.", FLAVOUR_TITLES[flavour], height, width, wanted, opt_frames, targets,
+        "minutes; it is cached afterwards.", FLAVOUR_TITLES[flavour], height, width, precision, opt_frames, targets,
     )
     started = time.monotonic()
     with torch.cuda.device(device) if device is not None else contextlib.nullcontext():
@@ -293,7 +335,7 @@ def build_engine_bytes(
                                "(see the TensorRT log above).") from error
     if not serialized:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above).")
-    logger.warning("%s engine built in %.0f s", FLAVOUR_TITLES[flavour], time.monotonic() - started)
+    logger.info("%s engine built in %.0f s", FLAVOUR_TITLES[flavour], time.monotonic() - started)
     return bytes(serialized)
 
 

@@ -172,11 +172,11 @@ class CompileProcess:
         logger.info("compiling windows of %s pairs in a child process (pid %d)", shapes, process.pid)
         tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         threading.Thread(target=_collect, args=(process.stderr, tail), daemon=True,
-                         name="optical-flow-compile-log").start()
+                         name="compile-process-log").start()
         threading.Thread(target=self._watch, args=(process, tail), daemon=True,
-                         name="optical-flow-compile-watch").start()
+                         name="compile-process-watch").start()
         threading.Thread(target=self._watchdog, args=(process,), daemon=True,
-                         name="optical-flow-compile-watchdog").start()
+                         name="compile-process-watchdog").start()
 
     def _watch(self, process: subprocess.Popen[str], tail: deque[str]) -> None:
         assert process.stdout is not None

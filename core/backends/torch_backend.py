@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -141,7 +140,6 @@ class TorchFlowBackend:
         self._rebuilt: set[int] = set()  # shapes whose entry could not be loaded and was asked for again
         self._asked: set[int] = set()  # shapes a warm-up has run (uncompiled graph captured, compiled kernels asked)
         self.switch_seconds: dict[int, dict[str, float]] = {}  # window pairs -> seconds per part of its switch
-        self._state = threading.RLock()  # the shape maps above, between callers and the compile process's reports
         # torch.compile'd encode and update_step (set up on first need: it imports torch's compiler stack)
         self._compiled_parts: tuple[EncodeFn, UpdateStepFn] | None = None
         self.compiler: CompileProcess | None = None  # started on the first shape to compile
@@ -184,36 +182,37 @@ class TorchFlowBackend:
 
     def _ask_for(self, pairs: int) -> None:
         """Have ``pairs``' compiled kernels made ready: at once from a valid entry, else by the compile process."""
-        with self._state:
-            if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
-                return
-            if self.compiler is not None and self.compiler.requested(pairs):
-                return
-            try:
-                kernels = self._kernels()
-            except OSError as error:  # e.g. an unusable models folder
-                self._give_up(pairs, f"the models folder is not usable ({error})")
-                return
-            if kernels.valid(pairs):
-                self._ready[pairs] = ROUTE_LOADED
-            elif not kernels.writable:
-                self._give_up(pairs, f"the models folder {kernels.directory} cannot be written, so compiled kernels "
-                                     "made now could not be kept; make it writable (or pass models_dir=) to compile")
-                return
-            else:
-                self._compile_process().request(pairs)
+        if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
+            return
+        if self.compiler is not None and self.compiler.requested(pairs):
+            return
+        try:
+            kernels = self._kernels()
+        except OSError as error:  # e.g. an unusable models folder
+            self._give_up(pairs, f"the models folder is not usable ({error})")
+            return
+        reason = kernels.why_invalid(pairs)
+        if reason is None:
+            self._ready[pairs] = ROUTE_LOADED
+        elif not kernels.writable:
+            self._give_up(pairs, f"the models folder {kernels.directory} cannot be written, so compiled kernels "
+                                 "made now could not be kept; make it writable (or pass models_dir=) to compile")
+            return
+        else:
+            if kernels.path(pairs).exists():  # the compile process rebuilds it; its log is not the host's
+                logger.warning("rebuilding compiled kernels %s: %s", kernels.path(pairs).name, reason)
+            self._compile_process().request(pairs)
 
     def _collect_reports(self) -> None:
         if self.compiler is None:
             return
-        with self._state:
-            for pairs, report in list(self.compiler.reports.items()):
-                if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
-                    continue
-                if report["route"] in (REPORT_FAILED, ROUTE_EAGER):
-                    self._give_up(pairs, str(report.get("error", "torch.compile fell back to eager")))
-                else:
-                    self._ready[pairs] = str(report["route"])
+        for pairs, report in list(self.compiler.reports.items()):
+            if pairs in self.warmed_shapes or pairs in self._ready or pairs in self.failed_shapes:
+                continue
+            if report["route"] in (REPORT_FAILED, ROUTE_EAGER):
+                self._give_up(pairs, str(report.get("error", "torch.compile fell back to eager")))
+            else:
+                self._ready[pairs] = str(report["route"])
 
     def _give_up(self, pairs: int, reason: str) -> None:
         self.failed_shapes[pairs] = reason
@@ -225,12 +224,11 @@ class TorchFlowBackend:
         kernels = self._kernels()
         started = time.perf_counter()
         if not kernels.load(pairs):  # unreadable (now discarded) or gone: built again, once
-            with self._state:
-                if pairs in self._rebuilt or not kernels.writable:
-                    self._give_up(pairs, "its cache entry could not be loaded, even after it was built again")
-                else:
-                    self._rebuilt.add(pairs)
-                    self._compile_process().request(pairs, again=True)
+            if pairs in self._rebuilt or not kernels.writable:
+                self._give_up(pairs, "its cache entry could not be loaded, even after it was built again")
+            else:
+                self._rebuilt.add(pairs)
+                self._compile_process().request(pairs, again=True)
             return None
         loaded = time.perf_counter()
         try:
@@ -240,8 +238,8 @@ class TorchFlowBackend:
             with torch.inference_mode(), compile_settings():
                 self._forward_compiled(self._zeros(pairs))
         except Exception as error:  # compiler failures (missing Triton, C compiler, ...): stay uncompiled
-            with self._state:
-                self._give_up(pairs, f"{type(error).__name__}: {error}")
+            kernels.discard(pairs, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
+            self._give_up(pairs, f"{type(error).__name__}: {error}")
             return None
         if compile_misses() != misses:  # the entry did not hold every kernel: Inductor compiled some here
             logger.warning("compiled kernels for windows of %d pairs were partly compiled in this process (the cache "
@@ -260,11 +258,9 @@ class TorchFlowBackend:
                     self.graphs(self._zeros(pairs))
             except Exception as error:  # a failure of the compiled kernels: the uncompiled graph keeps serving
                 self.graphs.drop(pairs + 1)
-                with self._state:
-                    self._give_up(pairs, f"{type(error).__name__}: {error}")
+                self._give_up(pairs, f"{type(error).__name__}: {error}")
                 return
-        with self._state:
-            self.warmed_shapes[pairs] = route
+        self.warmed_shapes[pairs] = route
         parts = self.switch_seconds.setdefault(pairs, {})
         parts["graph"] = round(time.perf_counter() - started, 3)
         logger.info("compiled kernels serve windows of %d frames from now on (%s; loaded in %.1f s: %s)", pairs + 1,
@@ -273,12 +269,9 @@ class TorchFlowBackend:
     def _switch_ready(self) -> None:
         """Switch, in the calling thread, every shape whose kernels are ready: load, run once, capture."""
         self._collect_reports()
-        while True:
-            with self._state:
-                if not self._ready:
-                    return
-                pairs = min(self._ready)
-                route = self._ready.pop(pairs)
+        while self._ready:
+            pairs = min(self._ready)
+            route = self._ready.pop(pairs)
             prepared_route = self._prepare(pairs, route)
             if prepared_route is not None:
                 self._capture(pairs, prepared_route)
@@ -430,6 +423,7 @@ class TorchFlowBackend:
         try:
             flow = self._run_compiled(frames)
         except Exception as error:  # a failure of the compiled kernels must not stop the stream
+            self._kernels().discard(bucket, f"its kernels failed at use ({type(error).__name__}: {str(error)[:200]})")
             self._uncompile(error)
             return self.flow(frames[: pairs + 1])
         return flow[:pairs]

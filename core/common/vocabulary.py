@@ -26,6 +26,9 @@ Style = Literal["keyword", "flag", "field"]
 # The compute size: ``height`` and ``width`` together, value ``(height, width)``; faces with one option for both
 # (the command line's ``--size``) name it, the others get both settings.
 SIZE = "size"
+# Options in plain words, for status lines of faces that do not have them as settings.
+PLAIN_NAMES = {"num_flow_updates": "flow updates", "flow_strength": "flow strength", "first_frame": "first frame",
+               "max_flow": "max flow"}
 _REFERENCE = re.compile(r"\{(\w+)(?:=([^{}]+))?\}")
 
 
@@ -88,8 +91,9 @@ class Vocabulary:
         return f"{self.setting('height', height)}, {self.setting('width', width)}"
 
     def describe(self, key: str, value: object) -> str:
-        """Like :meth:`setting`, but also for an option the face lacks (``key value``): for status lines."""
-        return self.setting(key, value) if self.has(key) else f"{key} {value}"
+        """Like :meth:`setting`, but also for an option the face lacks (in plain words, ``flow updates 20``): for
+        status lines."""
+        return self.setting(key, value) if self.has(key) else f"{PLAIN_NAMES.get(key, key)} {value}"
 
 
 PYTHON_API = Vocabulary(face="Python API", style="keyword", names=None)

@@ -3,6 +3,7 @@ frame pairs fit one model call by default."""
 
 from __future__ import annotations
 
+from ..common.errors import FrameError
 from .raft import DOWNSAMPLE, MIN_SIZE
 from .specs import DEFAULT_MODEL, ModelSpec, model_spec
 from ..common.vocabulary import option_name, setting, words
@@ -32,8 +33,8 @@ def check_compute_size(height: object, width: object) -> None:
     if height is None or width is None:
         raise ValueError(words(
             "{height=none} and {width=none} go together (compute at the input's own size); otherwise both are "
-            f"numbers of pixels, got {height!r} and {width!r}.",
-            none=None,
+            "numbers of pixels, got {height=height} and {width=width}.",
+            none=None, height=height, width=width,
         ))
     for key, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -51,8 +52,8 @@ def native_compute_size(height: int, width: int) -> tuple[int, int]:
     of 8 (padding); frames too small for RAFT get an error naming the fix."""
     padded = (-(-height // DOWNSAMPLE) * DOWNSAMPLE, -(-width // DOWNSAMPLE) * DOWNSAMPLE)
     if min(padded) < MIN_SIZE:
-        raise ValueError(words(
-            f"the frames are {width}x{height} (width x height), too small to compute flow at their own size: "
+        raise FrameError(words(
+            f"the frames are {height}x{width} (height x width), too small to compute flow at their own size: "
             f"RAFT's correlation pyramid needs at least {MIN_SIZE} pixels on each side.",
             "Resize the frames to at least {0}x{0}, or compute at a fixed size ({{size=fixed}}).".format(MIN_SIZE),
             fixed=(MIN_SIZE, MIN_SIZE),

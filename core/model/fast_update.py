@@ -40,8 +40,9 @@ def padded_channels(channels: int) -> int:
 
 def _conv_like(conv: nn.Conv2d, in_channels: int, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
     """A copy of ``conv`` with ``in_channels`` inputs and the given weight/bias."""
-    new = nn.Conv2d(in_channels, weight.shape[0], conv.kernel_size, conv.stride, conv.padding,
-                    bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    # skip_init: no random initial values (they would be drawn from the host's random stream), then overwritten
+    new = nn.utils.skip_init(nn.Conv2d, in_channels, weight.shape[0], conv.kernel_size, conv.stride, conv.padding,
+                             bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:

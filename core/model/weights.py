@@ -13,6 +13,9 @@ seeded random init.
   names (``raft-small.pth``; ``raft-things.pth``, ``raft-sintel.pth`` for RAFT Large); loaded with
   ``weights_only=True``. A checkpoint of the other model is refused with a one-line error naming both;
 - ``None``: untrained weights, deterministically seeded (for tests and offline smoke runs), with a warning.
+
+Every model is built with its random initial values drawn from a private generator (:mod:`.private_random`), so
+building one never moves the host's random stream, and ``None`` gives the same seeded weights in any thread.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from torchvision.models import WeightsEnum
 from torchvision.models.optical_flow import RAFT
 
 from ..common.log import log_once, logger
+from .private_random import drawing_from, seeded_generator
 from .specs import DEFAULT_MODEL, MODELS, ModelSpec, model_spec
-from ..common.vocabulary import option_name, words
+from ..common.vocabulary import current_vocabulary, option_name, words
 
 WEIGHTS_ENV = "SCOPE_OPTICAL_FLOW_WEIGHTS"
 RANDOM_WEIGHTS_SEED = 0
@@ -126,19 +130,22 @@ def _as_enum(spec: ModelSpec, weights: WeightsSpec) -> WeightsEnum | None:
     name = weights.removeprefix(f"{enum.__name__}.")
     if name in enum.__members__:
         return enum[name]
-    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name
+    if not re.search(r"[/\\.]", weights):  # not a path either: a mistyped enum name, or another model's
         names = ", ".join(enum.__members__)
+        owners = [other for other in MODELS.values() if other is not spec and name in other.weights_enum.__members__]
         raise ValueError(words(
             f"{{weights=given}} is neither a {enum.__name__} name ({names}) nor a path to a .pth file "
             "({model=model}).",
-            given=weights, model=spec.name,
+            *(f"It is a {owner.weights_enum.__name__} name: add {{model=owner}}." for owner in owners[:1]),
+            given=weights, model=spec.name, owner=owners[0].name if owners else None,
         ))
     return None
 
 
 def _seeded_model(spec: ModelSpec) -> RAFT:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    """``spec``'s model with the weights ``torch.manual_seed(RANDOM_WEIGHTS_SEED)`` would give, drawn from a private
+    generator (the global one neither used nor moved)."""
+    with drawing_from(seeded_generator(RANDOM_WEIGHTS_SEED)):
         return spec.build(weights=None)
 
 
@@ -155,7 +162,8 @@ def _random_model(spec: ModelSpec) -> RAFT:
 
 def _torchvision_model(spec: ModelSpec, member: WeightsEnum, progress: bool) -> tuple[RAFT, WeightsInfo]:
     try:
-        model = spec.build(weights=member, progress=progress)
+        with drawing_from(seeded_generator(RANDOM_WEIGHTS_SEED)):  # the initial values the weights then replace
+            model = spec.build(weights=member, progress=progress)
     except Exception as error:  # download errors come in many types (URLError, HTTPError, OSError, ...)
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
         raise RuntimeError(
@@ -200,11 +208,10 @@ def _file_model(spec: ModelSpec, path: Path, source: str) -> tuple[RAFT, Weights
             other = checkpoint_model(original, path)
         except ValueError:  # no model's weights: say what differs from the requested model
             raise ValueError(f"{path} does not hold {spec.title} weights: {mismatch}.") from None
-        raise ValueError(words(
-            f"{path} holds {other.title} weights, but the model is {spec.title}: pass {{model=other}} "
-            f"to use it, or a {spec.title} checkpoint.",
-            other=other.name,
-        ))
+        fix = (f"pass {{model=other}} to use it, or a {spec.title} checkpoint" if current_vocabulary().has("model")
+               else f"choose a {spec.title} checkpoint")  # a face with the model fixed (VACE's annotator)
+        raise ValueError(words(f"{path} holds {other.title} weights, but the model is {spec.title}: {fix}.",
+                               other=other.name))
     model = _seeded_model(spec)
     for key, value in model.state_dict().items():  # BatchNorm counters: absent from some original checkpoints
         if key.endswith("num_batches_tracked"):
