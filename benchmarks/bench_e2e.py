@@ -129,7 +129,7 @@ def flow_like_frames(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def make_clip(path: Path, frames: int, size: int) -> Path:
-    from scope_optical_flow_tensorrt.cli.outputs import VideoWriter
+    from scope_optical_flow_tensorrt.batch.outputs import VideoWriter
 
     started = time.perf_counter()
     writer = VideoWriter(path, Fraction(30), "libx264", preset="veryfast")
@@ -221,8 +221,8 @@ def run_probes(clip: Path, work: Path) -> dict[str, Any]:
     import av
     from PIL import Image
 
-    from scope_optical_flow_tensorrt.cli.inputs import nvdec_available, open_input
-    from scope_optical_flow_tensorrt.cli.outputs import PNG_COMPRESS_LEVEL, NpyArrayWriter, VideoWriter
+    from scope_optical_flow_tensorrt.batch.inputs import nvdec_available, open_input
+    from scope_optical_flow_tensorrt.batch.outputs import PNG_COMPRESS_LEVEL, NpyArrayWriter, VideoWriter
 
     probes: dict[str, Any] = {}
     source = open_input(str(clip))

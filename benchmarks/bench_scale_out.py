@@ -1,7 +1,7 @@
 """Scale-out benchmark: ``run --devices`` on one GPU, then on two, over the same synthetic clips.
 
 Writes N clips (default 48 x 480 frames at 512x512, a drifting texture) into a temporary folder, then runs the
-multi-process path (``cli.batch.run_clips``: one spawn worker per device, started before the clips are probed
+multi-process path (``batch.process(..., devices=...)``: one spawn worker per device, started before the clips are probed
 and ordered, one preprocessor each, clips handed out dynamically and the largest first, every clip decoded,
 computed and written as a flow video) with ``--single`` devices and with ``--multi`` devices, one after the
 other in this process tree. A short warm-up pass first fills the on-disk caches (torch.compile, TensorRT
@@ -75,8 +75,8 @@ def main() -> int:
 
     use_this_checkout()
     import torch
-    from scope_optical_flow_tensorrt.cli.batch import parse_devices, run_clips
-    from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings
+    from scope_optical_flow_tensorrt.batch import BatchReport, process
+    from scope_optical_flow_tensorrt.batch.plan import parse_devices
 
     single, multi = parse_devices(args.single, strict=True), parse_devices(args.multi, strict=True)
     has_av = importlib.util.find_spec("av") is not None
@@ -84,16 +84,16 @@ def main() -> int:
     bench_started = time.perf_counter()
     try:
         model = {
-            "size": (args.size, args.size), "weights": None, "device": single[0], "fp16": not args.fp32,
+            "height": args.size, "width": args.size, "weights": None, "device": single[0], "fp16": not args.fp32,
             "num_flow_updates": args.updates, "backend": args.backend, "strict_device": False,
             "cuda_graphs": True, "models_dir": None, "torch_compile": not args.no_compile,
         }
-        write = WriteSettings(chunk=args.chunk)
 
-        def jobs(name: str, subset: list[Path]) -> list[ClipJob]:
+        def run_pass(name: str, subset: list[Path], devices: list[str], show_progress: bool) -> BatchReport:
             folder = work / name
-            return [ClipJob((str(clip),), **({"output": folder / f"{clip.stem}.mp4"} if has_av else
-                                             {"flow_npy": folder / f"{clip.stem}.npy"})) for clip in subset]
+            outputs = {"output": folder / "{stem}.mp4"} if has_av else {"flow_npy": folder / "{stem}.npy"}
+            return process([str(clip) for clip in subset], **outputs, devices=devices, chunk=args.chunk,
+                           progress=None if show_progress else False, **model)
 
         frames = args.frames
         estimate = None
@@ -101,7 +101,7 @@ def main() -> int:
             warmup_clips = make_clips(work / "warmup_clips", args.warmup_clips, frames, args.clip_size, has_av)
             print(f"warm-up on {single}: {args.warmup_clips} clip(s) of {frames} frames (fills compile/engine "
                   "caches) ...", flush=True)
-            warmup = run_clips(jobs("warmup", warmup_clips), write, model, single, show_progress=False)
+            warmup = run_pass("warmup", warmup_clips, single, show_progress=False)
             if warmup.failed:
                 raise SystemExit(f"warm-up failed: {warmup.failed[0].job.name}: {warmup.failed[0].error}")
             estimate = one_worker_frames_per_s(warmup)
@@ -116,7 +116,7 @@ def main() -> int:
         passes = []
         for label, devices in (("single", single), ("multi", multi)):
             print(f"pass '{label}' on {', '.join(devices)} ...", flush=True)
-            report = run_clips(jobs(label, clips), write, model, devices, show_progress=sys.stderr.isatty())
+            report = run_pass(label, clips, devices, show_progress=sys.stderr.isatty())
             if report.failed:
                 for result in report.failed:
                     print(f"  failed: {result.job.name}: {result.error}", file=sys.stderr)
@@ -204,7 +204,7 @@ def make_clips(folder: Path, count: int, frames: int, size: int, video: bool) ->
 def _write_mp4(path: Path, chunks: Any) -> Path:
     from fractions import Fraction
 
-    from scope_optical_flow_tensorrt.cli.outputs import VideoWriter
+    from scope_optical_flow_tensorrt.batch.outputs import VideoWriter
 
     writer = VideoWriter(path, Fraction(24))
     for chunk in chunks:
@@ -214,7 +214,7 @@ def _write_mp4(path: Path, chunks: Any) -> Path:
 
 
 def _write_pngs(folder: Path, chunks: Any) -> Path:
-    from scope_optical_flow_tensorrt.cli.outputs import PngFolderWriter
+    from scope_optical_flow_tensorrt.batch.outputs import PngFolderWriter
 
     folder.mkdir()
     writer = PngFolderWriter(folder)

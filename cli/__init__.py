@@ -1,7 +1,8 @@
 """The ``scope-optical-flow`` command line: run, demo, prebuild, info, cache clear, bench.
 
-A thin face over the core: every command builds an ``OpticalFlowTensorRTPreprocessor`` (or calls the engine
-manager) and only adds reading, writing and reporting. Heavy modules (torch, PyAV) load inside commands.
+A thin face: it parses options, prints and turns errors into exit codes. ``run`` is a call of
+:func:`scope_optical_flow_tensorrt.batch.process`; the other commands build an ``OpticalFlowTensorRTPreprocessor``
+(or call the engine manager) themselves. Heavy modules (torch, PyAV) load inside commands.
 """
 
 from __future__ import annotations

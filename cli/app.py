@@ -12,9 +12,9 @@ import click
 from .bench import bench_command
 from .demo import demo_command
 from .engines import cache_group, info_command, prebuild_command
-from .errors import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError
+from ..batch import EXIT_FAILURE, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, CliError, timeline
 from .run import run_command
-from .state import PROG_NAME, configure_logging, set_quiet, set_verbose, settings, timeline
+from .state import PROG_NAME, configure_logging, set_quiet, set_verbose, settings
 
 EPILOG = (
     "Exit codes: 0 success, 1 failure, 2 bad options, 3 input missing/unreadable/without frames, "

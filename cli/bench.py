@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .options import build_preprocessor, frame_size, load_model, model_options, weights_spec
+from ..batch import build_preprocessor, load_model
+from .options import frame_size, model_options, preprocessor_options, weights_spec
 
 
 @click.command("bench", short_help="Frames/s and ms per chunk on this machine.")
@@ -26,7 +27,7 @@ def bench_command(chunk: int, warmup: int, runs: int, as_json: bool, weights: st
     """
     import torch
 
-    flow = build_preprocessor(weights=weights_spec(weights), **options)
+    flow = build_preprocessor(**preprocessor_options(weights=weights_spec(weights), **options))
     load_start = time.perf_counter()
     height, width = frame_size(options["size"], (512, 512))
     load_model(flow, warmup=chunk, size=(height, width))

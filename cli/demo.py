@@ -17,9 +17,8 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
-from .options import build_preprocessor, frame_size, load_model, model_options, weights_spec
-from .outputs import StagedOutputs, VideoWriter
+from ..batch import StagedOutputs, UsageError, VideoWriter, build_preprocessor, load_model, to_uint8_frames
+from .options import frame_size, model_options, preprocessor_options, weights_spec
 from .state import notice, say
 
 PAN = (4.0, 2.0)  # background motion (right, down) in pixels per frame
@@ -185,8 +184,6 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     """
     import torch
 
-    from .clips import to_uint8_frames
-
     overwrite = overwrite or _is_old_demo(output)
     with StagedOutputs(overwrite) as staged:
         folder = staged.add(output, folder=True)
@@ -228,7 +225,7 @@ def _load_with_fallback(weights: str, options: dict[str, Any], size: tuple[int, 
     spec = weights_spec(weights)
     if weights.strip().lower() == AUTO:
         spec = "DEFAULT" if _default_weights_load(options.get("raft_model", "raft_small")) else None
-    flow = build_preprocessor(weights=spec, **options)
+    flow = build_preprocessor(**preprocessor_options(weights=spec, **options))
     load_model(flow, size=size)
     return flow
 

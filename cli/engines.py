@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .errors import CliError, UsageError
+from ..batch import CliError, UsageError
 from .options import SizeType, cli_words, model_option, weights_spec
 from .state import say
 

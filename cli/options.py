@@ -10,8 +10,6 @@ from typing import Any
 
 import click
 
-from .errors import InputError, UsageError
-
 UNTRAINED = "untrained"
 NATIVE = "native"  # --size native: the input's own size (the API's height=None, width=None)
 FLOW_PRESETS = ("none", "vace")  # core.presets.PRESET_NAMES (not imported here: it imports torch)
@@ -118,7 +116,7 @@ class PresetType(click.Choice):
         super().__init__(FLOW_PRESETS)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .outputs import X264_PRESETS
+        from ..batch import X264_PRESETS
 
         if value in X264_PRESETS:
             self.fail(f"{value!r} is a libx264 preset: --preset picks a flow preset ({', '.join(FLOW_PRESETS)}); "
@@ -252,7 +250,7 @@ def display_options(function: Callable) -> Callable:
     return function
 
 
-def build_preprocessor(
+def preprocessor_options(
     *,
     size: tuple[int, int] | tuple[None, None],
     weights: str | None,
@@ -264,60 +262,29 @@ def build_preprocessor(
     preset: str = "none",
     max_batch_pairs: int | None = None,
     **model: Any,
-) -> Any:
-    """An ``OpticalFlowTensorRTPreprocessor`` from option values, speaking the command line's vocabulary; the
-    core's ValueError/TypeError become usage errors (exit code 2) with the core's message."""
-    from ..core import OpticalFlowTensorRTPreprocessor
-
+) -> dict[str, Any]:
+    """The preprocessor's keyword arguments (``OpticalFlowTensorRTPreprocessor``, ``batch.process``) from option
+    values, speaking the command line's vocabulary."""
     height, width = size
-    try:
-        return OpticalFlowTensorRTPreprocessor(
-            height,
-            width,
-            first_frame=first_frame,
-            preset=preset,
-            vocabulary=cli_vocabulary(),
-            model=model.get("raft_model", "raft_small"),
-            device=model["device"],
-            fp16=model["fp16"],
-            flow_strength=flow_strength,
-            num_flow_updates=model["num_flow_updates"],
-            normalization=normalization,
-            max_flow=max_flow,
-            decay=decay,
-            backend=model["backend"],
-            weights=weights,
-            strict_device=model["strict_device"],
-            max_batch_pairs=max_batch_pairs,
-            models_dir=model["models_dir"],
-            cuda_graphs=model["cuda_graphs"],
-            torch_compile=model.get("torch_compile", True),
-        )
-    except (ValueError, TypeError) as error:
-        raise UsageError(str(error)) from error
-
-
-def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | None = None) -> None:
-    """Load weights/engine now, so a bad ``--weights`` fails before any input is read or output written;
-    ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
-    At ``--size native`` the model is built for the input frames' ``size``; without it, at the first input.
-    The core's messages already name the flag (``--weights``); frames too small for ``--size native`` are bad
-    input (exit code 3), a bad weights file a bad option (2)."""
-    from ..core.common.errors import FrameError
-    from ..core.memory import TooLargeForMemory
-
-    try:
-        flow.load(warmup=warmup, size=size)
-        if warmup is not False:
-            # The command line is a process of its own: kernels whose entries are on disk load now, before the
-            # first frame (seconds, while the decoder reads ahead); kernels still compiling switch in between
-            # chunks where the rest of the work repays it (clips.worth_switching). Loading them on a thread
-            # while the uncompiled model served took this process's Python lock: a 2,400-frame run fell from
-            # 814 to 254 frames/s (benchmarks/NOTES.md).
-            flow.wait_for_compiled(timeout=0)
-    except TooLargeForMemory as error:  # --size (or the input's own size) cannot fit: the message names the fix
-        raise UsageError(str(error)) from error
-    except FrameError as error:
-        raise InputError(str(error)) from error
-    except (FileNotFoundError, ValueError) as error:
-        raise UsageError(str(error)) from error
+    return dict(
+        height=height,
+        width=width,
+        first_frame=first_frame,
+        preset=preset,
+        vocabulary=cli_vocabulary(),
+        model=model.get("raft_model", "raft_small"),
+        device=model["device"],
+        fp16=model["fp16"],
+        flow_strength=flow_strength,
+        num_flow_updates=model["num_flow_updates"],
+        normalization=normalization,
+        max_flow=max_flow,
+        decay=decay,
+        backend=model["backend"],
+        weights=weights,
+        strict_device=model["strict_device"],
+        max_batch_pairs=max_batch_pairs,
+        models_dir=model["models_dir"],
+        cuda_graphs=model["cuda_graphs"],
+        torch_compile=model.get("torch_compile", True),
+    )

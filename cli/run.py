@@ -3,19 +3,14 @@ or for many clips (a folder of videos, a glob, a manifest) on several devices or
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .clips import WriteSettings, process_clip
-from .errors import UsageError
-from .inputs import DECODER_CHOICES, IMAGE_SUFFIXES
-from .outputs import DEFAULT_X264_PRESET, X264_PRESETS
-from .report import write_report
-from .options import build_preprocessor, display_options, model_options, weights_spec
-from .state import say, timeline
+from ..batch import DECODER_CHOICES, DEFAULT_X264_PRESET, X264_PRESETS, BatchReport, CliError, process
+from .options import display_options, model_options, preprocessor_options, weights_spec
+from .state import PROG_NAME, notice, say, settings
 
 
 @click.command("run", short_help="Flow maps (video, PNGs, raw .npy/.flo) for a video, folder, glob or many clips.")
@@ -82,35 +77,38 @@ def run_command(
     Frame 0 has no reference and shows zero flow (white), or frame 1's map with --first-frame repeat; frame i
     shows the motion from frame i-1 to i. --preset vace gives VACE's own flow maps (see the README).
     """
-    from . import batch
-
-    if manifest is None and not input_specs:
-        raise UsageError("missing INPUT: give a video, a folder, a glob, several files, or --manifest FILE.")
-    if manifest is not None and input_specs:
-        raise UsageError("give either INPUT or --manifest, not both.")
-    if output is None and flow_npy is None and flow_flo is None and manifest is None:
-        raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
-    if output is not None and output.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"-o {output}: an image file cannot hold a sequence; give a folder for PNG frames "
-                         f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
-    if devices is not None and ray_address is not None:
-        raise UsageError("give --devices (this machine) or --ray (a cluster), not both.")
-    settings = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite,
-                             preset=x264_preset, decoder=decoder)
-    model = {"weights": weights_spec(weights), **options}
-    plan = batch.plan_jobs(input_specs, manifest, output, flow_npy, flow_flo)
-    if plan.collection or devices is not None or ray_address is not None:
-        batch.run_batch_command(plan.jobs, settings, model, devices=devices, ray_address=ray_address,
-                                report_path=report_path)
+    report = process(
+        input_specs, output, flow_npy=flow_npy, flow_flo=flow_flo, manifest=manifest, overwrite=overwrite,
+        devices=devices, ray_address=ray_address, chunk=chunk, decoder=decoder, fps=fps, codec=codec,
+        x264_preset=x264_preset, flow_size=flow_size, report=report_path, progress=False if settings.quiet else None,
+        verbose=settings.verbose, **preprocessor_options(weights=weights_spec(weights), **options),
+    )
+    if report.collection:
+        _summarize(report, ray_address, options["device"])
         return
-    job = plan.jobs[0]
-    flow = build_preprocessor(**model)
-    timeline["preprocessor_built"] = time.time()
-    result = process_clip(flow, job, settings)
-    if report_path is not None:
-        write_report(report_path, [result], result.seconds)
-    written = ", ".join(str(path) for path in job.outputs)
+    result = report.results[0]
+    if not result.ok:
+        raise result.exception or CliError(result.error)
+    written = ", ".join(str(path) for path in result.job.outputs)
     height, width = result.size
     say(f"{result.frames} frames ({height}x{width}) in {result.seconds:.1f} s "
         f"({result.frames / result.seconds:.1f} frames/s) -> {written}")
 
+
+def _summarize(report: BatchReport, ray_address: str | None, device: str) -> None:
+    """``run`` for many clips: a summary line, the failures, and a non-zero exit if any."""
+    ran_on = sorted({result.worker.split(" pid ")[0] for result in report.results if result.worker})  # CPU fallback
+    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None
+                                          else ", ".join(ran_on) or device)
+    seconds = max(report.seconds, 1e-9)
+    say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
+        f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "
+        f"{report.frames / seconds:.1f} frames/s) on {where}")
+    for result in report.failed:
+        if settings.verbose and result.detail:
+            notice(result.detail.rstrip())
+        notice(f"{PROG_NAME}: failed: {result.job.name}: {result.error}")
+    if report.failed:
+        clips = len(report.results) + len(report.skipped)
+        raise CliError(f"{len(report.failed)} of {clips} clip(s) failed (listed above); the others are written. "
+                       "Run the same command again to retry them (finished clips are skipped).")

@@ -1,13 +1,9 @@
-"""Process-wide output settings (verbose, quiet), logging to stderr, progress bars and result lines."""
+"""Process-wide output settings (verbose, quiet), logging to stderr and result lines."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,8 +16,6 @@ class Settings:
 
 
 settings = Settings()
-# Moments of this process's start-up, time.time() by name ("cli_main", "preprocessor_built"), for --report/--verbose.
-timeline: dict[str, float] = {}
 
 
 def set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -64,25 +58,3 @@ def say(message: str) -> None:
 def notice(message: str) -> None:
     """A line for the user on stderr (even with --quiet: used for things they must not miss)."""
     click.echo(message, err=True)
-
-
-def progress_bar(total: int | None, **kwargs: Any) -> Any:
-    """tqdm on stderr: frames done, frames/s and time left; off with --quiet or when stderr is no terminal."""
-    from tqdm import tqdm
-
-    disable = True if settings.quiet else None  # None: tqdm turns itself off on a non-terminal
-    return tqdm(total=total, disable=disable, dynamic_ncols=True, file=sys.stderr, **kwargs)
-
-
-def process_started_at() -> float:
-    """``time.time()`` at which this process started (from ``/proc`` on Linux; else when the CLI was imported)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
-
-
-_IMPORTED_AT = time.time()

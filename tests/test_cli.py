@@ -26,9 +26,9 @@ pytest.importorskip("PIL")
 from PIL import Image
 from scope_optical_flow_tensorrt.cli import main
 from scope_optical_flow_tensorrt.cli.demo import PAN, SPIN_DEGREES, measure_motion, synthetic_clip
-from scope_optical_flow_tensorrt.cli.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE
-from scope_optical_flow_tensorrt.cli.inputs import open_input
-from scope_optical_flow_tensorrt.cli.outputs import npy_header, read_flo
+from scope_optical_flow_tensorrt.batch.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE
+from scope_optical_flow_tensorrt.batch.inputs import open_input
+from scope_optical_flow_tensorrt.batch.outputs import npy_header, read_flo
 from scope_optical_flow_tensorrt.cli.state import StderrHandler
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow

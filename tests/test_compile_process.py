@@ -310,7 +310,7 @@ def test_the_host_loads_compiled_kernels_with_inductor_in_its_own_thread(
 def test_the_command_line_loads_entries_on_disk_before_its_first_frame(fake: FakeTorchCompile, tmp_path: Path) -> None:
     """The command line (a process of its own) switches shapes whose entries are on disk when it loads the model,
     and never waits there for a shape that is still compiling."""
-    from scope_optical_flow_tensorrt.cli.options import load_model
+    from scope_optical_flow_tensorrt.batch import load_model
 
     make_preprocessor(tmp_path).warm_up([4])
     fake.new_process()

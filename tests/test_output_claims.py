@@ -1,4 +1,4 @@
-"""Outputs are never clobbered unasked (cli/outputs.py): a destination is claimed when it is staged, so a second
+"""Outputs are never clobbered unasked (batch/outputs.py): a destination is claimed when it is staged, so a second
 run to the same path fails with exit code 4 instead of silently replacing the first one's result; an output that
 is one of the inputs is refused even with --overwrite; and workers of --devices die with their parent."""
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scope_optical_flow_tensorrt.cli.errors import EXIT_OUTPUT, OutputError
-from scope_optical_flow_tensorrt.cli.outputs import StagedOutputs
+from scope_optical_flow_tensorrt.batch import EXIT_OUTPUT, OutputError, StagedOutputs
 from test_cli import FAST, core_flow, moving_frames, run_main, write_images, write_video  # noqa: F401 (run_main)
 from test_scale_out import clips  # noqa: F401 (a fixture)
 

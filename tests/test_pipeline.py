@@ -1,4 +1,4 @@
-"""The clip pipeline (``cli.clips.process_clip``: reader thread, compute, writer threads): the same outputs as a
+"""The clip pipeline (``batch.clips.process_clip``: reader thread, compute, writer threads): the same outputs as a
 plain serial loop for every output kind, every stage stopped with nothing left behind on a decode error, a
 writer error or an interrupt, and memory bounded by the queues on a long clip. CPU, 128x128 compute, untrained
 weights, 1-2 flow updates."""
@@ -19,19 +19,19 @@ import torch
 av = pytest.importorskip("av")
 pytest.importorskip("PIL")
 from PIL import Image
-from scope_optical_flow_tensorrt.cli import clips as clips_module
-from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
-from scope_optical_flow_tensorrt.cli.colour import YuvFormat, rgb_to_yuv420p, yuv_to_rgb
-from scope_optical_flow_tensorrt.cli.errors import InputError, OutputError
-from scope_optical_flow_tensorrt.cli.inputs import FrameChunk, FrameSource, open_inputs
-from scope_optical_flow_tensorrt.cli.outputs import (
+from scope_optical_flow_tensorrt.batch import clips as clips_module
+from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings, process_clip, to_uint8_frames
+from scope_optical_flow_tensorrt.batch.colour import YuvFormat, rgb_to_yuv420p, yuv_to_rgb
+from scope_optical_flow_tensorrt.batch.errors import InputError, OutputError
+from scope_optical_flow_tensorrt.batch.inputs import FrameChunk, FrameSource, open_inputs
+from scope_optical_flow_tensorrt.batch.outputs import (
     FloFolderWriter,
     NpyArrayWriter,
     NpyFolderWriter,
     PngFolderWriter,
     VideoWriter,
 )
-from scope_optical_flow_tensorrt.cli.pipeline import Prefetcher, StageStopped, StopSignal, WriterThread
+from scope_optical_flow_tensorrt.batch.pipeline import Prefetcher, StageStopped, StopSignal, WriterThread
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
 from test_cli import moving_frames, read_video, write_images, write_video

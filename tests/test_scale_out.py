@@ -19,13 +19,14 @@ pytest.importorskip("click")
 pytest.importorskip("tqdm")
 pytest.importorskip("PIL")
 from PIL import Image
-from scope_optical_flow_tensorrt.cli import batch, main
-from scope_optical_flow_tensorrt.cli.batch import parse_devices, plan_jobs
-from scope_optical_flow_tensorrt.cli.clips import ClipJob, WriteSettings
-from scope_optical_flow_tensorrt.cli.dispatch import clip_size, largest_first
-from scope_optical_flow_tensorrt.cli.pool import WorkerPool
-from scope_optical_flow_tensorrt.cli.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_USAGE, CliError
-from scope_optical_flow_tensorrt.cli.ray_runner import FlowMapBatches
+from scope_optical_flow_tensorrt.batch import api
+from scope_optical_flow_tensorrt.cli import main
+from scope_optical_flow_tensorrt.batch.plan import parse_devices, plan_jobs
+from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings
+from scope_optical_flow_tensorrt.batch.dispatch import clip_size, largest_first
+from scope_optical_flow_tensorrt.batch.pool import WorkerPool
+from scope_optical_flow_tensorrt.batch.errors import EXIT_FAILURE, EXIT_INPUT, EXIT_USAGE, CliError
+from scope_optical_flow_tensorrt.batch import FlowMapBatches  # the public path of the Ray Data class
 from scope_optical_flow_tensorrt.core import OpticalFlowTensorRTPreprocessor
 from scope_optical_flow_tensorrt.core.resize import resize_flow
 from test_cli import moving_frames, read_video, run_main, write_video  # noqa: F401  (run_main: shared fixture)
@@ -174,7 +175,7 @@ def test_workers_start_before_the_clips_are_planned(tmp_path: Path, sized_clips:
         workers_while_planning.append(len(multiprocessing.active_children()))
         return largest_first(jobs)
 
-    monkeypatch.setattr(batch, "largest_first", planning)
+    monkeypatch.setattr(api, "largest_first", planning)
     code, out, err = run_main("run", sized_clips, "--flow-npy", tmp_path / "npy", "--devices", "cpu:2",
                               "--report", tmp_path / "report.json", *FAST)
     assert code == 0, err
@@ -184,7 +185,7 @@ def test_workers_start_before_the_clips_are_planned(tmp_path: Path, sized_clips:
 
 
 def test_worker_pool_loads_the_model_before_any_clip_and_stops_early(tmp_path: Path) -> None:
-    model = {"size": (128, 128), "weights": None, "device": "cpu", "fp16": False, "num_flow_updates": 2,
+    model = {"height": 128, "width": 128, "weights": None, "device": "cpu", "fp16": False, "num_flow_updates": 2,
              "backend": "auto", "strict_device": False, "models_dir": None, "cuda_graphs": False}
     with WorkerPool(["cpu"], WriteSettings(chunk=2), model) as pool:
         assert len(multiprocessing.active_children()) == 1  # spawned at once, not when clips come
@@ -398,7 +399,7 @@ def test_every_gpu_matches_one_process_on_cuda(tmp_path: Path, clips: Path, run_
 
 def test_pool_workers_see_only_their_gpu_as_cuda_0() -> None:
     """Each --devices worker is shown only its GPU (so all compile for, and share the kernels of, cuda:0)."""
-    from scope_optical_flow_tensorrt.cli.pool import worker_visible_devices
+    from scope_optical_flow_tensorrt.batch.pool import worker_visible_devices
 
     assert worker_visible_devices("cuda:1", None) == ("1", "cuda:0")
     assert worker_visible_devices("cuda:0", "") == (None, "cuda:0")  # the user hid every GPU: nothing to map

@@ -1,28 +1,21 @@
-"""``run`` over many clips: which clips (a folder of videos, a glob, several videos, a manifest), where their
-outputs go, which are already done (resume), and running them in this process, in one worker process per
-device (:mod:`.pool`) or on a Ray cluster (:mod:`.ray_runner`), with one progress bar and a final report.
-
-Every clip goes through :func:`.clips.process_clip`, the same code as ``run`` on one input.
+"""What a batch runs: which clips (one input, a folder of videos, a glob, several inputs, a manifest), where
+their outputs go, which are already done (resume), and on which devices.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-from .clips import ClipJob, ClipResult, WriteSettings, run_job
-from .dispatch import largest_first
-from .errors import EXIT_FAILURE, CliError, InputError, UsageError
+from .clips import ClipJob, ClipResult
+from .errors import EXIT_FAILURE, InputError, UsageError
 from .inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
-from .options import build_preprocessor
-from .report import write_report
 from .outputs import is_video_path
-from .state import PROG_NAME, notice, progress_bar, say, settings
+
+logger = logging.getLogger("scope_optical_flow_tensorrt.batch")
 
 MANIFEST_COLUMNS = ("input", "output", "flow_npy", "flow_flo")
 
@@ -35,29 +28,6 @@ class Plan:
     collection: bool
 
 
-@dataclass
-class BatchReport:
-    """Outcome of a batch: one result per clip that ran (or was refused), the clips skipped as done."""
-
-    results: list[ClipResult] = field(default_factory=list)
-    skipped: list[ClipJob] = field(default_factory=list)
-    seconds: float = 0.0
-    workers: list[str] = field(default_factory=list)
-    worker_ready_s: dict[str, float] = field(default_factory=dict)  # worker -> seconds until loaded and warm
-
-    @property
-    def done(self) -> list[ClipResult]:
-        return [result for result in self.results if result.ok]
-
-    @property
-    def failed(self) -> list[ClipResult]:
-        return [result for result in self.results if not result.ok]
-
-    @property
-    def frames(self) -> int:
-        return sum(result.frames for result in self.done)
-
-
 # -- which clips, which outputs ---------------------------------------------------------------------------
 
 
@@ -68,35 +38,57 @@ def plan_jobs(
     flow_npy: Path | None,
     flow_flo: Path | None,
 ) -> Plan:
-    """Clips from ``--manifest`` or from INPUT (a folder of videos, a glob of videos, several video files are a
-    collection; anything else is one clip, read as ``run`` always did). Outputs of a collection come from
-    folders or ``{stem}``/``{name}`` templates."""
+    """Clips from ``--manifest`` or from INPUT (see :func:`clip_collection`: a collection of clips, or one clip,
+    read as ``run`` always did). Outputs of a collection come from folders or ``{stem}``/``{name}`` templates;
+    those of one clip are the paths given (a template is filled in)."""
+    if manifest is None and not input_specs:
+        raise UsageError("missing INPUT: give a video, a folder, a glob, several files, or --manifest FILE.")
+    if manifest is not None and input_specs:
+        raise UsageError("give either INPUT or --manifest, not both.")
+    if output is None and flow_npy is None and flow_flo is None and manifest is None:
+        raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
+    if output is not None and output.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output}: an image file cannot hold a sequence; give a folder for PNG frames "
+                         f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
     templates = {"output": output, "flow_npy": flow_npy, "flow_flo": flow_flo}
     if manifest is not None:
         jobs = [_job_from_row(row, templates, where) for row, where in read_manifest(manifest)]
     else:
-        videos = video_collection(input_specs)
-        if videos is None:
-            return Plan([ClipJob(tuple(input_specs), output, flow_npy, flow_flo)], collection=False)
-        count = len(videos)
-        jobs = [ClipJob((str(video),), *(_target(templates[k], video, k, count) for k in MANIFEST_COLUMNS[1:]))
-                for video in videos]
+        clips = clip_collection(input_specs)
+        if clips is None:
+            clip = Path(input_specs[0]) if len(input_specs) == 1 else Path(input_specs[0]).parent
+            named = [_target(template, clip, kind, 1) if template is not None and "{" in str(template) else template
+                     for kind, template in templates.items()]
+            return Plan([ClipJob(tuple(input_specs), *named)], collection=False)
+        count = len(clips)
+        jobs = [ClipJob((str(clip),), *(_target(templates[k], clip, k, count) for k in MANIFEST_COLUMNS[1:]))
+                for clip in clips]
     _check_distinct_outputs(jobs)
     return Plan(jobs, collection=True)
 
 
-def video_collection(specs: tuple[str, ...]) -> list[Path] | None:
-    """The video files INPUT names when it is a collection of clips, in natural name order; else ``None``."""
+def clip_collection(specs: tuple[str, ...]) -> list[Path] | None:
+    """The clips INPUT names when it is a collection, in natural name order; ``None`` when it is one clip.
+
+    One word is a collection when it is a folder or glob of videos. Several words are one clip when any is an
+    image file (its frames, e.g. a glob the shell expanded); otherwise each word is a clip (a video, a folder or
+    glob of frames), and a folder or glob of videos gives its videos."""
     if len(specs) > 1:
         paths = [Path(spec).expanduser() for spec in specs]
-        videos = [path for path in paths if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES]
-        return sorted(videos, key=natural_key) if len(videos) == len(paths) else None
-    if len(specs) != 1:
-        return None
-    path = Path(specs[0]).expanduser()
+        if any(path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES for path in paths):
+            return None
+        clips = [clip for spec, path in zip(specs, paths) for clip in (_videos(spec) or [path])]
+        return sorted(clips, key=natural_key)
+    return _videos(specs[0]) if specs else None
+
+
+def _videos(spec: str) -> list[Path] | None:
+    """The videos in folder or glob ``spec``, in natural name order; ``None`` for anything else (a video, a
+    folder or glob of frames, a path that does not exist)."""
+    path = Path(spec).expanduser()
     if path.is_dir():
         files = [p for p in path.iterdir() if p.is_file()]
-    elif not path.exists() and any(char in specs[0] for char in "*?["):
+    elif not path.exists() and any(char in spec for char in "*?["):
         files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
     else:
         return None
@@ -232,8 +224,8 @@ def parse_devices(text: str, strict: bool = False) -> list[str]:
             return [f"cuda:{index}" for index in range(available)]
         if strict:
             raise UsageError("--devices all with --strict-device: this machine has no CUDA GPU; use --devices cpu:N.")
-        notice(f"{PROG_NAME}: warning: --devices all: no CUDA GPU here, so one CPU worker runs the clips "
-               "(use --devices cpu:N for more).")
+        logger.warning("--devices all: no CUDA GPU here, so one CPU worker runs the clips (use --devices cpu:N for "
+                       "more).")
         return ["cpu"]
     devices = []
     for part in spec.split(","):
@@ -245,142 +237,3 @@ def parse_devices(text: str, strict: bool = False) -> list[str]:
                              "device(s)); use --devices all, or cpu:N for CPU workers.")
         devices.append(f"cuda:{int(part)}")
     return devices
-
-
-# -- running ------------------------------------------------------------------------------------------------
-
-
-class BatchProgress:
-    """One bar for the whole batch: clips done of all (with time left), frames and failures so far."""
-
-    def __init__(self, total: int, show: bool = True) -> None:
-        self.bar = progress_bar(total=total, unit="clip", desc="clips") if show else None
-        self.frames = 0
-        self.failed = 0
-
-    def add_frames(self, count: int) -> None:
-        self.frames += count
-        self._refresh()
-
-    def clip_done(self, result: ClipResult) -> None:
-        self.failed += 0 if result.ok else 1
-        if self.bar is not None:
-            self.bar.update(1)
-        self._refresh()
-
-    def _refresh(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(frames=self.frames, failed=self.failed, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def run_clips(
-    jobs: list[ClipJob],
-    write: WriteSettings,
-    model: dict[str, Any],
-    devices: list[str] | None = None,
-    ray_address: str | None = None,
-    show_progress: bool = True,
-) -> BatchReport:
-    """Run ``jobs`` (skipping done ones) here (``devices=None``), in one worker process per entry of
-    ``devices``, or on the Ray cluster at ``ray_address``. ``model`` holds ``build_preprocessor``'s
-    arguments. A clip's failure is recorded in the report, never raised; a worker that cannot load the
-    model stops the batch with that error.
-
-    Workers start (spawn, import torch, load and warm up the model) before the clips are probed and ordered,
-    the largest first (:func:`.dispatch.largest_first`), so planning costs no time of its own; here, in
-    this process, the clips run in the order given."""
-    started = time.perf_counter()
-    build_preprocessor(**{**model, "device": "cpu", "strict_device": False})  # checks option values; loads nothing
-    pending, skipped, refused = split_done(jobs, write.overwrite)
-    report = BatchReport(results=list(refused), skipped=skipped)
-    progress = BatchProgress(len(pending), show_progress)
-
-    def collect(result: ClipResult) -> None:
-        if result.fatal:
-            raise _fatal_error(result)
-        report.results.append(result)
-        progress.clip_done(result)
-
-    try:
-        if not pending:
-            pass
-        elif ray_address is None and devices is None:
-            report.workers = [str(model["device"])]
-            for job in pending:
-                collect(run_job(job, write, model, progress.add_frames, settings.verbose))
-        else:
-            with _start_workers(write, model, devices, ray_address, len(pending)) as workers:
-                workers.run(largest_first(pending), collect, progress.add_frames)
-            report.workers = workers.labels
-            report.worker_ready_s = workers.ready_seconds()
-    finally:
-        progress.close()
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-class Workers(Protocol):
-    """Workers started ahead of their clips (:class:`.pool.WorkerPool`, :class:`.ray_runner.RayWorkers`)."""
-
-    labels: list[str]
-
-    def run(self, jobs: list[ClipJob], on_result: Callable[[ClipResult], None],
-            on_frames: Callable[[int], None]) -> None: ...
-
-    def ready_seconds(self) -> dict[str, float]: ...
-
-    def __enter__(self) -> Workers: ...
-
-    def __exit__(self, *exc_info: Any) -> None: ...
-
-
-def _start_workers(write: WriteSettings, model: dict[str, Any], devices: list[str] | None, ray_address: str | None,
-                   clips: int) -> Workers:
-    """Start at most ``clips`` workers (no idle worker loads a model for nothing)."""
-    if ray_address is not None:
-        from .ray_runner import RayWorkers
-
-        return RayWorkers(ray_address, write, model, clips)
-    from .pool import WorkerPool
-
-    return WorkerPool((devices or [])[:clips], write, model)
-
-
-def _fatal_error(result: ClipResult) -> CliError:
-    error = CliError(f"a worker ({result.worker}) could not load the model: {result.error}")
-    error.exit_code = result.exit_code
-    return error
-
-
-def run_batch_command(
-    jobs: list[ClipJob],
-    write: WriteSettings,
-    model: dict[str, Any],
-    devices: str | None,
-    ray_address: str | None,
-    report_path: Path | None = None,
-) -> None:
-    """``run`` for many clips: run them, print a summary line, list failures and exit non-zero if any."""
-    device_list = parse_devices(devices, model.get("strict_device", False)) if devices is not None else None
-    report = run_clips(jobs, write, model, device_list, ray_address, show_progress=not settings.quiet)
-    ran_on = sorted({result.worker.split(" pid ")[0] for result in report.results if result.worker})  # CPU fallback
-    where = ", ".join(report.workers) or (f"Ray ({ray_address})" if ray_address is not None
-                                          else ", ".join(ran_on) or str(model["device"]))
-    seconds = max(report.seconds, 1e-9)
-    if report_path is not None:
-        write_report(report_path, report.results, report.seconds, skipped=[job.name for job in report.skipped],
-                     workers=report.workers, worker_ready_s=report.worker_ready_s)
-    say(f"{len(report.done)} clip(s) done, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} "
-        f"failed: {report.frames} frames in {report.seconds:.1f} s ({len(report.done) / seconds:.2f} clips/s, "
-        f"{report.frames / seconds:.1f} frames/s) on {where}")
-    for result in report.failed:
-        if settings.verbose and result.detail:
-            notice(result.detail.rstrip())
-        notice(f"{PROG_NAME}: failed: {result.job.name}: {result.error}")
-    if report.failed:
-        raise CliError(f"{len(report.failed)} of {len(jobs)} clip(s) failed (listed above); the others are written. "
-                       "Run the same command again to retry them (finished clips are skipped).")

@@ -25,3 +25,12 @@ class InputError(CliError):
 
 class OutputError(CliError):
     exit_code = EXIT_OUTPUT
+
+
+class ModelError(CliError):
+    """The model could not be built or loaded: every clip would fail the same way, so a batch stops at the first
+    (``exit_code``: that of the error behind it; bad weights are bad options)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

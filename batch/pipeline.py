@@ -177,3 +177,37 @@ class WriterThread:
             pass
         except BaseException as error:
             self._stop.set(error)
+
+
+class Stages:
+    """The threads of one clip, started now: a reader (:class:`Prefetcher` over ``source``) and one
+    :class:`WriterThread` per ``(name, write)`` of ``writes``, sharing one :class:`StopSignal`; queues ``depth``
+    items deep. The calling thread iterates :attr:`reader` and submits to :attr:`writers`. A context manager:
+    leaving it normally waits until every item is written (raising the first stage error); leaving it with an
+    error stops every stage and waits for their threads."""
+
+    def __init__(self, source: Iterable[Any], writes: list[tuple[str, Callable[[Any], None]]], depth: int) -> None:
+        self.stop = StopSignal()
+        self.reader: Prefetcher[Any] = Prefetcher(source, depth, self.stop).start()
+        self.writers = [WriterThread(write, depth, self.stop, f"writer-{name}").start() for name, write in writes]
+
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            try:
+                for writer in self.writers:
+                    writer.finish()
+            except BaseException as failure:
+                self._halt(failure)
+                raise
+        else:
+            self._halt(error)
+        self.reader.join()
+
+    def _halt(self, error: BaseException | None) -> None:
+        self.stop.set(error)
+        self.reader.join()
+        for writer in self.writers:
+            writer.join()

@@ -1,9 +1,9 @@
-"""One clip's work, shared by ``run`` on one input and by every scale-out path (process pool, Ray).
+"""One clip's work, the same wherever it runs (this process, a worker process, a Ray actor).
 
 A :class:`ClipJob` names an input and its outputs; :func:`process_clip` streams it through a preprocessor
-in chunks and writes the outputs atomically. :func:`run_job` is the worker-side wrapper: it keeps one
-preprocessor per process (loaded once) and turns a clip's failure into a :class:`ClipResult` instead of an
-exception, so one bad clip never stops the others.
+in chunks and writes the outputs atomically. :func:`run_clip` turns a clip's failure into a :class:`ClipResult`
+instead of an exception, so one bad clip never stops the others; :func:`run_job` is its worker-side form, with
+the one preprocessor its process keeps (loaded once).
 """
 
 from __future__ import annotations
@@ -18,24 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, InputError, UsageError
-from .inputs import DECODER_CHOICES, FrameChunk, nvdec_available, open_inputs
-from .options import build_preprocessor, load_model
-from .outputs import (
-    DEFAULT_X264_PRESET,
-    FloFolderWriter,
-    NpyArrayWriter,
-    NpyFolderWriter,
-    PngFolderWriter,
-    StagedOutputs,
-    VideoWriter,
-    is_video_path,
-)
-from .pipeline import Prefetcher, StageTimer, StopSignal, WriterThread
-from .state import process_started_at, progress_bar
+from .errors import EXIT_FAILURE, CliError, InputError, ModelError
+from .inputs import FrameChunk, choose_decoder, image_readers, open_inputs
+from .outputs import DEFAULT_X264_PRESET, ClipOutputs, Sink
+from .pipeline import Prefetcher, Stages, StageTimer, WriterThread
+from .preprocessor import load_model, worker_preprocessor
+from .startup import process_started_at
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
 
-logger = logging.getLogger("scope_optical_flow_tensorrt.cli")  # not core.log: that would import torch
+logger = logging.getLogger("scope_optical_flow_tensorrt.batch")  # not core.log: that would import torch
 
 
 @dataclass(frozen=True)
@@ -91,6 +82,7 @@ class ClipResult:
     stages: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (see ClipStages)
     first_output_at: float | None = None  # time.time() when the first output chunk was written
     last_output_at: float | None = None  # time.time() when the last output chunk was written
+    exception: BaseException | None = field(default=None, repr=False, compare=False)  # the error, in its own process
 
     @property
     def ok(self) -> bool:
@@ -102,6 +94,7 @@ def process_clip(
     job: ClipJob,
     settings: WriteSettings,
     on_frames: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
 ) -> ClipResult:
     """Compute and write one clip with ``flow`` (its stream is reset first, so clips never share state).
 
@@ -111,8 +104,10 @@ def process_clip(
     ``settings.queue_depth`` chunks, so memory stays flat on long clips. The first failure in any stage (or
     an exception from ``on_frames``, or Ctrl-C) stops every stage and discards every output.
 
-    Progress goes to ``on_frames(n)`` after each chunk is computed, or to a progress bar of its own when
-    ``None``. Raises the CLI's errors (input, output, usage) on failure; the outputs are then left untouched.
+    Progress goes to ``on_start(frames)`` once the model is loaded (the clip's frame count, ``None`` where its
+    container does not say) and to ``on_frames(n)`` after each chunk is computed. Raises the batch's errors
+    (input, output, usage; :class:`.errors.ModelError` when the model does not load) on failure; the outputs are
+    then left untouched.
     """
     flow.reset()
     started_at = time.time()
@@ -120,47 +115,27 @@ def process_clip(
     if source.num_frames is not None and source.num_frames < 2:
         raise InputError(_one_frame(job))
     started = time.perf_counter()
-    stop = StopSignal()
-    with StagedOutputs(settings.overwrite, inputs=input_paths(job, source)) as staged:
-        sinks = _open_sinks(job, staged, source, settings)
-        decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
-        # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
-        chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), _image_readers(),
-                                       decoder or "cpu", keep_yuv=flow.device.type == "cuda",
-                                       threads=settings.codec_threads or 0)
-        reader = Prefetcher(chunks, settings.queue_depth, stop)
-        threads: list[WriterThread] = []
-        try:
-            reader.start()  # decoding starts while the model loads and warms up
-            load_started = time.perf_counter()
-            load_model(flow, warmup=settings.chunk)
-            load_seconds = time.perf_counter() - load_started
-            threads = [WriterThread(sink.write, settings.queue_depth, stop, f"writer-{sink.kind}").start()
-                       for sink in sinks]
-            if on_frames is None:
-                with progress_bar(total=source.num_frames, unit="frame", desc="flow") as bar:
-                    computed = _compute(flow, reader, settings, sinks, threads, bar.update, source.num_frames)
-            else:
-                computed = _compute(flow, reader, settings, sinks, threads, on_frames, source.num_frames)
-            if computed.frames < 2:  # a video of one frame (its length was not known before decoding)
-                raise InputError(_one_frame(job))
-            for thread in threads:
-                thread.finish()
-            for sink in sinks:
-                sink.writer.close()
-        except BaseException as error:
-            stop.set(error)
-            reader.join()
-            for thread in threads:
-                thread.join()
-            for sink in sinks:
-                sink.writer.abort()
-            raise
-        reader.join()
-    stages = {"load": load_seconds, "decode": reader.timer.seconds, **computed.stages}
-    for sink, thread in zip(sinks, threads):
+    decoder = choose_decoder(settings.decoder, source, flow.device) if source.kind == "video" else ""
+    # On CUDA, videos stay YUV 4:2:0 until the GPU converts them (cheaper than swscale on the reader's CPU).
+    chunks = source.decoded_chunks(settings.chunk, host_allocator(flow.device), image_readers(),
+                                   decoder or "cpu", keep_yuv=flow.device.type == "cuda",
+                                   threads=settings.codec_threads or 0)
+    with ClipOutputs(job, source.frame_rate, settings, inputs=input_paths(job, source)) as sinks, \
+            Stages(chunks, [(sink.kind, sink.write) for sink in sinks], settings.queue_depth) as threads:
+        # decoding has started; it goes on while the model loads and warms up
+        load_started = time.perf_counter()
+        load_model(flow, warmup=settings.chunk)
+        load_seconds = time.perf_counter() - load_started
+        if on_start is not None:
+            on_start(source.num_frames)
+        computed = _compute(flow, threads.reader, settings, sinks, threads.writers, on_frames or _ignore,
+                            source.num_frames)
+        if computed.frames < 2:  # a video of one frame (its length was not known before decoding)
+            raise InputError(_one_frame(job))
+    stages = {"load": load_seconds, "decode": threads.reader.timer.seconds, **computed.stages}
+    for sink, thread in zip(sinks, threads.writers):
         stages[f"write_{sink.kind}"] = thread.timer.seconds
-    written = [thread for thread in threads if thread.first_done_at is not None]
+    written = [thread for thread in threads.writers if thread.first_done_at is not None]
     result = ClipResult(
         job,
         frames=computed.frames,
@@ -199,44 +174,6 @@ def _one_frame(job: ClipJob) -> str:
 
 
 @dataclass
-class _Sink:
-    """One output: its writer, which kind of array it takes (``"images"``: RGB, ``"yuv420p"``: video planes,
-    ``"flow"``), a short name."""
-
-    writer: Any
-    takes: str
-    kind: str
-
-    def takes_for(self, height: int, width: int) -> str:
-        if self.kind == "video" and self.writer.input_format(height, width) == "yuv420p":
-            return "yuv420p"
-        return self.takes
-
-    def write(self, chunk: HostChunk) -> None:
-        self.writer.write(chunk.array(self.takes_for(chunk.height, chunk.width)))
-
-
-def _open_sinks(job: ClipJob, staged: StagedOutputs, source: Any, settings: WriteSettings) -> list[_Sink]:
-    sinks: list[_Sink] = []
-    if job.output is not None:
-        if is_video_path(job.output):
-            writer = VideoWriter(staged.add(job.output, folder=False), source.frame_rate, settings.codec,
-                                 settings.preset, threads=settings.codec_threads or 0)
-            sinks.append(_Sink(writer, "images", "video"))
-        else:
-            threads = settings.png_threads or png_threads(settings.codec_threads)
-            sinks.append(_Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
-    if job.flow_npy is not None:
-        if job.flow_npy.suffix.lower() == ".npy":
-            sinks.append(_Sink(NpyArrayWriter(staged.add(job.flow_npy, folder=False)), "flow", "npy"))
-        else:
-            sinks.append(_Sink(NpyFolderWriter(staged.add(job.flow_npy, folder=True)), "flow", "npy_folder"))
-    if job.flow_flo is not None:
-        sinks.append(_Sink(FloFolderWriter(staged.add(job.flow_flo, folder=True)), "flow", "flo"))
-    return sinks
-
-
-@dataclass
 class _Computed:
     frames: int
     size: tuple[int, int]
@@ -248,7 +185,7 @@ def _compute(
     flow: Any,
     chunks: Prefetcher[FrameChunk],
     settings: WriteSettings,
-    sinks: list[_Sink],
+    sinks: list[Sink],
     threads: list[WriterThread],
     on_frames: Callable[[int], Any],
     clip_frames: int | None = None,
@@ -346,50 +283,7 @@ def to_uint8_frames(maps: Any) -> Any:
     return to_uint8_images(maps).cpu().numpy()
 
 
-def choose_decoder(requested: str, source: Any, device: Any) -> str:
-    """``"auto"`` -> ``"cpu"`` (FFmpeg's threaded software decoder; measured faster end to end than NVDEC with
-    frames downloaded to host memory, see benchmarks/NOTES.md); ``"nvdec"`` needs a CUDA device and a
-    PyAV/FFmpeg with the CUDA hardware device."""
-    if requested in ("auto", "cpu"):
-        decoder = "cpu"
-    elif requested == "nvdec":
-        if device.type != "cuda" or not nvdec_available():
-            raise UsageError("--decoder nvdec needs a CUDA device and a PyAV whose FFmpeg has the CUDA hardware "
-                             "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
-        decoder = "nvdec"
-    else:
-        raise UsageError(f"--decoder {requested!r} is not supported; use one of {', '.join(DECODER_CHOICES)}.")
-    logger.info("decoding %s with the %s decoder", source.path, decoder)
-    return decoder
-
-
-def png_threads(cores: int | None = None) -> int:
-    """Threads compressing PNGs by default: half the cores (of the machine, or ``cores`` when a worker shares it
-    with others; the other stages need the rest), 1 to 16."""
-    return max(1, min(16, (cores or os.cpu_count() or 1) // 2))
-
-
-def _image_readers() -> int:
-    """Threads decoding image files (PNG/JPEG decoders release the GIL)."""
-    return min(4, os.cpu_count() or 1)
-
-
-# -- worker side: one preprocessor per process, failures as results ----------------------------------------
-
-_worker: dict[str, Any] = {}
-
-
-def worker_preprocessor(options: dict[str, Any], warmup: int | bool = False) -> Any:
-    """This process's preprocessor for ``options`` (``build_preprocessor``'s arguments), built and loaded on
-    first use and kept for every later clip (a new one only if the options change). A worker started ahead
-    of its clips passes ``warmup`` (frames per call) to compile or load the kernels of those shapes now."""
-    key = repr(sorted(options.items()))
-    if _worker.get("key") != key:
-        _worker.clear()
-        flow = build_preprocessor(**options)
-        load_model(flow, warmup=warmup)
-        _worker.update(key=key, flow=flow)
-    return _worker["flow"]
+# -- failures as results; the worker side: one preprocessor per process ------------------------------------
 
 
 def run_job(
@@ -400,23 +294,45 @@ def run_job(
     verbose: bool = False,
     worker_device: str | None = None,
 ) -> ClipResult:
-    """:func:`process_clip` with this process's preprocessor; never raises for a clip's own failure.
+    """:func:`run_clip` with this process's preprocessor, in a worker process or a Ray actor.
 
     A failure to build or load the preprocessor is marked ``fatal`` (it is not the clip's fault).
     ``worker_device`` names the worker's device in results (a pool worker that sees only its GPU runs on
-    ``cuda:0`` whichever GPU it is)."""
-    label = worker_device or str(options.get("device", ""))
+    ``cuda:0`` whichever GPU it is). The result travels to another process: it carries the error's message and
+    exit code, not the exception."""
     try:
         flow = worker_preprocessor(options)
     except Exception as error:
-        return _failed(job, error, label, verbose, fatal=True)
-    label = f"{worker_device or flow.device} pid {os.getpid()}"
-    try:
-        result = process_clip(flow, job, settings, on_frames or (lambda frames: None))
-    except Exception as error:
-        return _failed(job, error, label, verbose, fatal=False)
-    result.worker = label
+        result = _failed(job, error, worker_device or str(options.get("device", "cuda")), verbose, fatal=True)
+    else:
+        result = run_clip(flow, job, settings, on_frames, verbose=verbose,
+                          worker=f"{worker_device or flow.device} pid {os.getpid()}")
+    result.exception = None
     return result
+
+
+def run_clip(
+    flow: Any,
+    job: ClipJob,
+    settings: WriteSettings,
+    on_frames: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+    *,
+    verbose: bool = False,
+    worker: str = "",
+) -> ClipResult:
+    """:func:`process_clip`, never raising for a clip's own failure: that becomes the result (``fatal`` when the
+    model did not load, which is not the clip's fault). ``worker`` names where it ran."""
+    try:
+        result = process_clip(flow, job, settings, on_frames, on_start)
+    except Exception as error:
+        return _failed(job, error, worker, verbose, fatal=isinstance(error, ModelError))
+    result.worker = worker
+    return result
+
+
+def _ignore(count: int) -> None:
+    """No progress wanted."""
 
 
 def _failed(job: ClipJob, error: Exception, worker: str, verbose: bool, fatal: bool) -> ClipResult:
@@ -425,4 +341,4 @@ def _failed(job: ClipJob, error: Exception, worker: str, verbose: bool, fatal: b
         message = f"{type(error).__name__}: {message}"
     code = error.exit_code if isinstance(error, CliError) else EXIT_FAILURE
     detail = traceback.format_exc() if verbose else None
-    return ClipResult(job, error=message, exit_code=code, detail=detail, worker=worker, fatal=fatal)
+    return ClipResult(job, error=message, exit_code=code, detail=detail, worker=worker, fatal=fatal, exception=error)

@@ -20,8 +20,10 @@ import shutil
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -229,6 +231,91 @@ class StagedOutputs:
                 staged.discard()
 
 
+@dataclass
+class Sink:
+    """One output: its writer, which kind of array it takes (``"images"``: RGB, ``"yuv420p"``: video planes,
+    ``"flow"``), a short name."""
+
+    writer: Any
+    takes: str
+    kind: str
+
+    def takes_for(self, height: int, width: int) -> str:
+        if self.kind == "video" and self.writer.input_format(height, width) == "yuv420p":
+            return "yuv420p"
+        return self.takes
+
+    def write(self, chunk: Any) -> None:  # a transfer.HostChunk
+        self.writer.write(chunk.array(self.takes_for(chunk.height, chunk.width)))
+
+
+def _open_sinks(job: Any, staged: StagedOutputs, frame_rate: Fraction, settings: Any) -> list[Sink]:
+    sinks: list[Sink] = []
+    if job.output is not None:
+        if is_video_path(job.output):
+            writer = VideoWriter(staged.add(job.output, folder=False), frame_rate, settings.codec,
+                                 settings.preset, threads=settings.codec_threads or 0)
+            sinks.append(Sink(writer, "images", "video"))
+        else:
+            threads = settings.png_threads or png_threads(settings.codec_threads)
+            sinks.append(Sink(PngFolderWriter(staged.add(job.output, folder=True), threads=threads), "images", "png"))
+    if job.flow_npy is not None:
+        if job.flow_npy.suffix.lower() == ".npy":
+            sinks.append(Sink(NpyArrayWriter(staged.add(job.flow_npy, folder=False)), "flow", "npy"))
+        else:
+            sinks.append(Sink(NpyFolderWriter(staged.add(job.flow_npy, folder=True)), "flow", "npy_folder"))
+    if job.flow_flo is not None:
+        sinks.append(Sink(FloFolderWriter(staged.add(job.flow_flo, folder=True)), "flow", "flo"))
+    return sinks
+
+
+class ClipOutputs:
+    """A clip's outputs, staged and open for writing: a context manager whose value is one :class:`Sink` per
+    output. Leaving it normally closes the writers and moves every output into place; leaving it with an error
+    aborts the writers and discards every output.
+
+    ``job`` names the outputs (``output``: a video or a PNG folder; ``flow_npy``: one ``.npy`` array or a folder
+    of them; ``flow_flo``: a ``.flo`` folder; ``None``: not written) and ``settings`` how they are written
+    (``overwrite``, ``codec``, ``preset``, ``codec_threads``, ``png_threads``): a ``clips.ClipJob`` and
+    ``clips.WriteSettings``, which this module, below them, does not import. Each output is claimed as it is
+    staged (:class:`StagedOutputs`); one that is one of ``inputs`` (the clip's input files and folders) is
+    refused."""
+
+    def __init__(self, job: Any, frame_rate: Fraction, settings: Any, inputs: Iterable[Path] = ()) -> None:
+        self._staged = StagedOutputs(settings.overwrite, inputs=inputs)
+        try:
+            self.sinks = _open_sinks(job, self._staged, frame_rate, settings)
+        except BaseException as error:
+            self._staged.__exit__(type(error), error, error.__traceback__)
+            raise
+
+    def __enter__(self) -> list[Sink]:
+        return self.sinks
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            try:
+                for sink in self.sinks:
+                    sink.writer.close()
+            except BaseException as failure:
+                self._abort(type(failure), failure, failure.__traceback__)
+                raise
+            self._staged.__exit__(None, None, None)
+        else:
+            self._abort(kind, error, tb)
+
+    def _abort(self, kind: type[BaseException], error: BaseException | None, tb: TracebackType | None) -> None:
+        for sink in self.sinks:
+            sink.writer.abort()
+        self._staged.__exit__(kind, error, tb)
+
+
+def png_threads(cores: int | None = None) -> int:
+    """Threads compressing PNGs by default: half the cores (of the machine, or ``cores`` when a worker shares it
+    with others; the other stages need the rest), 1 to 16."""
+    return max(1, min(16, (cores or os.cpu_count() or 1) // 2))
+
+
 class VideoWriter:
     """Encodes uint8 chunks (RGB frames or yuv420p planes) to a video; the stream opens on the first chunk.
 
@@ -254,7 +341,7 @@ class VideoWriter:
     @staticmethod
     def input_format(height: int, width: int) -> str:
         """What :meth:`write` should be given for frames of this size: ``"yuv420p"`` planes when the stream is
-        4:2:0 (even sizes; convert with ``cli.colour.rgb_to_yuv420p``, on the GPU), else ``"rgb24"``."""
+        4:2:0 (even sizes; convert with ``colour.rgb_to_yuv420p``, on the GPU), else ``"rgb24"``."""
         return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "rgb24"
 
     def write(self, frames: np.ndarray) -> None:

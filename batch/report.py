@@ -1,5 +1,6 @@
-"""``run --report FILE``: what a run did, as JSON, for scripts and benchmarks (per clip: frames, seconds, busy
-seconds per stage, when the first and last output frames were written; per process: start time, peak GPU memory)."""
+"""``process(report=FILE)`` (``run --report FILE``): what a run did, as JSON, for scripts and benchmarks (per
+clip: frames, seconds, busy seconds per stage, when the first and last output frames were written; per process:
+start time, peak GPU memory)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from .clips import ClipResult
 from .errors import OutputError
-from .state import process_started_at, timeline
+from .startup import process_started_at, timeline
 
 
 def clip_entry(result: ClipResult) -> dict[str, Any]:
@@ -59,3 +60,4 @@ def write_report(path: Path, results: list[ClipResult], seconds: float, **extra:
         path.write_text(json.dumps(report, indent=2) + "\n")
     except OSError as error:
         raise OutputError(f"cannot write the report {path}: {error.strerror or error}") from error
+

@@ -7,6 +7,8 @@ Problems with the input become :class:`InputError` (exit code 3) naming the file
 from __future__ import annotations
 
 import glob
+import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from .colour import YuvFormat
-from .errors import InputError
+from .errors import InputError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Files taken as videos when a folder or glob is a collection of clips (any file PyAV reads works as INPUT).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif")
 DEFAULT_IMAGE_FPS = Fraction(30)
+
+logger = logging.getLogger("scope_optical_flow_tensorrt.batch")
 
 
 @dataclass
@@ -262,3 +266,25 @@ def _video(path: Path, rate: Fraction | None) -> FrameSource:
 
 def natural_key(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def choose_decoder(requested: str, source: Any, device: Any) -> str:
+    """``"auto"`` -> ``"cpu"`` (FFmpeg's threaded software decoder; measured faster end to end than NVDEC with
+    frames downloaded to host memory, see benchmarks/NOTES.md); ``"nvdec"`` needs a CUDA device and a
+    PyAV/FFmpeg with the CUDA hardware device."""
+    if requested in ("auto", "cpu"):
+        decoder = "cpu"
+    elif requested == "nvdec":
+        if device.type != "cuda" or not nvdec_available():
+            raise UsageError("--decoder nvdec needs a CUDA device and a PyAV whose FFmpeg has the CUDA hardware "
+                             "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
+        decoder = "nvdec"
+    else:
+        raise UsageError(f"--decoder {requested!r} is not supported; use one of {', '.join(DECODER_CHOICES)}.")
+    logger.info("decoding %s with the %s decoder", source.path, decoder)
+    return decoder
+
+
+def image_readers() -> int:
+    """Threads decoding image files (PNG/JPEG decoders release the GIL)."""
+    return min(4, os.cpu_count() or 1)

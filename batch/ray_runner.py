@@ -2,7 +2,8 @@
 
 Two ways to use a Ray cluster:
 
-- **One Ray call per clip** (what ``scope-optical-flow run ... --ray ADDRESS`` does): :class:`RayWorkers`
+- **One Ray call per clip** (what ``process(..., ray_address=ADDRESS)`` and ``scope-optical-flow run ... --ray
+  ADDRESS`` do): :class:`RayWorkers`
   starts one :class:`ClipWorker` actor per GPU of the cluster (``num_gpus=1``; per CPU with ``--device cpu``),
   each loading one preprocessor for its life while the clips are planned, and hands the clips to whichever
   actor is free (``ray.util.ActorPool``), the largest first. A clip runs entirely in one call, so its
@@ -13,7 +14,7 @@ Two ways to use a Ray cluster:
   per GPU. Rows are frames (columns ``clip``, ``frame``, ``image``); it adds ``flow_map`` (and ``flow``)::
 
       import ray
-      from scope_optical_flow_tensorrt.cli.ray_runner import FlowMapBatches
+      from scope_optical_flow_tensorrt.batch import FlowMapBatches
 
       frames = ray.data.from_items(rows)   # {"clip": "a.mp4", "frame": 0, "image": uint8 [H, W, 3]}, ...
       maps = frames.groupby("clip").map_groups(
@@ -34,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
+from .clips import ClipJob, ClipResult, WriteSettings, run_job, to_uint8_frames
 from .errors import EXIT_FAILURE, CliError
+from .preprocessor import worker_preprocessor
 
 RAY_INSTALL_HINT = 'pip install "scope-optical-flow-tensorrt[ray]" (or pip install ray)'
 
@@ -80,22 +82,21 @@ class RayWorkers:
     leaving it kills them). ``address``: ``auto``, ``ray://HOST:PORT``, ``local``; an already initialized Ray
     is used as it is."""
 
-    def __init__(self, address: str, write: WriteSettings, model: dict[str, Any], max_workers: int) -> None:
+    def __init__(self, address: str, write: WriteSettings, model: dict[str, Any], max_workers: int,
+                 verbose: bool = False) -> None:
         ray = import_ray()
-        from .state import settings
-
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=settings.verbose)
+                ray.init(address=address, include_dashboard=False, log_to_driver=verbose)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
                                "'ray start --head', or pass --ray local for a Ray instance on this machine).") from error
-        on_gpu = str(model["device"]).startswith("cuda")
+        on_gpu = str(model.get("device", "cuda")).startswith("cuda")
         slots = int(ray.cluster_resources().get("GPU" if on_gpu else "CPU", 0))
         if slots < 1:
             raise CliError(f"the Ray cluster at {address!r} has no {'GPU' if on_gpu else 'CPU'}; add nodes with "
                            "GPUs, or pass --device cpu to run on its CPUs.")
-        self.write, self.verbose = write, settings.verbose
+        self.write, self.verbose = write, verbose
         # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so "cuda" is the actor's GPU.
         self.model = {**model, "device": "cuda" if on_gpu else "cpu"}
         actor_class = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_restarts=1)(ClipWorker)
@@ -223,7 +224,6 @@ class FlowMapBatches:
         import torch
 
         from ..core.resize import resize_flow
-        from .clips import to_uint8_frames
 
         first = int(numbers[0])
         if np.any(np.diff(numbers) != 1):

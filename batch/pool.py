@@ -14,6 +14,7 @@ parent (:func:`exit_with_parent`), so none is left behind holding a model in GPU
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import sys
@@ -25,18 +26,20 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any
 
-from .clips import ClipJob, ClipResult, WriteSettings, run_job, worker_preprocessor
+from .clips import ClipJob, ClipResult, WriteSettings, run_job
 from .errors import EXIT_FAILURE
-from .state import configure_logging, settings
+from .preprocessor import worker_preprocessor
 
+PACKAGE_LOGGER = "scope_optical_flow_tensorrt"
 _worker: dict[str, Any] = {}
 
 
 class WorkerPool:
     """One spawn worker process per entry of ``devices``, started now (a context manager: leaving it stops
-    them). ``write`` is how every clip will be read and written; the workers warm up at its chunk size."""
+    them). ``write`` is how every clip will be read and written; the workers warm up at its chunk size. They log as
+    this process does (the package logger's level and format); ``verbose`` keeps tracebacks of failed clips."""
 
-    def __init__(self, devices: list[str], write: WriteSettings, model: dict[str, Any]) -> None:
+    def __init__(self, devices: list[str], write: WriteSettings, model: dict[str, Any], verbose: bool = False) -> None:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn also behaves alike everywhere
@@ -63,7 +66,7 @@ class WorkerPool:
             mp_context=context,
             initializer=_init_worker,
             initargs=(self._lifeline, self._device_queue, self._frames_queue, self._ready_queue, self._stop, model,
-                      write.chunk, threads, settings.verbose, settings.quiet),
+                      write.chunk, threads, verbose, logging_setup()),
         )
         # The executor spawns a process when a task is submitted and no worker is idle: one empty task per
         # device starts every worker now, not when the first clips are submitted.
@@ -115,6 +118,23 @@ class WorkerPool:
             self._lifeline.close()
 
 
+def logging_setup() -> tuple[int, str | None]:
+    """This process's package logger: its level and its first handler's format (``None``: no handler)."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    formats = [getattr(handler.formatter, "_fmt", None) for handler in logger.handlers]
+    return logger.level, next((text for text in formats if text), None)
+
+
+def log_as(level: int, format: str | None) -> None:
+    """A worker logs like its parent: the package logger's level, and a handler on stderr with its format."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    logger.setLevel(level)
+    if format is not None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(format))
+        logger.addHandler(handler)
+
+
 def threads_per_worker(workers: int) -> int | None:
     """CPU threads per worker so the workers together use the machine's cores once (``None``: keep torch's
     default, because ``OMP_NUM_THREADS`` was set by the user)."""
@@ -164,9 +184,11 @@ def exit_with_parent(lifeline: Any) -> None:
 
 
 def _init_worker(lifeline: Any, device_queue: Any, frames_queue: Any, ready_queue: Any, stop: Any,
-                 model: dict[str, Any], warmup: int, threads: int | None, verbose: bool, quiet: bool) -> None:
-    """Worker initializer: watch the parent (:func:`exit_with_parent`), take a device, pin to it, build, load and
-    warm up this worker's preprocessor (at ``warmup`` frames per call, the clips' chunk size), then report ready."""
+                 model: dict[str, Any], warmup: int, threads: int | None, verbose: bool,
+                 log: tuple[int, str | None]) -> None:
+    """Worker initializer: watch the parent (:func:`exit_with_parent`), take a device, pin to it, log as the
+    parent does, build, load and warm up this worker's preprocessor (at ``warmup`` frames per call, the clips'
+    chunk size), then report ready."""
     exit_with_parent(lifeline)
     device = device_queue.get()
     # Before torch is imported (and CUDA initialized) here: the worker sees only its GPU, as cuda:0.
@@ -178,8 +200,7 @@ def _init_worker(lifeline: Any, device_queue: Any, frames_queue: Any, ready_queu
 
     import torch
 
-    settings.verbose, settings.quiet = verbose, quiet
-    configure_logging()
+    log_as(*log)
     if threads is not None:
         torch.set_num_threads(threads)
     if local_device.startswith("cuda"):
