@@ -193,7 +193,8 @@ def _compute(
     """The compute stage: flow for each decoded chunk, its outputs made on the device and sent to the writers.
 
     The preprocessor carries the last frame across chunks, so the result equals one call over the whole clip.
-    Between chunks, shapes whose compiled kernels are ready switch over where that pays (:func:`worth_switching`).
+    After each chunk, shapes whose compiled kernels are ready (entries on disk, or just compiled by the child)
+    switch over where the work left repays it (:func:`worth_switching`); else the uncompiled graphs serve on.
     """
     import torch
 
@@ -253,9 +254,10 @@ def _compute(
     return _Computed(frames_done, size, stages, first_chunk_seconds)
 
 
-# Loading a shape's compiled kernels mid-run, in a process whose caches are cold (the kernels just compiled by the
-# child), and capturing their graph: 6.3-7.2 s on an H100 (benchmarks/results/faces.json, switch_seconds); the
-# compiled kernels run about twice as fast as the uncompiled graphs.
+# Loading a shape's compiled kernels in this process and capturing their graph: 3.7-4.4 s from an entry of an
+# earlier process, 6.3-7.2 s right after the child compiled them (caches cold) on an H100 (benchmarks/NOTES.md,
+# switch_seconds); the compiled kernels then run about twice as fast as the uncompiled graphs. The larger cost is
+# counted: a switch that does not pay stalls the pipeline for nothing.
 SWITCH_COST_S = 6.5
 _frames_in_process = [0]  # frames this process has computed (all clips): batch workers go on to more clips
 
@@ -263,7 +265,8 @@ _frames_in_process = [0]  # frames this process has computed (all clips): batch 
 def worth_switching(frames_left: int | None, seconds_per_frame: float) -> bool:
     """Whether loading ready compiled kernels now (:data:`SWITCH_COST_S`, the pipeline waits) is repaid by the
     work still expected: the rest of this clip, plus as much again as this process has done so far (a batch worker
-    that has done many clips will likely do more). Unknown lengths count as long."""
+    that has done many clips will likely do more). Unknown lengths count as long. At the uncompiled graphs' 816
+    frames/s (512x512, H100) that is about 10,600 frames: shorter work is served uncompiled from start to end."""
     if frames_left is None:
         return True
     expected = frames_left + _frames_in_process[0]

@@ -21,7 +21,8 @@ def build_preprocessor(**options: Any) -> Any:
 
 def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | None = None) -> None:
     """Load weights/engine now, so a bad ``weights`` fails before any input is read or output written;
-    ``warmup`` (frames per call) also compiles, or loads the compiled kernels of, the shapes such calls use.
+    ``warmup`` (frames per call) also captures the shapes such calls use and asks for their compiled kernels (the
+    compile process makes those not on disk); switching to them is the compute loop's call, where it pays.
     At the input's own size the model is built for the input frames' ``size``; without it, at the first input.
     Frames too small for the input's own size are bad input (:class:`InputError`, exit code 3); any other failure
     is a :class:`ModelError`: a missing or unusable weights file, or a size that cannot fit the device's memory,
@@ -31,14 +32,13 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
     from ..core.memory import TooLargeForMemory
 
     try:
+        # Compiled kernels (entries on disk, or compiled by the child that warm-up starts) are not switched to
+        # here: switching costs seconds of this process's time (Dynamo's trace and Inductor's kernels, 3.7-4.4 s
+        # warm on an H100) and pays only on long work, which the compute loop judges after each chunk from the
+        # measured rate (clips.worth_switching). A 2,400-frame clip is done in 3 s uncompiled; switching first
+        # made its first frame 8-10 s late and its whole run slower (benchmarks/NOTES.md). Loading on a thread
+        # while the uncompiled model served took this process's Python lock (814 -> 254 frames/s).
         flow.load(warmup=warmup, size=size)
-        if warmup is not False:
-            # A batch has its process to itself while it runs (the command line, a script's call, a worker):
-            # kernels whose entries are on disk load now, before the first frame (seconds, while the decoder reads
-            # ahead); kernels still compiling switch in between chunks where the rest of the work repays it
-            # (clips.worth_switching). Loading them on a thread while the uncompiled model served took this
-            # process's Python lock: a 2,400-frame run fell from 814 to 254 frames/s (benchmarks/NOTES.md).
-            flow.wait_for_compiled(timeout=0)
     except TooLargeForMemory as error:  # the size (or the input's own size) cannot fit: the message names the fix
         raise ModelError(str(error), EXIT_USAGE) from error
     except FrameError as error:

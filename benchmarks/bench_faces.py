@@ -3,8 +3,11 @@
 For each face, ``--processes`` (3) fresh Python processes run in turn on one models folder that starts empty, as a
 user's first, second and third start:
 
-- ``api``: ``OpticalFlowTensorRTPreprocessor`` built, ``load(warmup=4)``, ``wait_for_compiled()`` (that is
-  ``constructor_s``), then 4-frame calls of uint8 CPU frames (``chunk_ms``: the median of the steady calls);
+- ``api``: ``OpticalFlowTensorRTPreprocessor`` built, ``load(warmup=4)`` (``load_s``), 120 4-frame calls of uint8
+  CPU frames at once (``first_call_after_load_ms``, ``before_switch_chunk_ms``: the uncompiled graphs, beside the
+  compile process where one runs, as ``compile_process_busy_meanwhile`` says), ``wait_for_compiled()``
+  (``constructor_s`` = ``load_s`` + its seconds), then the steady calls (``chunk_ms``: their median), and the same
+  calls of an uncompiled preprocessor in the same process (``uncompiled_chunk_ms``);
 - ``scope``: the ``FlowPipeline`` class that our plugin registers through Scope's own hook specification and
   ``PipelineRegistry`` (``--scope-src``: a Scope v0.2.4 ``src`` folder), built as Scope's pipeline manager builds a
   plugin pipeline (the config's defaults as keyword arguments; ``constructor_s``), then called as Scope's
@@ -12,7 +15,8 @@ user's first, second and third start:
   ``init_cache=True`` on the first call (``chunk_ms``); then, in the same process, the core's own call on the same
   frames (``core_chunk_ms``: ``pipeline.preprocessor(torch.cat(chunk), layout="FHWC")``);
 - ``cli``: ``run`` on a 2,400-frame 512x512 H.264 clip to ``--flow-npy`` (``first_output_s`` after the process
-  started, ``steady_fps`` from the first output frame to the last, as ``bench_e2e.py`` counts it).
+  started, ``steady_fps`` from the first output frame to the last, as ``bench_e2e.py`` counts it); then one run
+  per ``--cli-warm-outputs`` kind (mp4, PNG) on the warm folder (``cli_warm_outputs``).
 
 Each process records ``compile_processes`` (compile processes it started) and ``entries_on_disk`` (compiled-kernel
 entries in the folder when it ended; a compile process that outlives it finishes its shapes before the next
@@ -49,6 +53,7 @@ FACES = ("api", "scope", "cli")
 CHUNK_FRAMES = 4  # Scope's chunks; the API face uses the same
 SIZE = 512
 STEADY_CALLS = 200
+DURING_COMPILE_CALLS = 120  # API face: calls right after load(), while a first compile runs in process 1
 SETTLE_CALLS = 20
 COMPILE_TAIL_LIMIT_S = 600.0
 CHILD_STARTED = "@@child-started "
@@ -66,6 +71,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a CPU check of this script (tiny sizes, 2 updates)")
     parser.add_argument("--gpu-tests", type=float, default=0.0, metavar="SECONDS",
                         help="also run the GPU test suite (stopped after SECONDS) and record it")
+    parser.add_argument("--cli-warm-outputs", default="mp4,png",
+                        help="after the cli face's processes, one more run per output kind on its warm folder")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=None, help="write every process's log into this one file")
     parser.add_argument("--profile", action="store_true",
@@ -103,6 +110,13 @@ def main() -> int:
             rows.append(row)
             print(f"{face} process {index + 1}: {format_row(row)}", flush=True)
         result[face] = rows
+        if face == "cli":  # the other outputs, each once more on the warm folder
+            for index, output in enumerate(kind for kind in args.cli_warm_outputs.split(",") if kind):
+                log = work / f"cli-warm-{output}.log"
+                row = run_cli_process(clip, models, work / f"cli-warm-{output}", log, time.time(), args, output)
+                row["log_tail"] = log.read_text().splitlines()[-12:]
+                result.setdefault("cli_warm_outputs", []).append(row)
+                print(f"cli warm {output}: {format_row(row)}", flush=True)
         write_outputs(args, result, work)  # after each face, so that a run cut short keeps what it measured
     if args.gpu_tests:
         result["gpu_tests"] = run_gpu_tests(args.gpu_tests)
@@ -173,13 +187,17 @@ def wait_for_compile_processes(models: Path) -> int:
     return count_entries(models)
 
 
+CLI_OUTPUTS = {"npy": ["--flow-npy", "flow.npy"], "mp4": ["-o", "flow.mp4"], "png": ["-o", "pngs/"]}
+
+
 def run_cli_process(clip: Path | None, models: Path, folder: Path, log: Path, launched: float,
-                    args: argparse.Namespace) -> dict[str, Any]:
+                    args: argparse.Namespace, output: str = "npy") -> dict[str, Any]:
     assert clip is not None
     folder.mkdir(parents=True)
     report = folder / "report.json"
-    command = [sys.executable, "-m", "scope_optical_flow_tensorrt", "-v", "run", str(clip), "--flow-npy",
-               str(folder / "flow.npy"), "--size", f"{args.size}x{args.size}", "--weights", "untrained",
+    flag, name = CLI_OUTPUTS[output]
+    command = [sys.executable, "-m", "scope_optical_flow_tensorrt", "-v", "run", str(clip), flag, str(folder / name),
+               "--size", f"{args.size}x{args.size}", "--weights", "untrained",
                "--models-dir", str(models), "--report", str(report)]
     if args.smoke:
         command += ["--device", "cpu", "--updates", "2"]
@@ -187,7 +205,7 @@ def run_cli_process(clip: Path | None, models: Path, folder: Path, log: Path, la
         completed = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
     wall = time.time() - launched
     text = log.read_text()
-    row: dict[str, Any] = {"wall_s": round(wall, 2), "returncode": completed.returncode,
+    row: dict[str, Any] = {"output": output, "wall_s": round(wall, 2), "returncode": completed.returncode,
                            "compile_processes": text.count("in a child process (pid"),
                            "entries_loaded": re.findall(r"loaded compiled kernels (\S+)", text),
                            "switches": re.findall(r"compiled kernels serve windows of .*", text)}
@@ -225,7 +243,8 @@ def run_gpu_tests(limit_s: float) -> dict[str, Any]:
 
 
 def format_row(row: dict[str, Any]) -> str:
-    keys = ("constructor_s", "chunk_ms", "core_chunk_ms", "first_output_s", "steady_fps", "wall_s",
+    keys = ("constructor_s", "chunk_ms", "core_chunk_ms", "first_call_after_load_ms", "before_switch_chunk_ms",
+            "uncompiled_chunk_ms", "first_output_s", "steady_fps", "wall_s",
             "compile_processes", "entries_on_disk", "entries_after_compile")
     return ", ".join(f"{key} {row[key]}" for key in keys if key in row)
 
@@ -323,14 +342,29 @@ def child_api(args: argparse.Namespace) -> dict[str, Any]:
     flow = OpticalFlowTensorRTPreprocessor(args.size, args.size, weights=None, models_dir=args.models_dir,
                                            **smoke_settings(args))
     flow.load(warmup=CHUNK_FRAMES)
+    loaded = time.perf_counter() - began
+
+    def call(chunk: list[Any], index: int) -> None:
+        flow(torch.cat(chunk), layout="FHWC")
+
+    # Live calls right after load(): uncompiled graphs, beside the compile process where one runs (process 1)
+    before_switch = timed_calls(call, chunks[:DURING_COMPILE_CALLS])
+    children_busy = bool(getattr(getattr(flow.load(), "compiler", None), "busy", False))  # still compiling?
     waited = time.perf_counter()
     profiled(args.profile, flow.wait_for_compiled)
     waited = time.perf_counter() - waited
-    constructor = time.perf_counter() - began
-    times = timed_calls(lambda chunk, index: flow(torch.cat(chunk), layout="FHWC"), chunks)
+    times = timed_calls(call, chunks)
     backend = flow.load()
-    return {"constructor_s": round(constructor, 3), "wait_for_compiled_s": round(waited, 3),
-            "chunk_ms": steady_ms(times), "first_call_ms": round(times[0] * 1000, 2),
+    uncompiled = OpticalFlowTensorRTPreprocessor(args.size, args.size, weights=None, models_dir=args.models_dir,
+                                                 torch_compile=False, **smoke_settings(args))
+    uncompiled.load(warmup=CHUNK_FRAMES)
+    uncompiled_times = timed_calls(lambda chunk, index: uncompiled(torch.cat(chunk), layout="FHWC"), chunks)
+    return {"constructor_s": round(loaded + waited, 3), "load_s": round(loaded, 3),
+            "wait_for_compiled_s": round(waited, 3), "chunk_ms": steady_ms(times),
+            "first_call_ms": round(times[0] * 1000, 2),
+            "first_call_after_load_ms": round(before_switch[0] * 1000, 2),
+            "before_switch_chunk_ms": steady_ms(before_switch), "compile_process_busy_meanwhile": children_busy,
+            "uncompiled_chunk_ms": steady_ms(uncompiled_times),
             "compile_processes": compile_processes_started(), "compile_counters": compile_counters(),
             "shapes": {str(k): v for k, v in getattr(backend, "warmed_shapes", {}).items()},
             "switch_seconds": {str(k): v for k, v in getattr(backend, "switch_seconds", {}).items()}}

@@ -19,8 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import make_frames
 from fake_compile import FAKE_WORKER, FakeTorchCompile, make_preprocessor, wait_for_file
 from scope_optical_flow_tensorrt.core.artifacts import compiled_cache, engine_cache
@@ -307,19 +309,37 @@ def test_the_host_loads_compiled_kernels_with_inductor_in_its_own_thread(
     assert inductor_config.compile_threads == host_setting
 
 
-def test_the_command_line_loads_entries_on_disk_before_its_first_frame(fake: FakeTorchCompile, tmp_path: Path) -> None:
-    """The command line (a process of its own) switches shapes whose entries are on disk when it loads the model,
-    and never waits there for a shape that is still compiling."""
-    from scope_optical_flow_tensorrt.batch import load_model
+def test_the_command_line_switches_to_entries_on_disk_only_where_it_pays(
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line never switches when it loads the model (seconds before its first frame); after each chunk it
+    switches shapes whose entries are ready where the work left repays it: a short clip is served uncompiled from
+    start to end, longer work switches after its first chunk, and both give the same flow."""
+    from scope_optical_flow_tensorrt.batch import clips, load_model
+    from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings, process_clip
 
+    assert not clips.worth_switching(2400, 1 / 816)  # 3 s of work: a 6.5 s switch never pays
+    assert clips.worth_switching(24_000, 1 / 816)
+    assert clips.worth_switching(None, 1 / 816)  # an unknown length counts as long
     make_preprocessor(tmp_path).warm_up([4])
-    fake.new_process()
-    flow = make_preprocessor(tmp_path, compile_in_background=True)
-    load_model(flow, warmup=4)
-    assert flow.load().warmed_shapes == {4: ROUTE_LOADED}  # type: ignore[attr-defined]
-    frames = make_frames(8, 64, 80)
-    reference = make_preprocessor(tmp_path / "eager", torch_compile=False)
-    torch.testing.assert_close(flow.compute_flow(frames[:4]), reference.compute_flow(frames[:4]))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(make_frames(8, 64, 80)):
+        Image.fromarray(frame.mul(255).round().byte().numpy()).save(folder / f"{index:03d}.png")
+    maps = {}
+    for name, cost in (("short", clips.SWITCH_COST_S), ("long", 0.0)):
+        fake.new_process()
+        monkeypatch.setattr(clips, "SWITCH_COST_S", cost)
+        monkeypatch.setattr(clips, "_frames_in_process", [0])
+        flow = make_preprocessor(tmp_path, compile_in_background=True)
+        load_model(flow, warmup=4)
+        assert flow.load().warmed_shapes == {}  # type: ignore[attr-defined]
+        process_clip(flow, ClipJob((str(folder),), flow_npy=tmp_path / f"{name}.npy"), WriteSettings(chunk=4))
+        expected = {} if name == "short" else {4: ROUTE_LOADED}
+        assert flow.load().warmed_shapes == expected  # type: ignore[attr-defined]
+        maps[name] = np.load(tmp_path / f"{name}.npy")
+    assert maps["short"].shape == (8, 2, 64, 80)
+    np.testing.assert_allclose(maps["short"], maps["long"], atol=1e-5)
 
 
 def test_a_warm_up_leaves_the_stream_where_it_was(fake: FakeTorchCompile, tmp_path: Path) -> None:
