@@ -7,7 +7,8 @@ user's first, second and third start:
   CPU frames at once (``first_call_after_load_ms``, ``before_switch_chunk_ms``: the uncompiled graphs, beside the
   compile process where one runs, as ``compile_process_busy_meanwhile`` says), ``wait_for_compiled()``
   (``constructor_s`` = ``load_s`` + its seconds), then the steady calls (``chunk_ms``: their median), and the same
-  calls of an uncompiled preprocessor in the same process (``uncompiled_chunk_ms``);
+  calls of an uncompiled preprocessor in the same process, right after its own ``load(warmup=4)``
+  (``uncompiled_chunk_ms``, ``uncompiled_first_call_ms``);
 - ``scope``: the ``FlowPipeline`` class that our plugin registers through Scope's own hook specification and
   ``PipelineRegistry`` (``--scope-src``: a Scope v0.2.4 ``src`` folder), built as Scope's pipeline manager builds a
   plugin pipeline (the config's defaults as keyword arguments; ``constructor_s``), then called as Scope's
@@ -365,6 +366,7 @@ def child_api(args: argparse.Namespace) -> dict[str, Any]:
             "first_call_after_load_ms": round(before_switch[0] * 1000, 2),
             "before_switch_chunk_ms": steady_ms(before_switch), "compile_process_busy_meanwhile": children_busy,
             "uncompiled_chunk_ms": steady_ms(uncompiled_times),
+            "uncompiled_first_call_ms": round(uncompiled_times[0] * 1000, 2),
             "compile_processes": compile_processes_started(), "compile_counters": compile_counters(),
             "shapes": {str(k): v for k, v in getattr(backend, "warmed_shapes", {}).items()},
             "switch_seconds": {str(k): v for k, v in getattr(backend, "switch_seconds", {}).items()}}
