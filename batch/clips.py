@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .colour import rgb_to_yuv420p, yuv_to_rgb
-from .errors import EXIT_FAILURE, CliError, InputError, ModelError
+from .errors import EXIT_FAILURE, CliError, InputError, ModelError, UsageError
 from .inputs import FrameChunk, choose_decoder, image_readers, open_inputs
 from .outputs import DEFAULT_X264_PRESET, ClipOutputs, Sink
 from .pipeline import Prefetcher, Stages, StageTimer, WriterThread
@@ -199,6 +199,7 @@ def _compute(
     import torch
 
     from ..core.common.errors import FrameError
+    from ..core.memory import TooLargeForMemory
     from ..core.resize import resize_flow
 
     device = flow.device
@@ -237,7 +238,10 @@ def _compute(
             # reused while the asynchronous copy to the device may still read it.
             return copier.copy(outputs, size, keep=chunk.data)
 
-        host = timer.time(work)
+        try:
+            host = timer.time(work)
+        except TooLargeForMemory as error:  # this clip's own size cannot fit: the message names the fix
+            raise UsageError(str(error)) from error
         for thread in threads:
             thread.submit(host)
         if frames_done == 0:

@@ -3,6 +3,7 @@ at once with the size and the fix, in each face's words, and leaves the stream a
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -94,3 +95,26 @@ def test_usual_calls_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bytes_are_written_for_people() -> None:
     assert [format_bytes(n) for n in (512, 2_500_000, 48 * 10**12, 7 * 10**16)] == [
         "512 bytes", "2.5 MB", "48.0 TB", "70000.0 TB"]
+
+
+def test_a_clip_too_large_at_its_own_size_fails_alone(run_main, tmp_path: Path,  # noqa: F811
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the input's own size each clip sets the size: one that cannot fit is that clip's usage error (the fix
+    named), and the batch goes on to the next clip instead of stopping."""
+    write_images(tmp_path / "small", moving_frames(3, 128, 128))
+    write_images(tmp_path / "large", moving_frames(3, 512, 512))
+    fits = memory.correlation_bytes(128, 128)  # the small clip's correlation volume fits, the large one's does not
+    monkeypatch.setattr(memory, "CHECK_FROM_BYTES", 0)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: fits * 40)
+    code, _, err = run_main("run", tmp_path / "large", tmp_path / "small", "-o", tmp_path / "out" / "{name}.mp4",
+                            "--size", "native", "--updates", "2", "--weights", "untrained", "--device", "cpu",
+                            "--report", tmp_path / "report.json")
+    assert code == 1, err  # a batch with failed clips (each named with its own error); the others written
+    assert "1 of 2 clip(s) failed" in err
+    # the clip's own error is the core's message (a usage error), not a crash's type name
+    assert f"{tmp_path / 'large'}: computing flow at the input's own size, 512x512" in err
+    assert "e.g. --size 512x512" in err
+    clips = {Path(clip["input"][0]).name: clip for clip in json.loads((tmp_path / "report.json").read_text())["clips"]}
+    assert clips["large"]["error"].startswith("computing flow at the input's own size") and clips["small"]["ok"]
+    assert not (tmp_path / "out" / "large.mp4").exists()
+    assert (tmp_path / "out" / "small.mp4").stat().st_size > 0
