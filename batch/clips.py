@@ -129,7 +129,7 @@ def process_clip(
         if on_start is not None:
             on_start(source.num_frames)
         computed = _compute(flow, threads.reader, settings, sinks, threads.writers, on_frames or _ignore,
-                            source.num_frames)
+                            source.num_frames, job.name)
         if computed.frames < 2:  # a video of one frame (its length was not known before decoding)
             raise InputError(_one_frame(job))
     stages = {"load": load_seconds, "decode": threads.reader.timer.seconds, **computed.stages}
@@ -189,6 +189,7 @@ def _compute(
     threads: list[WriterThread],
     on_frames: Callable[[int], Any],
     clip_frames: int | None = None,
+    clip_name: str = "",
 ) -> _Computed:
     """The compute stage: flow for each decoded chunk, its outputs made on the device and sent to the writers.
 
@@ -252,6 +253,9 @@ def _compute(
         left = None if clip_frames is None else clip_frames - frames_done
         if worth_switching(left, timer.seconds / frames_done):
             flow.wait_for_compiled(timeout=0)  # switches the shapes whose compiled kernels are ready, if any
+        elif frames_done == len(chunk) and getattr(flow.load(), "compiled", False):
+            logger.info("%s: the uncompiled graphs serve this clip (%d frames left): switching to compiled kernels "
+                        "takes seconds that it would not repay (batch/clips.py, worth_switching)", clip_name, left)
     stages = {"compute": timer.seconds}
     if gpu_timer.enabled:
         stages["compute_gpu"] = gpu_timer.seconds()

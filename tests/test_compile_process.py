@@ -10,6 +10,7 @@ watchdog, a read-only models folder whose valid entries broke the stream, and te
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -310,7 +311,7 @@ def test_the_host_loads_compiled_kernels_with_inductor_in_its_own_thread(
 
 
 def test_the_command_line_switches_to_entries_on_disk_only_where_it_pays(
-    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeTorchCompile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The command line never switches when it loads the model (seconds before its first frame); after each chunk it
     switches shapes whose entries are ready where the work left repays it: a short clip is served uncompiled from
@@ -334,9 +335,13 @@ def test_the_command_line_switches_to_entries_on_disk_only_where_it_pays(
         flow = make_preprocessor(tmp_path, compile_in_background=True)
         load_model(flow, warmup=4)
         assert flow.load().warmed_shapes == {}  # type: ignore[attr-defined]
-        process_clip(flow, ClipJob((str(folder),), flow_npy=tmp_path / f"{name}.npy"), WriteSettings(chunk=4))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="scope_optical_flow_tensorrt.batch"):
+            process_clip(flow, ClipJob((str(folder),), flow_npy=tmp_path / f"{name}.npy"), WriteSettings(chunk=4))
         expected = {} if name == "short" else {4: ROUTE_LOADED}
         assert flow.load().warmed_shapes == expected  # type: ignore[attr-defined]
+        said = f"{folder}: the uncompiled graphs serve this clip (4 frames left)" in caplog.text  # the log says which
+        assert said == (name == "short")
         maps[name] = np.load(tmp_path / f"{name}.npy")
     assert maps["short"].shape == (8, 2, 64, 80)
     np.testing.assert_allclose(maps["short"], maps["long"], atol=1e-5)
