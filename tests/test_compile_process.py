@@ -141,6 +141,27 @@ def test_wait_for_compiled_returns_within_its_timeout_while_a_child_compiles(
     assert backend.warmed_shapes == {4: ROUTE_LOADED, 8: ROUTE_BUILT}  # type: ignore[attr-defined]
 
 
+def test_a_long_wait_imports_the_compiler_stack_while_the_child_compiles(
+    gate: Path, fake: FakeTorchCompile, tmp_path: Path
+) -> None:
+    """A caller that waits for the child (the Scope constructor, ``wait_for_compiled()``) sets up torch.compile
+    meanwhile, so the switch after the child does not pay those imports; a short wait keeps its timeout."""
+    from scope_optical_flow_tensorrt.core.backends import torch_backend
+
+    flow = make_preprocessor(tmp_path, compile_in_background=True)
+    backend = flow.load(warmup=4)
+    wait_for_file(Path(str(gate) + ".started"))
+    assert not flow.wait_for_compiled(timeout=0.3)
+    assert backend._compiled_parts is None  # type: ignore[attr-defined]
+    began = time.monotonic()
+    assert not flow.wait_for_compiled(timeout=torch_backend.READY_THE_COMPILER_FROM_S)
+    assert time.monotonic() - began < torch_backend.READY_THE_COMPILER_FROM_S + 0.5
+    assert backend._compiled_parts is not None and backend.warmed_shapes == {}  # type: ignore[attr-defined]
+    gate.touch()
+    assert flow.wait_for_compiled(timeout=WAIT_S)
+    assert backend.warmed_shapes == {4: ROUTE_BUILT}  # type: ignore[attr-defined]
+
+
 def test_a_hung_child_is_stopped_and_its_shape_served_uncompiled(
     gate: Path, fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,6 +43,9 @@ PAIR_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 RECOMPILE_LIMIT = 64
 # Device types torch.compile is used on (the CPU runs eagerly: compiling it is slower to start than it gains).
 COMPILE_DEVICE_TYPES = ("cuda",)
+# A caller waiting at least this long for the compile process imports torch's compiler stack meanwhile (up to a
+# second or two); shorter waits keep their timeout to the letter.
+READY_THE_COMPILER_FROM_S = 5.0
 # A compiled shape whose kernels the compile process could not make (see the log); the uncompiled model serves it.
 ROUTE_FAILED = "compile-failed"
 # Kernels loaded from their entry, but Inductor compiled in this process all the same (the entry did not cover them).
@@ -232,8 +236,7 @@ class TorchFlowBackend:
             return None
         loaded = time.perf_counter()
         try:
-            if self._compiled_parts is None:
-                self._compiled_parts = self._compile()
+            self._ready_the_compiler()
             misses = compile_misses()
             with torch.inference_mode(), compile_settings():
                 self._forward_compiled(self._zeros(pairs))
@@ -333,6 +336,9 @@ class TorchFlowBackend:
         self._retry_captures()
         if not self.compiled:
             return True
+        waits_long = timeout is None or timeout >= READY_THE_COMPILER_FROM_S
+        if waits_long and self.compiler is not None and self.compiler.busy:
+            self._ready_the_compiler()  # while the child compiles, not after it
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -341,6 +347,13 @@ class TorchFlowBackend:
             # a switch may have asked for an entry again (it could not be loaded): wait for that one too
             if not finished or self.compiler is None or not self.compiler.busy:
                 return finished
+
+    def _ready_the_compiler(self) -> None:
+        """Import torch's compiler stack and set up the torch.compile'd parts (no trace yet): a waiting caller does
+        it while the child compiles, so the switch after it does not pay that second or so of imports."""
+        if self._compiled_parts is None:
+            importlib.import_module("torch._inductor.compile_fx")  # what the switch's first compiled call imports
+            self._compiled_parts = self._compile()
 
     def _retry_captures(self) -> None:
         """A waiting caller: graph captures that another thread interrupted may be tried again."""
