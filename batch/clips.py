@@ -262,7 +262,7 @@ def _compute(
     return _Computed(frames_done, size, stages, first_chunk_seconds)
 
 
-# Loading a shape's compiled kernels in this process and capturing their graph: 3.7-4.4 s from an entry of an
+# Loading a shape's compiled kernels in this process and capturing their graph: 3-5 s from an entry of an
 # earlier process, 6.3-7.2 s right after the child compiled them (caches cold) on an H100 (benchmarks/NOTES.md,
 # switch_seconds); the compiled kernels then run about twice as fast as the uncompiled graphs. The larger cost is
 # counted: a switch that does not pay stalls the pipeline for nothing.

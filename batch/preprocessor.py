@@ -33,7 +33,7 @@ def load_model(flow: Any, warmup: int | bool = False, size: tuple[int, int] | No
 
     try:
         # Compiled kernels (entries on disk, or compiled by the child that warm-up starts) are not switched to
-        # here: switching costs seconds of this process's time (Dynamo's trace and Inductor's kernels, 3.7-4.4 s
+        # here: switching costs seconds of this process's time (Dynamo's trace and Inductor's kernels, 3-5 s
         # warm on an H100) and pays only on long work, which the compute loop judges after each chunk from the
         # measured rate (clips.worth_switching). A 2,400-frame clip is done in 3 s uncompiled; switching first
         # made its first frame 8-10 s late and its whole run slower (benchmarks/NOTES.md). Loading on a thread
