@@ -17,6 +17,7 @@ from .plan import parse_devices, plan_jobs, split_done
 from .preprocessor import build_preprocessor
 from .progress import ProgressBar, ProgressCallback, Tracker
 from .report import write_report
+from .words import speaking, words
 from .workers import start_workers
 
 PathLike = str | os.PathLike[str]
@@ -101,20 +102,23 @@ def process(
 
     A clip's failure is recorded in its result (``error``, ``exit_code``), never raised, and the other clips go on.
     Raised: bad options (:class:`.errors.UsageError`), an unreadable manifest, and a model that cannot be loaded
-    (every clip would fail alike).
+    (every clip would fail alike). Messages name options in the words of the preprocessor's ``vocabulary``, or of
+    the current one (``core.common.vocabulary``): ``overwrite=True`` by default, ``--overwrite`` from ``run``.
     """
-    if devices is not None and ray_address is not None:
-        raise UsageError("give --devices (this machine) or --ray (a cluster), not both.")
-    words = (os.fspath(inputs),) if isinstance(inputs, (str, os.PathLike)) else tuple(map(os.fspath, inputs))
-    plan = plan_jobs(words, _path(manifest), _path(output), _path(flow_npy), _path(flow_flo))
-    write = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite,
-                          preset=x264_preset, decoder=decoder)
-    if isinstance(devices, str):
-        devices = parse_devices(devices, preprocessor.get("strict_device", False))
-    batch = plan.collection or devices is not None or ray_address is not None
-    callback = ProgressBar() if progress is None or progress is True else progress or None
-    outcome = run_clips(plan.jobs, write, preprocessor, None if devices is None else list(devices), ray_address,
-                        collection=batch, progress=callback, verbose=verbose)
+    with speaking(preprocessor.get("vocabulary")) as vocabulary:  # the batch's messages speak it too
+        preprocessor = {**preprocessor, "vocabulary": vocabulary}  # and its workers, wherever they run
+        if devices is not None and ray_address is not None:
+            raise UsageError(words("give {devices} (this machine) or {ray_address} (a cluster), not both."))
+        specs = (os.fspath(inputs),) if isinstance(inputs, (str, os.PathLike)) else tuple(map(os.fspath, inputs))
+        plan = plan_jobs(specs, _path(manifest), _path(output), _path(flow_npy), _path(flow_flo))
+        write = WriteSettings(chunk=chunk, fps=fps, codec=codec, flow_size=flow_size, overwrite=overwrite,
+                              preset=x264_preset, decoder=decoder)
+        if isinstance(devices, str):
+            devices = parse_devices(devices, preprocessor.get("strict_device", False))
+        batch = plan.collection or devices is not None or ray_address is not None
+        callback = ProgressBar() if progress is None or progress is True else progress or None
+        outcome = run_clips(plan.jobs, write, preprocessor, None if devices is None else list(devices), ray_address,
+                            collection=batch, progress=callback, verbose=verbose)
     outcome.collection = batch
     if report is not None:
         write_report(Path(report), outcome.results, outcome.seconds, skipped=[job.name for job in outcome.skipped],

@@ -25,6 +25,7 @@ from .pipeline import Prefetcher, Stages, StageTimer, WriterThread
 from .preprocessor import load_model, worker_preprocessor
 from .startup import process_started_at
 from .transfer import QUEUE_DEPTH, DeviceToHost, GpuTimer, HostChunk, host_allocator
+from .words import speaking
 
 logger = logging.getLogger("scope_optical_flow_tensorrt.batch")  # not core.log: that would import torch
 
@@ -310,14 +311,15 @@ def run_job(
     A failure to build or load the preprocessor is marked ``fatal`` (it is not the clip's fault).
     ``worker_device`` names the worker's device in results (a pool worker that sees only its GPU runs on
     ``cuda:0`` whichever GPU it is). The result travels to another process: it carries the error's message and
-    exit code, not the exception."""
-    try:
-        flow = worker_preprocessor(options)
-    except Exception as error:
-        result = _failed(job, error, worker_device or str(options.get("device", "cuda")), verbose, fatal=True)
-    else:
-        result = run_clip(flow, job, settings, on_frames, verbose=verbose,
-                          worker=f"{worker_device or flow.device} pid {os.getpid()}")
+    exit code, not the exception; messages speak the caller's vocabulary (``options["vocabulary"]``)."""
+    with speaking(options.get("vocabulary")):
+        try:
+            flow = worker_preprocessor(options)
+        except Exception as error:
+            result = _failed(job, error, worker_device or str(options.get("device", "cuda")), verbose, fatal=True)
+        else:
+            result = run_clip(flow, job, settings, on_frames, verbose=verbose,
+                              worker=f"{worker_device or flow.device} pid {os.getpid()}")
     result.exception = None
     return result
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .colour import YuvFormat
 from .errors import InputError, UsageError
+from .words import option_name, words
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Files taken as videos when a folder or glob is a collection of clips (any file PyAV reads works as INPUT).
@@ -98,8 +99,9 @@ class FrameSource:
                 size, yuv = frame_size, frame_yuv
             elif frame_size != size:
                 raise InputError(
-                    f"{self.path}: frame {index} is {frame_size[0]}x{frame_size[1]} (height x width, as --size) but "
-                    f"earlier frames are {size[0]}x{size[1]}; all frames must have one size (resize them first)."
+                    f"{self.path}: frame {index} is {frame_size[0]}x{frame_size[1]} (height x width, as "
+                    f"{option_name('size')}) but earlier frames are {size[0]}x{size[1]}; all frames must have one "
+                    "size (resize them first)."
                 )
             if batch is None:
                 batch = allocate((chunk_size, *frame.shape))
@@ -276,11 +278,13 @@ def choose_decoder(requested: str, source: Any, device: Any) -> str:
         decoder = "cpu"
     elif requested == "nvdec":
         if device.type != "cuda" or not nvdec_available():
-            raise UsageError("--decoder nvdec needs a CUDA device and a PyAV whose FFmpeg has the CUDA hardware "
-                             "device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use --decoder cpu.")
+            raise UsageError(words("{decoder='nvdec'} needs a CUDA device and a PyAV whose FFmpeg has the CUDA "
+                                   "hardware device (av.codec.hwaccel.hwdevices_available() lists 'cuda'); use "
+                                   "{decoder='cpu'}."))
         decoder = "nvdec"
     else:
-        raise UsageError(f"--decoder {requested!r} is not supported; use one of {', '.join(DECODER_CHOICES)}.")
+        raise UsageError(f"{option_name('decoder')} {requested!r} is not supported; use one of "
+                         f"{', '.join(DECODER_CHOICES)}.")
     logger.info("decoding %s with the %s decoder", source.path, decoder)
     return decoder
 

@@ -29,6 +29,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from .errors import OutputError
+from .words import option_name, setting
 
 VIDEO_CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
                 ".webm": "libvpx-vp9", ".avi": "mpeg4"}
@@ -100,7 +101,8 @@ class StagedPath:
         self.claim = OutputClaim(self.destination)
         try:
             if self.destination.exists() and not overwrite:
-                raise OutputError(f"output {destination} already exists; pass --overwrite to replace it.")
+                raise OutputError(f"output {destination} already exists; pass {setting('overwrite', True)} to "
+                                  "replace it.")
             if self.destination.exists() and self.destination.is_dir() != folder:
                 kind = "a folder" if self.destination.is_dir() else "a file"
                 raise OutputError(f"output {destination} is {kind}; choose another path.")
@@ -137,7 +139,8 @@ class StagedPath:
             self.discard()
             if isinstance(error, FileExistsError):
                 raise OutputError(f"output {self.destination} appeared while this run wrote it (another program made "
-                                  "it); it was kept. Pass --overwrite to replace it, or choose another path.") from None
+                                  f"it); it was kept. Pass {setting('overwrite', True)} to replace it, or choose "
+                                  "another path.") from None
             raise OutputError(f"cannot move the finished output into place at {self.destination}: {error}") from error
         self.claim.release()
 
@@ -170,7 +173,7 @@ class StagedPath:
 
 def check_not_an_input(destination: Path, inputs: Iterable[Path]) -> None:
     """Refuse an output that is one of ``inputs`` or a folder holding one (writing it would destroy the input),
-    whatever ``--overwrite`` says."""
+    whatever ``overwrite`` says."""
     target = _resolved(destination)
     sources = [(Path(source), _resolved(Path(source))) for source in inputs]
     same = [source for source, resolved in sources
@@ -180,7 +183,7 @@ def check_not_an_input(destination: Path, inputs: Iterable[Path]) -> None:
         what, source = ("is", same[0]) if same else ("holds", held[0])
         raise OutputError(
             f"output {destination} {what} an input of this run ({source}); writing it would destroy the input. "
-            "Choose another output path (--overwrite never replaces an input)."
+            f"Choose another output path ({setting('overwrite', True)} never replaces an input)."
         )
 
 
@@ -394,7 +397,7 @@ class VideoWriter:
         except (av.error.FFmpegError, ValueError) as error:
             raise OutputError(
                 f"codec {self.codec!r} is not available for {self.path.suffix or 'this'} output ({error}); "
-                "pick another with --codec (e.g. libx264, mpeg4) or another file extension."
+                f"pick another with {option_name('codec')} (e.g. libx264, mpeg4) or another file extension."
             ) from error
         stream.width = width
         stream.height = height

@@ -3,11 +3,14 @@ thread computes on the GPU, writer threads encode and write behind.
 
 Every stage shares one :class:`StopSignal`: the first error in any stage (or an interrupt in the calling thread)
 sets it, every other stage sees it within :data:`POLL_SECONDS` and returns, and the calling thread re-raises the
-first error. Queues are bounded, so a slow stage holds the others back instead of letting memory grow.
+first error. Queues are bounded, so a slow stage holds the others back instead of letting memory grow. Stage
+threads run in a copy of the starting thread's context, so their messages speak its vocabulary
+(``core.common.vocabulary``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -69,6 +72,12 @@ def get(items: queue.Queue, stop: StopSignal) -> Any:
             continue
 
 
+def stage_thread(run: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread running ``run`` in a copy of this thread's context (its vocabulary: threads start with an
+    empty context)."""
+    return threading.Thread(target=contextvars.copy_context().run, args=(run,), name=name, daemon=True)
+
+
 class StageTimer:
     """Busy seconds of one stage (time spent in its work, not waiting on queues)."""
 
@@ -95,7 +104,7 @@ class Prefetcher(Generic[Item]):
         self._stop = stop
         self._items: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.timer = StageTimer()
-        self._thread = threading.Thread(target=self._run, name=f"optical-flow-{name}", daemon=True)
+        self._thread = stage_thread(self._run, f"optical-flow-{name}")
 
     def start(self) -> Prefetcher[Item]:
         self._thread.start()
@@ -143,7 +152,7 @@ class WriterThread:
         self.timer = StageTimer()
         self.first_done_at: float | None = None  # time.time() when the first item was written
         self.last_done_at: float | None = None
-        self._thread = threading.Thread(target=self._run, name=f"optical-flow-{name}", daemon=True)
+        self._thread = stage_thread(self._run, f"optical-flow-{name}")
 
     def start(self) -> WriterThread:
         self._thread.start()

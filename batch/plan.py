@@ -14,6 +14,7 @@ from .clips import ClipJob, ClipResult
 from .errors import EXIT_FAILURE, InputError, UsageError
 from .inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key
 from .outputs import is_video_path
+from .words import option_name, placeholder, setting, words
 
 logger = logging.getLogger("scope_optical_flow_tensorrt.batch")
 
@@ -38,18 +39,20 @@ def plan_jobs(
     flow_npy: Path | None,
     flow_flo: Path | None,
 ) -> Plan:
-    """Clips from ``--manifest`` or from INPUT (see :func:`clip_collection`: a collection of clips, or one clip,
+    """Clips from ``manifest`` or from the inputs (see :func:`clip_collection`: a collection of clips, or one clip,
     read as ``run`` always did). Outputs of a collection come from folders or ``{stem}``/``{name}`` templates;
     those of one clip are the paths given (a template is filled in)."""
     if manifest is None and not input_specs:
-        raise UsageError("missing INPUT: give a video, a folder, a glob, several files, or --manifest FILE.")
+        raise UsageError(words("missing {inputs}: give a video, a folder, a glob, several files, or {manifest=file}.",
+                               file=placeholder("FILE")))
     if manifest is not None and input_specs:
-        raise UsageError("give either INPUT or --manifest, not both.")
+        raise UsageError(words("give either {inputs} or {manifest}, not both."))
     if output is None and flow_npy is None and flow_flo is None and manifest is None:
-        raise UsageError("nothing to write: give -o/--output, --flow-npy and/or --flow-flo.")
+        raise UsageError(words("nothing to write: give {output}, {flow_npy} and/or {flow_flo}."))
     if output is not None and output.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"-o {output}: an image file cannot hold a sequence; give a folder for PNG frames "
-                         f"(e.g. -o {output.with_suffix('')}/) or a video file (.mp4).")
+        folder = f"{output.with_suffix('')}/"
+        raise UsageError(f"{setting('output', str(output))}: an image file cannot hold a sequence; give a folder for "
+                         f"PNG frames (e.g. {setting('output', folder)}) or a video file (.mp4).")
     templates = {"output": output, "flow_npy": flow_npy, "flow_flo": flow_flo}
     if manifest is not None:
         jobs = [_job_from_row(row, templates, where) for row, where in read_manifest(manifest)]
@@ -142,8 +145,9 @@ def _job_from_row(row: dict[str, str], templates: dict[str, Path | None], where:
     outputs = {key: Path(row[key]) if key in row else _target(templates[key], source, key, 2)
                for key in MANIFEST_COLUMNS[1:]}
     if not any(outputs.values()):
-        raise UsageError(f"{where}: no output for {row['input']}; fill its output column or give -o/--flow-npy/"
-                         "--flow-flo (a folder or a {stem} template) for rows without one.")
+        given = "/".join(map(option_name, MANIFEST_COLUMNS[1:]))
+        raise UsageError(f"{where}: no output for {row['input']}; fill its output column or give {given} "
+                         "(a folder or a {stem} template) for rows without one.")
     return ClipJob((row["input"],), outputs["output"], outputs["flow_npy"], outputs["flow_flo"])
 
 
@@ -152,20 +156,19 @@ def _target(template: Path | None, clip: Path, kind: str, count: int) -> Path | 
     if template is None:
         return None
     text = str(template)
-    option = {"output": "-o", "flow_npy": "--flow-npy", "flow_flo": "--flow-flo"}[kind]
     if any(char in clip.name for char in "*?["):
         clip = clip.parent  # a glob of frames (in a manifest) is named after its folder
     if "{" in text:
         try:
             return Path(text.format(stem=clip.stem, name=clip.name))
         except (KeyError, IndexError, ValueError) as error:
-            raise UsageError(f"{option} {text}: a template may hold {{stem}} (the clip's name without extension) "
+            raise UsageError(f"{setting(kind, text)}: a template may hold {{stem}} (the clip's name without extension) "
                              f"and {{name}} only ({error!r} is not one).") from error
     single_file = is_video_path(template) if kind == "output" else template.suffix.lower() == ".npy"
     if single_file:
-        raise UsageError(f"{option} {text} names one file but there are {count} or more clips; give a folder "
-                         f"({option} {template.with_suffix('')}/) or a template ({option} "
-                         f"'{template.parent / ('{stem}' + template.suffix)}').")
+        folder, stems = f"{template.with_suffix('')}/", str(template.parent / ("{stem}" + template.suffix))
+        raise UsageError(f"{setting(kind, text)} names one file but there are {count} or more clips; give a folder "
+                         f"({setting(kind, folder)}) or a template ({setting(kind, stems)}).")
     name = {"output": f"{clip.stem}.mp4", "flow_npy": f"{clip.stem}.npy", "flow_flo": clip.stem}[kind]
     return template / name
 
@@ -184,7 +187,7 @@ def _check_distinct_outputs(jobs: list[ClipJob]) -> None:
 def split_done(jobs: list[ClipJob], overwrite: bool) -> tuple[list[ClipJob], list[ClipJob], list[ClipResult]]:
     """``(to run, done already, refused)``. Outputs are written atomically, so one that exists is complete: a
     clip whose outputs all exist is skipped (resume). One with only some of them is refused without
-    ``--overwrite`` (an earlier run stopped between moving its outputs into place, or they are not ours)."""
+    ``overwrite`` (an earlier run stopped between moving its outputs into place, or they are not ours)."""
     if overwrite:
         return list(jobs), [], []
     pending, done, refused = [], [], []
@@ -197,7 +200,7 @@ def split_done(jobs: list[ClipJob], overwrite: bool) -> tuple[list[ClipJob], lis
         else:
             missing = [str(path) for path in job.outputs if path not in existing]
             message = (f"only some outputs exist ({', '.join(map(str, existing))}; missing: {', '.join(missing)}); "
-                       "delete them or pass --overwrite to redo this clip.")
+                       f"delete them or pass {setting('overwrite', True)} to redo this clip.")
             refused.append(ClipResult(job, error=message, exit_code=EXIT_FAILURE))
     return pending, done, refused
 
@@ -206,7 +209,7 @@ def split_done(jobs: list[ClipJob], overwrite: bool) -> tuple[list[ClipJob], lis
 
 
 def parse_devices(text: str, strict: bool = False) -> list[str]:
-    """``--devices`` -> one torch device per worker: ``all`` (every CUDA GPU; one CPU worker without CUDA,
+    """``devices`` text -> one torch device per worker: ``all`` (every CUDA GPU; one CPU worker without CUDA,
     unless ``strict``), ``0,1`` or ``cuda:0,cuda:1``, ``cpu`` or ``cpu:N``."""
     spec = text.strip().lower()
     if spec == "cpu":
@@ -214,7 +217,8 @@ def parse_devices(text: str, strict: bool = False) -> list[str]:
     if spec.startswith("cpu:"):
         count = spec[4:]
         if not count.isdigit() or int(count) < 1:
-            raise UsageError(f"--devices {text}: write cpu:N with N a positive number of CPU workers (e.g. cpu:2).")
+            raise UsageError(f"{setting('devices', text)}: write cpu:N with N a positive number of CPU workers "
+                             "(e.g. cpu:2).")
         return ["cpu"] * int(count)
     import torch
 
@@ -223,17 +227,19 @@ def parse_devices(text: str, strict: bool = False) -> list[str]:
         if available:
             return [f"cuda:{index}" for index in range(available)]
         if strict:
-            raise UsageError("--devices all with --strict-device: this machine has no CUDA GPU; use --devices cpu:N.")
-        logger.warning("--devices all: no CUDA GPU here, so one CPU worker runs the clips (use --devices cpu:N for "
-                       "more).")
+            raise UsageError(words("{devices='all'} with {strict_device=True}: this machine has no CUDA GPU; use "
+                                   "{devices=cpus}.", cpus=placeholder("cpu:N")))
+        logger.warning(words("{devices='all'}: no CUDA GPU here, so one CPU worker runs the clips (use {devices=cpus} "
+                             "for more).", cpus=placeholder("cpu:N")))
         return ["cpu"]
     devices = []
     for part in spec.split(","):
         part = part.strip().removeprefix("cuda:")
         if not part.isdigit():
-            raise UsageError(f"--devices {text}: {part!r} is not a GPU index; write all, 0,1, cuda:0,cuda:1 or cpu:N.")
+            raise UsageError(f"{setting('devices', text)}: {part!r} is not a GPU index; write all, 0,1, "
+                             "cuda:0,cuda:1 or cpu:N.")
         if int(part) >= available:
-            raise UsageError(f"--devices {text}: GPU {part} does not exist (this machine has {available} CUDA "
-                             "device(s)); use --devices all, or cpu:N for CPU workers.")
+            raise UsageError(f"{setting('devices', text)}: GPU {part} does not exist (this machine has {available} "
+                             f"CUDA device(s)); use {setting('devices', 'all')}, or cpu:N for CPU workers.")
         devices.append(f"cuda:{int(part)}")
     return devices

@@ -38,6 +38,7 @@ import numpy as np
 from .clips import ClipJob, ClipResult, WriteSettings, run_job, to_uint8_frames
 from .errors import EXIT_FAILURE, CliError
 from .preprocessor import worker_preprocessor
+from .words import option_name, setting
 
 RAY_INSTALL_HINT = 'pip install "scope-optical-flow-tensorrt[ray]" (or pip install ray)'
 
@@ -47,7 +48,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as error:
-        raise CliError(f"--ray needs Ray, which is not installed: {RAY_INSTALL_HINT}.") from error
+        raise CliError(f"{option_name('ray_address')} needs Ray, which is not installed: "
+                       f"{RAY_INSTALL_HINT}.") from error
     return ray
 
 
@@ -89,13 +91,14 @@ class RayWorkers:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=verbose)
             except (ConnectionError, RuntimeError, ValueError) as error:
-                raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with "
-                               "'ray start --head', or pass --ray local for a Ray instance on this machine).") from error
+                raise CliError(f"cannot connect to the Ray cluster at {address!r}: {error} (start one with 'ray "
+                               f"start --head', or pass {setting('ray_address', 'local')} for a Ray instance on this "
+                               "machine).") from error
         on_gpu = str(model.get("device", "cuda")).startswith("cuda")
         slots = int(ray.cluster_resources().get("GPU" if on_gpu else "CPU", 0))
         if slots < 1:
             raise CliError(f"the Ray cluster at {address!r} has no {'GPU' if on_gpu else 'CPU'}; add nodes with "
-                           "GPUs, or pass --device cpu to run on its CPUs.")
+                           f"GPUs, or pass {setting('device', 'cpu')} to run on its CPUs.")
         self.write, self.verbose = write, verbose
         # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so "cuda" is the actor's GPU.
         self.model = {**model, "device": "cuda" if on_gpu else "cpu"}

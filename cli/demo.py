@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ..batch import StagedOutputs, UsageError, VideoWriter, build_preprocessor, load_model, to_uint8_frames
-from .options import frame_size, model_options, preprocessor_options, weights_spec
+from .options import cli_words, frame_size, model_options, preprocessor_options, weights_spec
 from .state import notice, say
 
 PAN = (4.0, 2.0)  # background motion (right, down) in pixels per frame
@@ -185,7 +185,7 @@ def demo_command(output: Path, num_frames: int, overwrite: bool, weights: str, *
     import torch
 
     overwrite = overwrite or _is_old_demo(output)
-    with StagedOutputs(overwrite) as staged:
+    with cli_words(), StagedOutputs(overwrite) as staged:  # the batch's messages name flags (--overwrite)
         folder = staged.add(output, folder=True)
         height, width = frame_size(options["size"], (256, 256))
         flow = _load_with_fallback(weights, options, (height, width))

@@ -16,10 +16,20 @@ FLOW_PRESETS = ("none", "vace")  # core.presets.PRESET_NAMES (not imported here:
 FIRST_FRAME_CHOICES = ("zero", "repeat")  # core.preprocessor.FIRST_FRAME_MODES
 
 
+# ``run``'s names of ``batch.process``'s own arguments (INPUT is its positional argument).
+BATCH_NAMES = {
+    "inputs": "INPUT", "output": "-o", "flow_npy": "--flow-npy", "flow_flo": "--flow-flo", "manifest": "--manifest",
+    "overwrite": "--overwrite", "devices": "--devices", "ray_address": "--ray", "chunk": "--chunk",
+    "decoder": "--decoder", "codec": "--codec", "fps": "--fps", "x264_preset": "--x264-preset",
+    "flow_size": "--flow-size", "report": "--report",
+}
+
+
 @functools.cache
 def cli_vocabulary() -> Any:
-    """How the core's messages name options on the command line (``core.vocabulary``): ``--device cpu``,
-    ``--strict-device``, ``--weights untrained``... Checked against the commands' options by the tests."""
+    """How the core's and the batch's messages name options on the command line (``core.vocabulary``):
+    ``--device cpu``, ``--strict-device``, ``--weights untrained``, ``--overwrite``... Checked against the
+    commands' options by the tests."""
     from ..core.common.vocabulary import SIZE, Vocabulary
 
     return Vocabulary(
@@ -32,6 +42,7 @@ def cli_vocabulary() -> Any:
             "models_dir": "--models-dir", "flow_strength": "--strength", "normalization": "--normalization",
             "max_flow": "--max-flow", "decay": "--decay", "first_frame": "--first-frame", "preset": "--preset",
             "max_batch_pairs": "--max-batch-pairs", "tensorrt_targets": "--tensorrt-targets",
+            **BATCH_NAMES,
         },
         values={"weights": {None: UNTRAINED}, SIZE: {(None, None): NATIVE},
                 "tensorrt_targets": {("8.6", "8.9", "12.0"): "sm86,sm89,sm120"}},
@@ -40,8 +51,9 @@ def cli_vocabulary() -> Any:
 
 
 def cli_words() -> Any:
-    """A context in which the core's messages name command-line flags (for core calls outside the
-    preprocessor, which speaks the vocabulary it was built with)."""
+    """A context in which the core's and the batch's messages name command-line flags (for calls outside the
+    preprocessor, which speaks the vocabulary it was built with: ``batch.process`` and what it starts speak the
+    context's, as do ``batch.StagedOutputs``' messages)."""
     from ..core.common.vocabulary import speaking
 
     return speaking(cli_vocabulary())

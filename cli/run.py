@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..batch import DECODER_CHOICES, DEFAULT_X264_PRESET, X264_PRESETS, BatchReport, CliError, process
-from .options import display_options, model_options, preprocessor_options, weights_spec
+from .options import cli_words, display_options, model_options, preprocessor_options, weights_spec
 from .state import PROG_NAME, notice, say, settings
 
 
@@ -77,12 +77,14 @@ def run_command(
     Frame 0 has no reference and shows zero flow (white), or frame 1's map with --first-frame repeat; frame i
     shows the motion from frame i-1 to i. --preset vace gives VACE's own flow maps (see the README).
     """
-    report = process(
-        input_specs, output, flow_npy=flow_npy, flow_flo=flow_flo, manifest=manifest, overwrite=overwrite,
-        devices=devices, ray_address=ray_address, chunk=chunk, decoder=decoder, fps=fps, codec=codec,
-        x264_preset=x264_preset, flow_size=flow_size, report=report_path, progress=False if settings.quiet else None,
-        verbose=settings.verbose, **preprocessor_options(weights=weights_spec(weights), **options),
-    )
+    with cli_words():  # the batch's messages name these flags (--overwrite, --devices ...), in its workers too
+        report = process(
+            input_specs, output, flow_npy=flow_npy, flow_flo=flow_flo, manifest=manifest, overwrite=overwrite,
+            devices=devices, ray_address=ray_address, chunk=chunk, decoder=decoder, fps=fps, codec=codec,
+            x264_preset=x264_preset, flow_size=flow_size, report=report_path,
+            progress=False if settings.quiet else None, verbose=settings.verbose,
+            **preprocessor_options(weights=weights_spec(weights), **options),
+        )
     if report.collection:
         _summarize(report, ray_address, options["device"])
         return

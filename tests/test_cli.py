@@ -582,6 +582,8 @@ def test_preset_flag_and_the_x264_preset(tmp_path: Path, run_main) -> None:
 
 
 def test_cli_vocabulary_names_existing_flags() -> None:
+    import click
+
     from scope_optical_flow_tensorrt.cli.app import cli as group
     from scope_optical_flow_tensorrt.cli.options import MODEL_CHOICE, cli_vocabulary
     from scope_optical_flow_tensorrt.core.model.specs import MODEL_CHOICE as CORE_MODEL_CHOICE
@@ -589,6 +591,8 @@ def test_cli_vocabulary_names_existing_flags() -> None:
     assert MODEL_CHOICE == CORE_MODEL_CHOICE  # one sentence for the model choice in every face
     flags = {flag for command in group.commands.values() for param in command.params
              for flag in [*param.opts, *param.secondary_opts]}
+    flags |= {param.metavar.rstrip(".") for command in group.commands.values() for param in command.params
+              if isinstance(param, click.Argument) and param.metavar}  # run's INPUT
     named = {name.split(" ")[0] for name in cli_vocabulary().names.values()}
     named |= set(cli_vocabulary().settings.values())
     assert named <= flags, named - flags

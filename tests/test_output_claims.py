@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scope_optical_flow_tensorrt.batch import EXIT_OUTPUT, OutputError, StagedOutputs
+from scope_optical_flow_tensorrt.cli.options import cli_words
 from test_cli import FAST, core_flow, moving_frames, run_main, write_images, write_video  # noqa: F401 (run_main)
 from test_scale_out import clips  # noqa: F401 (a fixture)
 
@@ -38,7 +39,9 @@ def test_a_staged_output_is_claimed_until_it_is_moved_into_place(tmp_path: Path)
             with pytest.raises(OutputError, match=r"out\.npy is being written by another run .*wait for that run"):
                 StagedOutputs(overwrite=overwrite).add(out, folder=False)
     assert out.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]
-    with pytest.raises(OutputError, match=r"already exists; pass --overwrite"):
+    with pytest.raises(OutputError, match=r"already exists; pass overwrite=True to replace it\.$"):
+        StagedOutputs(overwrite=False).add(out, folder=False)
+    with cli_words(), pytest.raises(OutputError, match=r"already exists; pass --overwrite to replace it\.$"):
         StagedOutputs(overwrite=False).add(out, folder=False)
 
 

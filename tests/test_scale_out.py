@@ -21,6 +21,7 @@ pytest.importorskip("PIL")
 from PIL import Image
 from scope_optical_flow_tensorrt.batch import api
 from scope_optical_flow_tensorrt.cli import main
+from scope_optical_flow_tensorrt.cli.options import cli_words
 from scope_optical_flow_tensorrt.batch.plan import parse_devices, plan_jobs
 from scope_optical_flow_tensorrt.batch.clips import ClipJob, WriteSettings
 from scope_optical_flow_tensorrt.batch.dispatch import clip_size, largest_first
@@ -372,7 +373,9 @@ def test_parse_devices() -> None:
         assert parse_devices("cuda:0,0") == ["cuda:0", "cuda:0"]
     else:
         assert parse_devices("all") == ["cpu"]
-        with pytest.raises(CliError, match="--strict-device"):
+        with pytest.raises(CliError, match=r"^devices='all' with strict_device=True: .* use devices=cpu:N\.$"):
+            parse_devices("all", strict=True)
+        with cli_words(), pytest.raises(CliError, match=r"^--devices all with --strict-device: .* use --devices cpu:N"):
             parse_devices("all", strict=True)
     with pytest.raises(CliError, match=f"GPU {count} does not exist"):
         parse_devices(f"0,{count}" if count else "0")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +31,14 @@ SIZE = "size"
 PLAIN_NAMES = {"num_flow_updates": "flow updates", "flow_strength": "flow strength", "first_frame": "first frame",
                "max_flow": "max flow"}
 _REFERENCE = re.compile(r"\{(\w+)(?:=([^{}]+))?\}")
+
+
+class Placeholder(str):
+    """A value that stands for what the user fills in, written as it is in every style: ``--manifest FILE``,
+    ``manifest=FILE``."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,8 @@ class Vocabulary:
         name, spelled = self.name(key), self.value(key, value)
         if self.style == "keyword":
             return f"{name}={spelled!r}"
-        if self.style == "flag":
-            return name if spelled is True else f"{name} {spelled}"
+        if self.style == "flag":  # text as a shell takes it: -o 'flow/{stem}.mp4'
+            return name if spelled is True else f"{name} {_shell_word(spelled)}"
         return f"{name} = {spelled}"
 
     def _size_setting(self, size: tuple[object, object]) -> str:
@@ -141,6 +150,10 @@ def option_name(key: str) -> str:
 def setting(key: str, value: object) -> str:
     """Option ``key`` set to ``value`` in the current vocabulary."""
     return current_vocabulary().setting(key, value)
+
+
+def _shell_word(value: object) -> object:
+    return value if isinstance(value, Placeholder) or not isinstance(value, str) else shlex.quote(value)
 
 
 def _render(vocabulary: Vocabulary, match: re.Match[str], values: Mapping[str, object]) -> str:
