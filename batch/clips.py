@@ -221,10 +221,7 @@ def _compute(
                 frames = torch.from_numpy(chunk.data)
                 if chunk.yuv is not None:
                     frames = yuv_to_rgb(frames.to(device, non_blocking=True), chunk.yuv, *size)
-                try:
-                    raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
-                except FrameError as error:  # e.g. frames too small for --size native: bad input, not a failure
-                    raise InputError(str(error)) from error
+                raw = flow.compute_flow(frames, layout="FHWC")  # [1, F, 2, h, w]
                 outputs: dict[str, Any] = {}
                 if wanted & {"images", "yuv420p"}:
                     # raw is this preprocessor's own flow: no finiteness read-back (it would stall each chunk)
@@ -242,6 +239,8 @@ def _compute(
 
         try:
             host = timer.time(work)
+        except FrameError as error:  # e.g. frames too small for --size native: bad input, not a failure
+            raise InputError(str(error)) from error
         except TooLargeForMemory as error:  # this clip's own size cannot fit: the message names the fix
             raise UsageError(str(error)) from error
         for thread in threads:

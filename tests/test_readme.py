@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import re
 import shlex
 from fractions import Fraction
@@ -25,10 +24,10 @@ import torch
 import torchvision
 
 from conftest import REPO_ROOT
-from scope_optical_flow_tensorrt.cli.state import StderrHandler
 
 av = pytest.importorskip("av")
 from PIL import Image  # noqa: E402
+from test_cli import run_main  # noqa: E402,F401 (a fixture: main() in this process)
 
 README = (REPO_ROOT / "README.md").read_text()
 PROGRAM = "scope-optical-flow"
@@ -137,25 +136,10 @@ def lay_out_inputs(folder: Path) -> None:
     write_images(folder / "frames" / "c", ".png")
 
 
-@pytest.fixture
-def run_main(capfd: pytest.CaptureFixture[str]):
-    from scope_optical_flow_tensorrt.cli import main
-
-    def call(arguments: list[str]) -> tuple[int, str, str]:
-        code = main(arguments)
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    yield call
-    logger = logging.getLogger("scope_optical_flow_tensorrt")
-    for handler in [h for h in logger.handlers if isinstance(h, StderrHandler)]:
-        logger.removeHandler(handler)
-
-
 @pytest.mark.parametrize("command", [pytest.param(command, marks=marks(command)) for command in COMMANDS])
-def test_readme_command_runs_as_written(command: str, offline: Path, run_main) -> None:
+def test_readme_command_runs_as_written(command: str, offline: Path, run_main) -> None:  # noqa: F811
     lay_out_inputs(offline)
-    code, out, err = run_main(shlex.split(command)[1:])
+    code, out, err = run_main(*shlex.split(command)[1:])
     assert code == 0, f"{command}\n{err}"
     assert f"{PROGRAM}: error" not in err and f"{PROGRAM}: failed" not in err, err
     assert not re.search(r"\b[1-9]\d* failed", out), out

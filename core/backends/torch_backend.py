@@ -294,8 +294,7 @@ class TorchFlowBackend:
         assert self.kernel_cache is not None, "compile_here needs the backend built with compile_here=<cache>"
         if not self.compiled:
             raise RuntimeError(f"torch.compile is not used on {self.config.device.type}")
-        if self._compiled_parts is None:
-            self._compiled_parts = self._compile()
+        self._ready_the_compiler()
         with torch.inference_mode(), compile_settings(host=False):
             frames = self._zeros(pairs)  # an inference tensor, as live calls pass: the same guards
             return self.kernel_cache.warm(pairs, lambda: self._forward_compiled(frames), lambda: self.compiled)
