@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -224,23 +225,43 @@ def run_cli_process(clip: Path | None, models: Path, folder: Path, log: Path, la
 
 
 def run_gpu_tests(limit_s: float) -> dict[str, Any]:
-    """The GPU test suite (``-m "gpu or tensorrt"``), stopped after ``limit_s``; what passed and failed by then."""
+    """The GPU test suite (``-m "gpu or tensorrt"``), stopped after ``limit_s``; what passed and failed by then, and
+    how long each test took (from when its result line came), so that a run cut short still says where time went."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "gpu or tensorrt", "tests"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    seconds_by_test: dict[str, float] = {}
+    last_result = started
+
+    def read() -> None:
+        nonlocal last_result
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "::" in line and line.rstrip().endswith("%]"):
+                now = time.perf_counter()
+                seconds_by_test[line.split(" ")[0]] = round(now - last_result, 1)
+                last_result = now
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=limit_s)
-        output, timed_out, returncode = completed.stdout, False, completed.returncode
-    except subprocess.TimeoutExpired as error:
-        output = error.stdout.decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+        returncode: int | None = process.wait(timeout=limit_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
         timed_out, returncode = True, None
+    reader.join(timeout=5)
     seconds = time.perf_counter() - started
-    lines = output.strip().splitlines()
     progress = [line for line in lines if "::" in line and line.rstrip().endswith("%]")]  # one line per test
     failed = [line.split(" ")[0] for line in progress if " FAILED" in line or " ERROR" in line]
     return {"passed": sum(" PASSED" in line for line in progress), "failed": len(failed),
             "skipped": sum(" SKIPPED" in line for line in progress), "failures": failed, "seconds": round(seconds, 1),
             "timed_out": timed_out, "summary": lines[-1] if lines else "", "returncode": returncode,
-            "commit": os.environ.get("BENCH_COMMIT")}
+            "commit": os.environ.get("BENCH_COMMIT"), "seconds_by_test": seconds_by_test,
+            "output_tail": lines[-60:]}
 
 
 def format_row(row: dict[str, Any]) -> str:
