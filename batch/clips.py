@@ -195,8 +195,9 @@ def _compute(
     """The compute stage: flow for each decoded chunk, its outputs made on the device and sent to the writers.
 
     The preprocessor carries the last frame across chunks, so the result equals one call over the whole clip.
-    After each chunk, shapes whose compiled kernels are ready (entries on disk, or just compiled by the child)
-    switch over where the work left repays it (:func:`worth_switching`); else the uncompiled graphs serve on.
+    From the second chunk on, shapes whose compiled kernels are ready (entries on disk, or just compiled by the
+    child) switch over where the work left repays it at the rate measured after the first chunk
+    (:func:`worth_switching`); else the uncompiled graphs serve on.
     """
     import torch
 
@@ -212,6 +213,8 @@ def _compute(
     size = (0, 0)
     started = time.perf_counter()
     first_chunk_seconds = 0.0
+    first_chunk: tuple[int, float] | None = None  # (frames, compute seconds) after the first chunk
+    said_uncompiled = False
     for chunk in chunks:  # RGB [F, H, W, 3] or YUV planes, uint8, pinned on CUDA
         size = (chunk.height, chunk.width)
         wanted = {sink.takes_for(*size) for sink in sinks}
@@ -251,9 +254,17 @@ def _compute(
         _frames_in_process[0] += len(chunk)
         on_frames(len(chunk))
         left = None if clip_frames is None else clip_frames - frames_done
-        if worth_switching(left, timer.seconds / frames_done):
+        if first_chunk is None:
+            # The first chunk pays one-time costs (first calls, the encoders' set-up): its time is not the rate.
+            first_chunk = (frames_done, timer.seconds)
+            if left is None:
+                flow.wait_for_compiled(timeout=0)  # an unknown length counts as long: switch what is ready
+            continue
+        seconds_per_frame = (timer.seconds - first_chunk[1]) / (frames_done - first_chunk[0])
+        if worth_switching(left, seconds_per_frame):
             flow.wait_for_compiled(timeout=0)  # switches the shapes whose compiled kernels are ready, if any
-        elif frames_done == len(chunk) and getattr(flow.load(), "compiled", False):
+        elif not said_uncompiled and getattr(flow.load(), "compiled", False):
+            said_uncompiled = True
             logger.info("%s: the uncompiled graphs serve this clip (%d frames left): switching to compiled kernels "
                         "takes seconds that it would not repay (batch/clips.py, worth_switching)", clip_name, left)
     stages = {"compute": timer.seconds}
