@@ -103,6 +103,7 @@ def main() -> int:
         process.wait()
         result[name] = summary(rows)
         print(name, result[name]["median_ms"], result[name]["median_ms_by_second"], flush=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each row: a run cut short keeps them
     variants: list[tuple[str, str | None]] = [("compile", None)]
     variants += [(f"compile_threads_{n}", n) for n in args.threads.split(",") if n]
     for name, threads in variants:
@@ -124,6 +125,7 @@ def main() -> int:
         result[name] = {"load_s": round(load_s, 2), **summary(rows)}
         print(name, result[name]["median_ms"], result[name]["median_ms_by_second"], flush=True)
         flow.close()
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     os.environ.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
