@@ -424,9 +424,22 @@ def _default_codec(path: Path) -> str:
 
 
 class FolderWriter:
-    """Writers of one file per frame: nothing to finish or abort (the staged folder is moved or removed)."""
+    """Writers of one raw-flow file per frame, ``flow_000000.<suffix>`` ...: nothing to finish or abort (the staged
+    folder is moved or removed)."""
 
-    frames_written = 0
+    suffix = ""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.frames_written = 0
+
+    def write(self, flow: np.ndarray) -> None:
+        for frame_flow in flow:
+            self.save(self.folder / f"flow_{self.frames_written:06d}.{self.suffix}", frame_flow)
+            self.frames_written += 1
+
+    def save(self, path: Path, frame_flow: np.ndarray) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
@@ -534,27 +547,19 @@ def npy_header(shape: tuple[int, ...], descr: str, total_bytes: int) -> bytes:
 class NpyFolderWriter(FolderWriter):
     """One ``[2, H, W]`` float32 ``.npy`` per frame: ``flow_000000.npy`` ..."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.frames_written = 0
+    suffix = "npy"
 
-    def write(self, flow: np.ndarray) -> None:
-        for frame_flow in flow:
-            np.save(self.folder / f"flow_{self.frames_written:06d}.npy", frame_flow.astype(np.float32))
-            self.frames_written += 1
+    def save(self, path: Path, frame_flow: np.ndarray) -> None:
+        np.save(path, frame_flow.astype(np.float32))
 
 
 class FloFolderWriter(FolderWriter):
     """Middlebury ``.flo`` per frame: float32 202021.25, int32 width, int32 height, then u, v interleaved."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.frames_written = 0
+    suffix = "flo"
 
-    def write(self, flow: np.ndarray) -> None:
-        for frame_flow in flow:
-            write_flo(self.folder / f"flow_{self.frames_written:06d}.flo", frame_flow)
-            self.frames_written += 1
+    def save(self, path: Path, frame_flow: np.ndarray) -> None:
+        write_flo(path, frame_flow)
 
 
 def write_flo(path: Path, flow: np.ndarray) -> None:
