@@ -27,7 +27,9 @@ tensorrt"``, stopped after the seconds given) and records ``passed``, ``failed``
 
 Writes ``{"environment": {"device": ...}, "api": [p1, p2, p3], "scope": [...], "cli": [...], "gpu_tests": {...}}``
 to ``--out``. Bytecode of every process is kept in ``$PYTHONPYCACHEPREFIX`` (the GPU machine's torch ships
-none; a normal install has it), set here for the children when unset.
+none; a normal install has it), set here for the children when unset; ``--compile-bytecode`` first compiles the
+bytecode of torch, torchvision and Triton there, as pip does at install, so that the first process does not
+compile it on its imports (the environment records ``bytecode``).
 
     python benchmarks/bench_faces.py --scope-src external/scope-v0.2.4/src --gpu-tests 300 \
         --out benchmarks/results/faces.json
@@ -75,6 +77,8 @@ def main() -> int:
                         help="also run the GPU test suite (stopped after SECONDS) and record it")
     parser.add_argument("--cli-warm-outputs", default="mp4,png",
                         help="after the cli face's processes, one more run per output kind on its warm folder")
+    parser.add_argument("--compile-bytecode", action="store_true",
+                        help="first compile torch's, torchvision's and Triton's bytecode (as a normal install has it)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=None, help="write every process's log into this one file")
     parser.add_argument("--profile", action="store_true",
@@ -96,6 +100,7 @@ def main() -> int:
     os.environ.setdefault("PYTHONPYCACHEPREFIX", str(work / "pycache"))
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     result: dict[str, Any] = {"environment": describe_environment()}
+    result["environment"]["bytecode"] = compile_bytecode() if args.compile_bytecode else "as installed"
     print(f"# {result['environment']['device']}", flush=True)
     clip = None
     for face in [face for face in args.faces.split(",") if face]:
@@ -146,6 +151,20 @@ def describe_environment() -> dict[str, Any]:
     return {"device": f"{device} ({os.cpu_count()} cores)", "torch": torch.__version__, "python":
             platform.python_version(), "size": f"{SIZE}x{SIZE}", "weights": "seeded random",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": os.environ.get("BENCH_COMMIT")}
+
+
+def compile_bytecode() -> str:
+    """Compile the bytecode of torch, torchvision and Triton into ``$PYTHONPYCACHEPREFIX`` (or beside the sources),
+    as pip does at install; says what was done, and how long it took."""
+    import importlib.util
+
+    folders = [str(Path(spec.origin).parent) for name in ("torch", "torchvision", "triton")
+               if (spec := importlib.util.find_spec(name)) is not None and spec.origin]
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *folders], check=False,
+                   stdout=subprocess.DEVNULL)
+    return f"compiled before the faces, as pip does at install ({len(folders)} packages, " \
+           f"{time.perf_counter() - started:.0f} s)"
 
 
 def run_process(face: str, index: int, models: Path, work: Path, args: argparse.Namespace, clip: Path | None

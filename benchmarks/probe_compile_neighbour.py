@@ -4,11 +4,19 @@ In one process on one GPU (512x512, RAFT Small, seeded random weights, 4-frame c
 uncompiled graphs are timed call after call:
 
 - ``alone``: nothing else runs;
+- ``import_torch_no_bytecode``: beside a process that imports torch with an empty bytecode folder (what this GPU
+  machine's image does on its first import; a normal install has its bytecode);
 - ``import_torch``: beside a process that only imports torch (CPU);
+- ``import_compiler`` and ``import_compiler_niced``: beside a process that imports torch and its compiler stack
+  (Dynamo, Inductor, Triton), at the host's priority and at the compile process's lower one;
+- ``spin_N`` and ``spin_N_niced``: beside N processes that only keep a CPU busy for 3 s, at the host's priority
+  and at the compile process's lower one (is it CPU time the host loses, and does priority give it back?);
 - ``cuda_context``: beside a process that imports torch, makes a CUDA context and idles;
 - ``compile``: beside the real compile process of a preprocessor with ``compile_in_background=True`` (fresh models
   folder), calling that preprocessor as a user would, until the child is done;
 - ``compile_threads_N``: the same with ``TORCHINDUCTOR_COMPILE_THREADS=N`` in the child's environment.
+
+It also records the CPU's topology (the hyper-threads that share cpu0's core).
 
 Each row gives the median ms per call, and for the neighbours the medians per second of the neighbour's life, so
 the phase that slows the host shows.
@@ -69,15 +77,25 @@ def summary(rows: list[tuple[float, float]]) -> dict[str, Any]:
                                     for second, values in sorted(by_second.items())}}
 
 
+def cpu_topology() -> dict[str, Any]:
+    """The CPU's model and the logical CPUs that share cpu0's core (more than one: hyper-threads)."""
+    siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return {"model": model, "logical_cpus": os.cpu_count(),
+            "cpu0_siblings": siblings.read_text().strip() if siblings.exists() else None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--threads", default="2", help="compile-thread counts to try, comma-separated")
+    parser.add_argument("--threads", default="16", help="compile-thread counts to try, comma-separated")
     args = parser.parse_args()
     use_this_checkout()
     import torch
 
     from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
+    from scope_optical_flow_tensorrt.core.backends.compile_process import lower_priority
 
     work = Path(tempfile.mkdtemp(prefix="probe_neighbour_"))
     chunk = torch.cat(frames(CHUNK_FRAMES, SIZE))
@@ -93,14 +111,30 @@ def main() -> int:
     timed_until(call_plain, chunk, lambda: True, 2.0, 2.0)  # settle the clocks
     result["alone"] = summary(timed_until(call_plain, chunk, lambda: True, 3.0, 3.0))
     print("alone", result["alone"]["median_ms"], flush=True)
-    neighbours = {
-        "import_torch": "import torch",
-        "cuda_context": "import torch, time; torch.zeros(1, device='cuda'); time.sleep(3)",
-    }
-    for name, code in neighbours.items():
-        process = subprocess.Popen([sys.executable, "-c", code])
-        rows = timed_until(call_plain, chunk, lambda: process.poll() is not None, 0.5, 30.0)
-        process.wait()
+    result["cpu"] = cpu_topology()
+    compiler_stack = "import torch, torch._dynamo, torch._inductor.compile_fx, triton"
+    subprocess.run([sys.executable, "-c", compiler_stack], check=True)  # its bytecode, as an install has it
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    cores = os.cpu_count() or 1
+    neighbours: list[tuple[str, str, int, bool, dict[str, str]]] = [
+        ("import_torch_no_bytecode", "import torch", 1, False, {"PYTHONPYCACHEPREFIX": str(work / "no-bytecode")}),
+        ("import_torch", "import torch", 1, False, {}),
+        ("import_compiler", compiler_stack, 1, False, {}),
+        ("import_compiler_niced", compiler_stack, 1, True, {}),
+    ]
+    for count in sorted({1, max(1, cores // 2), cores}):
+        neighbours += [(f"spin_{count}", spin, count, False, {}), (f"spin_{count}_niced", spin, count, True, {})]
+    neighbours.append(("cuda_context", "import torch, time; torch.zeros(1, device='cuda'); time.sleep(3)", 1, False,
+                       {}))
+    for name, code, count, niced, environment in neighbours:
+        processes = [subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **environment})
+                     for _ in range(count)]
+        if niced:
+            for process in processes:
+                lower_priority(process.pid)
+        rows = timed_until(call_plain, chunk, lambda: all(p.poll() is not None for p in processes), 0.5, 60.0)
+        for process in processes:
+            process.wait()
         result[name] = summary(rows)
         print(name, result[name]["median_ms"], result[name]["median_ms_by_second"], flush=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each row: a run cut short keeps them
@@ -122,7 +156,9 @@ def main() -> int:
             flow(x, layout="FHWC")
 
         rows = timed_until(call_flow, chunk, lambda: not getattr(compiler, "busy", False), 1.0, 120.0)
-        result[name] = {"load_s": round(load_s, 2), **summary(rows)}
+        reports = getattr(compiler, "reports", {})
+        result[name] = {"load_s": round(load_s, 2), **summary(rows),
+                        "child_compile_s": {str(pairs): report.get("seconds") for pairs, report in reports.items()}}
         print(name, result[name]["median_ms"], result[name]["median_ms_by_second"], flush=True)
         flow.close()
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -46,3 +46,11 @@ def resolve_device(requested: str | torch.device, strict: bool = False) -> torch
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def finish_queued_work(device: torch.device) -> None:
+    """Wait until the work this thread queued on ``device``'s current stream (a warm-up's, a switch's) is done,
+    so that it is counted in the loading step that queued it and the caller's first live call does not wait for
+    it. Work of other streams is not waited for; on the CPU there is nothing to wait for."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()

@@ -14,7 +14,7 @@ from torch import Tensor
 from .backends import BackendConfig, FlowBackend, choose_backend, create_backend
 from .common.log import log_once, logger
 from .common.paths import plugin_models_dir
-from .device import resolve_device
+from .device import finish_queued_work, resolve_device
 from .layout import check_layout, check_tensor, to_bfchw, to_unit_float
 from .memory import check_call_fits, check_compute_size_fits, check_maps_fit
 from .model.compute_size import check_compute_size, default_max_pairs, native_compute_size
@@ -391,6 +391,7 @@ class OpticalFlowTensorRTPreprocessor:
         self.warmup_routes = warm_up_backend(backend, pair_counts, *self._backend_size, self.device, progress)
         if needs_warm_up(backend, self.device):
             self._warm_whole_call(chunks)
+            finish_queued_work(self.device)
         return self.warmup_routes
 
     def _warm_whole_call(self, chunk_frames: list[int]) -> None:
@@ -415,7 +416,11 @@ class OpticalFlowTensorRTPreprocessor:
         compiles (other backends, the CPU, ``torch_compile=False``, before the model is loaded). A shape whose
         compile failed keeps the uncompiled model, as the log says."""
         wait = getattr(self._backend, "wait_for_compiled", None)
-        return bool(wait(timeout)) if wait is not None else True
+        if wait is None:
+            return True
+        finished = bool(wait(timeout))
+        finish_queued_work(self.device)  # the switch's graph captures and runs, not the next live call's
+        return finished
 
     def close(self) -> None:
         """Stop a compile in progress (its child process exits at once; a cache entry is written whole or not at

@@ -10,6 +10,7 @@ watchdog, a read-only models folder whose valid entries broke the stream, and te
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from fake_compile import FAKE_WORKER, FakeTorchCompile, make_preprocessor, wait_
 from scope_optical_flow_tensorrt.core.artifacts import compiled_cache, engine_cache
 from scope_optical_flow_tensorrt.core.artifacts.compiled_cache import ROUTE_BUILT, ROUTE_LOADED
 from scope_optical_flow_tensorrt.core.artifacts.engine_cache import TEMP_MARKER, process_alive, sweep_stale_temps
+from scope_optical_flow_tensorrt.core.backends import compile_process, compile_worker
 from scope_optical_flow_tensorrt.core.backends.compile_process import SHAPE_LIMIT_ENV, CompileProcess, stop_child
 from scope_optical_flow_tensorrt.core.backends.torch_backend import ROUTE_FAILED
 
@@ -114,6 +116,43 @@ def test_a_child_whose_host_was_killed_stops_itself_when_a_shape_hangs(
     gate.touch()
     monkeypatch.delenv(SHAPE_LIMIT_ENV)
     assert make_preprocessor(models).warm_up([4]) == [ROUTE_BUILT]  # nothing held the entry's lock
+
+
+# -- the host's CPU comes first ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX niceness")
+def test_the_child_runs_below_its_host_from_its_start_with_few_compile_threads(
+    fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The host lowers its child's priority as it starts it, so the child's imports (seconds of CPU on a real
+    machine: torch, then the compiler stack) already run below the host's live calls (before: the child lowered
+    its own priority only after importing torch and the package); and the child compiles with few threads."""
+    state = tmp_path / "child.json"
+    monkeypatch.setenv("FAKE_WORKER_STATE", str(state))
+    monkeypatch.delenv(compile_worker.COMPILE_THREADS_ENV, raising=False)
+    flow = make_preprocessor(tmp_path / "models", compile_in_background=True)
+    flow.load(warmup=4)
+    assert flow.wait_for_compiled(timeout=WAIT_S)
+    child = json.loads(state.read_text())
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert child["niceness_after_imports"] == min(19, own + compile_process.CHILD_NICENESS) > own
+    assert len(child["compile_threads"]) == 1 and 1 <= child["compile_threads"][0] <= compile_worker.COMPILE_THREADS
+
+
+def test_the_compile_process_limits_inductors_compile_threads_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor's default is a compile worker per core (16 on the GPU machine), each importing torch; the child
+    keeps COMPILE_THREADS of them, and $TORCHINDUCTOR_COMPILE_THREADS still decides where it is set."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.delenv(compile_worker.COMPILE_THREADS_ENV, raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", 16)
+    assert compile_worker.limit_compile_threads() == compile_worker.COMPILE_THREADS == inductor_config.compile_threads
+    monkeypatch.setattr(inductor_config, "compile_threads", 16)
+    monkeypatch.setenv(compile_worker.COMPILE_THREADS_ENV, "16")
+    assert compile_worker.limit_compile_threads() == 16
 
 
 # -- never blocked -----------------------------------------------------------------------------------------------

@@ -72,11 +72,13 @@ def test_background_compile_serves_at_once_then_switches_to_the_compiled_graphs(
     flow = make()
     backend = flow.load(warmup=4)
     assert flow.warmup_routes == ["compiling-in-background"]
+    assert torch.cuda.current_stream().query()  # the warm-up's GPU work is done: the first live call waits for none
     reference = make(fp16=False, cuda_graphs=False, torch_compile=False)
     frames = clip[:8]
     served = [flow.compute_flow(frames[i : i + 4]) for i in range(0, 8, 4)]  # likely while compiling
     assert backend.eager_graphs.captured_shapes  # type: ignore[attr-defined]
     assert flow.wait_for_compiled(timeout=300)
+    assert torch.cuda.current_stream().query()  # nor for the switch's graph capture and run
     assert backend.compiled and backend.warmed_shapes[4] in ("compiled-and-saved", "cache-entry")  # type: ignore[attr-defined]
     assert backend.graphs.captured_shapes  # type: ignore[attr-defined]
     flow.reset()

@@ -53,6 +53,10 @@ SHAPE_LIMIT_S = 600.0
 SHAPE_LIMIT_ENV = "SCOPE_OPTICAL_FLOW_COMPILE_LIMIT_S"
 # A child's start (importing torch, creating its CUDA context) before it reports its first shape, on top of the limit.
 STARTUP_ALLOWANCE_S = 180.0
+# Added to the host's niceness for its child, from the child's first instruction (its imports of torch and of the
+# compiler stack take seconds of CPU), so the host's live calls get the CPU first. Inductor's compile workers
+# inherit it. On Windows the child is started at below-normal priority instead.
+CHILD_NICENESS = 10
 _WATCHDOG_POLL_S = 0.25
 _STDERR_TAIL_LINES = 40
 
@@ -157,7 +161,9 @@ class CompileProcess:
             process = subprocess.Popen(
                 [*WORKER_COMMAND, json.dumps(job)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+                creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0),
             )
+            lower_priority(process.pid)
         except OSError as error:
             for pairs in shapes:
                 self.reports[pairs] = {"pairs": pairs, "route": REPORT_FAILED, "error": f"could not start: {error}"}
@@ -233,6 +239,18 @@ class CompileProcess:
                 process.wait(min(_WATCHDOG_POLL_S, max(0.01, limit - stalled)))
             except subprocess.TimeoutExpired:
                 pass
+
+
+def lower_priority(pid: int) -> None:
+    """Give process ``pid`` (a child just started) :data:`CHILD_NICENESS` more than this process has (POSIX;
+    lowering a child's priority needs no privilege). A child that has already exited is left alone."""
+    if not hasattr(os, "setpriority"):
+        return
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, own + CHILD_NICENESS))
+    except OSError:
+        pass
 
 
 def _collect(stream: Any, tail: deque[str]) -> None:

@@ -6,8 +6,9 @@ entries, the window shapes (pairs) to compile and how long one may take. For eac
 Compiled code does not depend on weight values (torch.compile lifts parameters to graph inputs), so the model here
 has seeded random weights and the entry is written under the host's key, whose weights identity is the host's.
 
-Everything it changes (Dynamo's recompile limit, Inductor's temporary cache) stays in this process. It runs at a
-lower CPU priority than its host (whose live calls come first) and in a session of its own: when the host exits,
+Everything it changes (Dynamo's recompile limit, Inductor's temporary cache and compile threads) stays in this
+process. It runs at a lower CPU priority than its host (set by the host as it starts it: its live calls come first),
+with few compile threads (:data:`COMPILE_THREADS`), and in a session of its own: when the host exits,
 even by Ctrl-C or a kill, it finishes its shapes, writing every entry even though nobody reads its reports any
 more, and exits, so the next process finds the entries. SIGTERM (the host's ``close()``) stops it at once,
 removing its temporary files; a shape that takes longer than the job's limit ends it (its own watchdog, for when
@@ -36,8 +37,11 @@ from .base import BackendConfig
 from .compile_process import REPORT_FAILED, REPORT_STARTED, SHAPE_LIMIT_S, report_line
 from .torch_backend import TorchFlowBackend
 
-# Added to this process's niceness: the host's live calls get the CPU first (Inductor's compile workers inherit it).
-NICENESS = 10
+# Inductor's compile workers in this process, unless $TORCHINDUCTOR_COMPILE_THREADS says otherwise. Its default (one
+# per core, each importing torch) took the CPU from the host's live calls for seconds, and compiled no faster:
+# benchmarks/NOTES.md ("A live call beside a first compile").
+COMPILE_THREADS = 2
+COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 EXIT_HUNG = 75
 _INPUT_GRACE_S = 0.1  # how long a child that has done its shapes waits for one more on its input
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(args[0])
     _stop_on_sigterm()
-    _lower_priority()
+    limit_compile_threads()
     settings: dict[str, Any] = job["config"]
     config = BackendConfig(
         height=settings["height"], width=settings["width"], device=torch.device(settings["device"]),
@@ -165,12 +169,15 @@ def _silence_standard_streams() -> None:
             pass
 
 
-def _lower_priority() -> None:
-    if hasattr(os, "nice"):
-        try:
-            os.nice(NICENESS)
-        except OSError:
-            pass
+def limit_compile_threads() -> int:
+    """Have Inductor compile with :data:`COMPILE_THREADS` workers (or ``$TORCHINDUCTOR_COMPILE_THREADS``, which
+    Inductor reads itself); returns the count in force."""
+    import torch._inductor.config as inductor_config
+
+    if not os.environ.get(COMPILE_THREADS_ENV):
+        current = inductor_config.compile_threads  # one per core (None where Inductor decides it later)
+        inductor_config.compile_threads = COMPILE_THREADS if current is None else min(COMPILE_THREADS, current)
+    return int(inductor_config.compile_threads)
 
 
 def _stop_on_sigterm() -> None:
