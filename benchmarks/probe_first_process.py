@@ -11,7 +11,12 @@ uint8 frames for ``--seconds`` after ``load(warmup=4)``, then stops its compile 
 - ``later``: calls start ``--delay`` seconds after ``load()`` (is it the child's start-up phase?);
 - ``plain_caller``: the calls go to a second preprocessor without torch.compile, the compile process belongs to
   the first (is it the compiling preprocessor's call path?);
-- ``no_compile``: no compile process at all (``torch_compile=False``; the baseline of a fresh process).
+- ``no_compile``: no compile process at all (``torch_compile=False``; the baseline of a fresh process);
+- ``cat_in_call``: each call first concatenates its four ``[1, H, W, 3]`` CPU frames (``torch.cat``, timed apart
+  as ``cat_ms``), as the bench's calls do; ``no_compile_cat_in_call`` the same without a compile process;
+  ``cat_in_call_one_thread`` with ``torch.set_num_threads(1)`` in this process; ``cat_in_call_idle_child`` with
+  the compile process moved to Linux's ``SCHED_IDLE`` class right after ``load()`` (is it the caller's own CPU
+  work, on torch's intra-op threads, that the child slows, and what would give it back?).
 
 Per call it records when it started (seconds after ``load()``), its wall time, the CPU time of the calling thread,
 the GPU time between CUDA events around it, and the compile process's phase (``starting``: before its first
@@ -38,7 +43,8 @@ from _checkout import use_this_checkout  # noqa: E402  (same folder)
 SIZE = 512
 CHUNK_FRAMES = 4
 BENCH_CHUNKS = 220
-VARIANTS = ("no_compile", "bench", "one_chunk", "later", "plain_caller")
+VARIANTS = ("no_compile", "bench", "one_chunk", "later", "plain_caller", "no_compile_cat_in_call", "cat_in_call",
+            "cat_in_call_one_thread", "cat_in_call_idle_child")
 
 
 def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str, Any]:
@@ -47,9 +53,11 @@ def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str,
     from bench_faces import moving_chunks
     from scope_optical_flow_tensorrt import OpticalFlowTensorRTPreprocessor
 
-    chunks = [torch.cat(chunk) for chunk in moving_chunks(BENCH_CHUNKS if variant != "one_chunk" else 1, SIZE)]
+    cat_in_call = "cat_in_call" in variant
+    frame_lists = moving_chunks(BENCH_CHUNKS if variant != "one_chunk" else 1, SIZE)
+    chunks: list[Any] = frame_lists if cat_in_call else [torch.cat(chunk) for chunk in frame_lists]
     flow = OpticalFlowTensorRTPreprocessor(SIZE, SIZE, weights=None, models_dir=models,
-                                           torch_compile=variant != "no_compile")
+                                           torch_compile=not variant.startswith("no_compile"))
     began = time.perf_counter()
     flow.load(warmup=CHUNK_FRAMES)
     load_s = time.perf_counter() - began
@@ -60,6 +68,11 @@ def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str,
     compiler = getattr(flow.load(), "compiler", None)
     if variant == "later":
         time.sleep(delay)
+    if variant.endswith("one_thread"):
+        torch.set_num_threads(1)
+    process = getattr(compiler, "_process", None)
+    if variant.endswith("idle_child") and process is not None:
+        os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
     cuda = torch.cuda.is_available()
     start, stop = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else (None, None)
     loaded = time.perf_counter()
@@ -70,6 +83,10 @@ def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str,
         index += 1
         phase = child_phase(compiler)
         wall, cpu = time.perf_counter(), time.thread_time()
+        cat_ms = 0.0
+        if cat_in_call:
+            chunk = torch.cat(chunk)
+            cat_ms = (time.perf_counter() - wall) * 1000
         if start is not None:
             start.record()
         caller(chunk, layout="FHWC")
@@ -78,7 +95,8 @@ def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str,
             torch.cuda.synchronize()
         rows.append({"at": round(wall - began - load_s, 3), "wall_ms": round((time.perf_counter() - wall) * 1000, 2),
                      "cpu_ms": round((time.thread_time() - cpu) * 1000, 2),
-                     "gpu_ms": round(start.elapsed_time(stop), 2) if start is not None else 0.0, "phase": phase})
+                     "gpu_ms": round(start.elapsed_time(stop), 2) if start is not None else 0.0,
+                     "cat_ms": round(cat_ms, 3), "phase": phase})
     flow.close()
     return {"variant": variant, "load_s": round(load_s, 2), "calls": len(rows), "by_phase": by_phase(rows),
             "rows": rows}
@@ -98,7 +116,8 @@ def by_phase(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         chosen = [row for row in rows if row["phase"] == phase]
         phases[phase] = {"calls": len(chosen), "from_s": chosen[0]["at"], "to_s": chosen[-1]["at"],
                          **{f"median_{key}": round(statistics.median(row[key] for row in chosen), 2)
-                            for key in ("wall_ms", "cpu_ms", "gpu_ms")}}
+                            for key in ("wall_ms", "cpu_ms", "gpu_ms", "cat_ms")},
+                         "max_cat_ms": max(row["cat_ms"] for row in chosen)}
     return phases
 
 
