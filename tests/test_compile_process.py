@@ -127,9 +127,7 @@ def test_the_child_runs_below_its_host_from_its_start_with_few_compile_threads(
 ) -> None:
     """The host lowers its child's priority as it starts it, so the child's imports (seconds of CPU on a real
     machine: torch, then the compiler stack) already run below the host's live calls (before: the child lowered
-    its own priority only after importing torch and the package), on Linux in the SCHED_IDLE class (at nice +10
-    alone, the host's own torch.cat on its intra-op threads took 27 ms instead of 0.2 ms beside the child's
-    start, on an H100 machine); and the child compiles with few threads."""
+    its own priority only after importing torch and the package); and the child compiles with few threads."""
     state = tmp_path / "child.json"
     monkeypatch.setenv("FAKE_WORKER_STATE", str(state))
     monkeypatch.delenv(compile_worker.COMPILE_THREADS_ENV, raising=False)
@@ -139,8 +137,6 @@ def test_the_child_runs_below_its_host_from_its_start_with_few_compile_threads(
     child = json.loads(state.read_text())
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert child["niceness_after_imports"] == min(19, own + compile_process.CHILD_NICENESS) > own
-    if hasattr(os, "SCHED_IDLE"):  # Linux: below every normal thread of the host
-        assert child["policy_after_imports"] == os.SCHED_IDLE
     assert len(child["compile_threads"]) == 1 and 1 <= child["compile_threads"][0] <= compile_worker.COMPILE_THREADS
 
 
