@@ -418,9 +418,7 @@ class OpticalFlowTensorRTPreprocessor:
         wait = getattr(self._backend, "wait_for_compiled", None)
         if wait is None:
             return True
-        finished = bool(wait(timeout))
-        finish_queued_work(self.device)  # the switch's graph captures and runs, not the next live call's
-        return finished
+        return bool(wait(timeout))
 
     def close(self) -> None:
         """Stop a compile in progress (its child process exits at once; a cache entry is written whole or not at

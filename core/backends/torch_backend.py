@@ -21,6 +21,7 @@ from ..artifacts.compiled_cache import (
 )
 from ..common.log import log_once, logger
 from ..common.paths import plugin_models_dir
+from ..device import finish_queued_work
 from ..model.corr_lookup import fused_lookup_available
 from ..model.raft import EncodeFn, RaftSequenceFlow, UpdateStepFn
 from ..model.specs import model_spec
@@ -270,14 +271,20 @@ class TorchFlowBackend:
                     route, sum(parts.values()), ", ".join(f"{name} {value:.2f} s" for name, value in parts.items()))
 
     def _switch_ready(self) -> None:
-        """Switch, in the calling thread, every shape whose kernels are ready: load, run once, capture."""
+        """Switch, in the calling thread, every shape whose kernels are ready: load, run once, capture; then wait
+        for the GPU work the switch queued, so the next live call does not (a call that switched nothing leaves
+        the stream alone: the command line asks after every chunk of a long clip)."""
         self._collect_reports()
+        switched = False
         while self._ready:
             pairs = min(self._ready)
             route = self._ready.pop(pairs)
+            switched = True
             prepared_route = self._prepare(pairs, route)
             if prepared_route is not None:
                 self._capture(pairs, prepared_route)
+        if switched:
+            finish_queued_work(self.config.device)
 
     def _zeros(self, pairs: int) -> Tensor:
         """Frames of a window of ``pairs`` pairs (contiguous, on the device; made under inference mode by callers
