@@ -5,7 +5,9 @@ user's first, second and third start:
 
 - ``api``: ``OpticalFlowTensorRTPreprocessor`` built, ``load(warmup=4)`` (``load_s``), 120 4-frame calls of uint8
   CPU frames at once (``first_call_after_load_ms``, ``before_switch_chunk_ms``: the uncompiled graphs, beside the
-  compile process where one runs, as ``compile_process_busy_meanwhile`` says), ``wait_for_compiled()``
+  compile process where one runs, as ``compile_process_busy_meanwhile`` says; each includes the caller's
+  ``torch.cat`` of its four frames, timed apart as ``first_call_after_load_cat_ms`` and ``before_switch_cat_ms``,
+  the median), ``wait_for_compiled()``
   (``constructor_s`` = ``load_s`` + its seconds), then the steady calls (``chunk_ms``: their median), and the same
   calls of an uncompiled preprocessor in the same process, right after its own ``load(warmup=4)``
   (``uncompiled_chunk_ms``, ``uncompiled_first_call_ms``);
@@ -284,7 +286,8 @@ def run_gpu_tests(limit_s: float) -> dict[str, Any]:
 
 
 def format_row(row: dict[str, Any]) -> str:
-    keys = ("constructor_s", "chunk_ms", "core_chunk_ms", "first_call_after_load_ms", "before_switch_chunk_ms",
+    keys = ("constructor_s", "chunk_ms", "core_chunk_ms", "first_call_after_load_ms", "first_call_after_load_cat_ms",
+            "before_switch_chunk_ms", "before_switch_cat_ms",
             "uncompiled_chunk_ms", "first_output_s", "steady_fps", "wall_s",
             "compile_processes", "entries_on_disk", "entries_after_compile")
     return ", ".join(f"{key} {row[key]}" for key in keys if key in row)
@@ -385,8 +388,13 @@ def child_api(args: argparse.Namespace) -> dict[str, Any]:
     flow.load(warmup=CHUNK_FRAMES)
     loaded = time.perf_counter() - began
 
+    cat_times: list[float] = []
+
     def call(chunk: list[Any], index: int) -> None:
-        flow(torch.cat(chunk), layout="FHWC")
+        began = time.perf_counter()
+        frames = torch.cat(chunk)  # the caller's own work, timed apart (its intra-op threads, on the CPU)
+        cat_times.append(time.perf_counter() - began)
+        flow(frames, layout="FHWC")
 
     # Live calls right after load(): uncompiled graphs, beside the compile process where one runs (process 1)
     before_switch = timed_calls(call, chunks[:DURING_COMPILE_CALLS])
@@ -404,6 +412,8 @@ def child_api(args: argparse.Namespace) -> dict[str, Any]:
             "wait_for_compiled_s": round(waited, 3), "chunk_ms": steady_ms(times),
             "first_call_ms": round(times[0] * 1000, 2),
             "first_call_after_load_ms": round(before_switch[0] * 1000, 2),
+            "first_call_after_load_cat_ms": round(cat_times[0] * 1000, 3),
+            "before_switch_cat_ms": round(statistics.median(cat_times[:DURING_COMPILE_CALLS]) * 1000, 3),
             "before_switch_chunk_ms": steady_ms(before_switch), "compile_process_busy_meanwhile": children_busy,
             "uncompiled_chunk_ms": steady_ms(uncompiled_times),
             "uncompiled_first_call_ms": round(uncompiled_times[0] * 1000, 2),
