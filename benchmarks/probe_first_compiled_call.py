@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _checkout import use_this_checkout  # noqa: E402  (same folder)
+from _probe import parse_probe_args  # noqa: E402  (same folder)
 
 SIZE = 512
 CHUNK_FRAMES = 4
@@ -102,19 +102,12 @@ def child(variant: str, models: Path, calls: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="where to write the JSON (required)")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per variant")
     parser.add_argument("--calls", type=int, default=40)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    use_this_checkout()
+    args = parse_probe_args(parser)
     if args.child is not None:
         args.json.write_text(json.dumps(child(args.child, args.models_dir, args.calls)))
         return 0
-    if args.out is None:
-        parser.error("--out is required")
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="probe_first_compiled_call_"))

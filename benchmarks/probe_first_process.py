@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _checkout import use_this_checkout  # noqa: E402  (same folder)
+from _probe import parse_probe_args  # noqa: E402  (same folder)
 
 SIZE = 512
 CHUNK_FRAMES = 4
@@ -123,20 +123,13 @@ def by_phase(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="where to write the JSON (required)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seconds", type=float, default=6.0, help="how long each process calls")
     parser.add_argument("--delay", type=float, default=6.0, help="the later variant's pause after load()")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    use_this_checkout()
+    args = parse_probe_args(parser)
     if args.child is not None:
         args.json.write_text(json.dumps(child(args.child, args.models_dir, args.seconds, args.delay)))
         return 0
-    if args.out is None:
-        parser.error("--out is required")
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="probe_first_process_"))
