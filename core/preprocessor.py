@@ -416,9 +416,7 @@ class OpticalFlowTensorRTPreprocessor:
         compiles (other backends, the CPU, ``torch_compile=False``, before the model is loaded). A shape whose
         compile failed keeps the uncompiled model, as the log says."""
         wait = getattr(self._backend, "wait_for_compiled", None)
-        if wait is None:
-            return True
-        return bool(wait(timeout))
+        return bool(wait(timeout)) if wait is not None else True
 
     def close(self) -> None:
         """Stop a compile in progress (its child process exits at once; a cache entry is written whole or not at

@@ -275,16 +275,15 @@ class TorchFlowBackend:
         for the GPU work the switch queued, so the next live call does not (a call that switched nothing leaves
         the stream alone: the command line asks after every chunk of a long clip)."""
         self._collect_reports()
-        switched = False
+        if not self._ready:
+            return
         while self._ready:
             pairs = min(self._ready)
             route = self._ready.pop(pairs)
-            switched = True
             prepared_route = self._prepare(pairs, route)
             if prepared_route is not None:
                 self._capture(pairs, prepared_route)
-        if switched:
-            finish_queued_work(self.config.device)
+        finish_queued_work(self.config.device)
 
     def _zeros(self, pairs: int) -> Tensor:
         """Frames of a window of ``pairs`` pairs (contiguous, on the device; made under inference mode by callers
