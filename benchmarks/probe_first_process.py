@@ -14,9 +14,10 @@ uint8 frames for ``--seconds`` after ``load(warmup=4)``, then stops its compile 
 - ``no_compile``: no compile process at all (``torch_compile=False``; the baseline of a fresh process);
 - ``cat_in_call``: each call first concatenates its four ``[1, H, W, 3]`` CPU frames (``torch.cat``, timed apart
   as ``cat_ms``), as the bench's calls do; ``no_compile_cat_in_call`` the same without a compile process;
-  ``cat_in_call_one_thread`` with ``torch.set_num_threads(1)`` in this process; ``cat_in_call_idle_child`` with
-  the compile process moved to Linux's ``SCHED_IDLE`` class right after ``load()`` (is it the caller's own CPU
-  work, on torch's intra-op threads, that the child slows, and what would give it back?).
+  ``cat_in_call_one_thread`` with ``torch.set_num_threads(1)`` in this process (is it the caller's own CPU work,
+  on torch's intra-op threads, that the child slows, and what would give it back?). A variant that moved the
+  child to Linux's ``SCHED_IDLE`` class after ``load()`` (``results/history/first_process_probe_cat_9f43151.json``)
+  is gone: the host does that as it starts the child since 4e89ca3.
 
 Per call it records when it started (seconds after ``load()``), its wall time, the CPU time of the calling thread,
 the GPU time between CUDA events around it, and the compile process's phase (``starting``: before its first
@@ -44,7 +45,7 @@ SIZE = 512
 CHUNK_FRAMES = 4
 BENCH_CHUNKS = 220
 VARIANTS = ("no_compile", "bench", "one_chunk", "later", "plain_caller", "no_compile_cat_in_call", "cat_in_call",
-            "cat_in_call_one_thread", "cat_in_call_idle_child")
+            "cat_in_call_one_thread")
 
 
 def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str, Any]:
@@ -70,9 +71,6 @@ def child(variant: str, models: Path, seconds: float, delay: float) -> dict[str,
         time.sleep(delay)
     if variant.endswith("one_thread"):
         torch.set_num_threads(1)
-    process = getattr(compiler, "_process", None)
-    if variant.endswith("idle_child") and process is not None:
-        os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
     cuda = torch.cuda.is_available()
     start, stop = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else (None, None)
     loaded = time.perf_counter()
