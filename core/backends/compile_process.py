@@ -53,6 +53,8 @@ SHAPE_LIMIT_S = 600.0
 SHAPE_LIMIT_ENV = "SCOPE_OPTICAL_FLOW_COMPILE_LIMIT_S"
 # A child's start (importing torch, creating its CUDA context) before it reports its first shape, on top of the limit.
 STARTUP_ALLOWANCE_S = 180.0
+# The exit code of a child whose own watchdog ended it (a shape over its limit, the host gone or not yet aware).
+EXIT_HUNG = 75
 # The child's CPU priority, set by the host as it starts it (its imports of torch and of the compiler stack take
 # seconds of CPU), so the host's threads get the CPU first; Inductor's compile workers inherit it. On Linux the
 # child also runs in the SCHED_IDLE class: at nice +10 alone, a caller's own torch.cat of four CPU frames (torch's
@@ -211,7 +213,7 @@ class CompileProcess:
                 # handed over after the child had stopped reading its input: the next child takes them
                 self._queue.extend(pairs for pairs in missing if pairs not in self._queue)
             elif missing and not self._closed:
-                if self._hung:
+                if self._hung or returncode == EXIT_HUNG:  # stopped by the host's watchdog or by its own
                     error = (f"the compile process made no progress for {self._job['shape_limit_s']:.0f} s and was "
                              f"stopped (${SHAPE_LIMIT_ENV} sets that limit); a later process tries again")
                 else:

@@ -34,7 +34,7 @@ from ..artifacts.compiled_cache import CompiledKernelCache
 from ..artifacts.engine_cache import TEMP_MARKER, sweep_stale_temps
 from ..common.paths import plugin_models_dir
 from .base import BackendConfig
-from .compile_process import REPORT_FAILED, REPORT_STARTED, SHAPE_LIMIT_S, report_line
+from .compile_process import EXIT_HUNG, REPORT_FAILED, REPORT_STARTED, SHAPE_LIMIT_S, report_line
 from .torch_backend import TorchFlowBackend
 
 # Inductor's compile workers in this process, unless $TORCHINDUCTOR_COMPILE_THREADS says otherwise. Its default is one
@@ -43,7 +43,6 @@ from .torch_backend import TorchFlowBackend
 # loading, and live calls beside a first compile").
 COMPILE_THREADS = 2
 COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
-EXIT_HUNG = 75
 _INPUT_GRACE_S = 0.1  # how long a child that has done its shapes waits for one more on its input
 
 
