@@ -474,16 +474,17 @@ def test_a_slow_first_chunk_does_not_make_the_command_line_switch(
     def slow_first_call(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         if not seconds:
-            time.sleep(3.0)  # 0.75 s a frame in the first chunk: 12 frames * 0.75 / 2 = 4.5 s > the switch's 1.5 s
+            time.sleep(6.0)  # 1.5 s a frame in the first chunk: 12 frames * 1.5 / 2 = 9 s > the switch's 3 s
         result = compute_flow(*args, **kwargs)
         seconds.append(time.perf_counter() - began)
         return result
 
     monkeypatch.setattr(flow, "compute_flow", slow_first_call)
-    monkeypatch.setattr(clips, "SWITCH_COST_S", 1.5)
+    # A switch that costs 3 s: the steady chunks (0.1-0.2 s here, 1.1 s beside a busy loop on 2 cores) never repay it.
+    monkeypatch.setattr(clips, "SWITCH_COST_S", 3.0)
     process_clip(flow, ClipJob((str(folder),), flow_npy=tmp_path / "flow.npy"), WriteSettings(chunk=4))
     assert len(seconds) == 3
-    assert 12 * max(seconds[1:]) / 4 / 2 < 1.5, "the steady rate itself would repay the switch: no test"
+    assert 12 * max(seconds[1:]) / 4 / 2 < 3.0, "the steady rate itself would repay the switch: no test"
     assert flow.load().warmed_shapes == {}  # type: ignore[attr-defined]
 
 
