@@ -2,8 +2,8 @@
 
 Runs ``core.backends.compile_worker`` after installing :mod:`fake_compile`'s stand-ins in this process; what it
 compiles is appended to ``$FAKE_COMPILE_LOG`` so the test can count compiles across processes. With
-``$FAKE_WORKER_STATE`` (a path) it writes there, as JSON, its niceness and scheduling policy once its imports (torch, the package) are
-done and Inductor's ``compile_threads`` once ``compile_worker`` has set up.
+``$FAKE_WORKER_STATE`` (a path) it writes there, as JSON, its niceness and scheduling policy once its imports
+(torch, the package) are done and Inductor's ``compile_threads`` once ``compile_worker`` has set up.
 """
 
 from __future__ import annotations

@@ -481,10 +481,11 @@ def test_a_slow_first_chunk_does_not_make_the_command_line_switch(
 
     monkeypatch.setattr(flow, "compute_flow", slow_first_call)
     # A switch that costs 3 s: the steady chunks (0.1-0.2 s here, 1.1 s beside a busy loop on 2 cores) never repay it.
-    monkeypatch.setattr(clips, "SWITCH_COST_S", 3.0)
+    switch_cost_s = 3.0
+    monkeypatch.setattr(clips, "SWITCH_COST_S", switch_cost_s)
     process_clip(flow, ClipJob((str(folder),), flow_npy=tmp_path / "flow.npy"), WriteSettings(chunk=4))
     assert len(seconds) == 3
-    assert 12 * max(seconds[1:]) / 4 / 2 < 3.0, "the steady rate itself would repay the switch: no test"
+    assert 12 * max(seconds[1:]) / 4 / 2 < switch_cost_s, "the steady rate itself would repay the switch: no test"
     assert flow.load().warmed_shapes == {}  # type: ignore[attr-defined]
 
 

@@ -24,6 +24,7 @@ by the host's watchdog and by its own, and its shapes are served uncompiled; a l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -250,16 +251,11 @@ def lower_priority(pid: int) -> None:
     the ``SCHED_IDLE`` scheduling class (lowering a child's priority needs no privilege). A child that has already
     exited, or a system that refuses, is left as it is."""
     if hasattr(os, "setpriority"):
-        try:
-            own = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, pid, min(19, own + CHILD_NICENESS))
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + CHILD_NICENESS))
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
 
 
 def _collect(stream: Any, tail: deque[str]) -> None:
