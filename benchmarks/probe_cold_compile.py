@@ -8,8 +8,9 @@ is a fresh process on an empty models folder of its own (512x512, RAFT Small, se
 
 - ``shipped``: as the package does: nice +10 and ``SCHED_IDLE``, 2 compile threads;
 - ``nice_only``: the child at nice +10 alone (the host's ``lower_priority`` replaced for this process);
-- ``threads_16``: as shipped, with ``TORCHINDUCTOR_COMPILE_THREADS=16`` in the child's environment;
-- ``shipped_calls`` and ``threads_16_calls``: as ``shipped`` and ``threads_16``, but the process makes 120 live
+- ``threads_N`` (e.g. ``threads_16``): as shipped, with ``TORCHINDUCTOR_COMPILE_THREADS=N`` in the child's
+  environment;
+- ``shipped_calls`` and ``threads_N_calls``: as ``shipped`` and ``threads_N``, but the process makes 120 live
   4-frame calls (uint8 CPU frames, the caller's ``torch.cat`` in each, as ``bench_faces.py``'s API face) right
   after ``load()`` and only then waits: is a live call beside 16 compile threads in ``SCHED_IDLE`` still as fast?
 
@@ -43,8 +44,8 @@ THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 
 
 def child(variant: str, models: Path, size: int) -> dict[str, Any]:
-    if variant.startswith("threads_16"):
-        os.environ[THREADS_ENV] = "16"
+    if variant.startswith("threads_"):
+        os.environ[THREADS_ENV] = variant.split("_")[1]
     import torch
 
     from bench_faces import moving_chunks
@@ -117,11 +118,13 @@ def main() -> int:
         out = work / f"{index}-{variant}.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--models-dir",
                    str(work / f"models-{index}"), "--json", str(out), "--size", str(args.size)]
+        started_at = time.time()
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             row: dict[str, Any] = {"variant": variant, "error": completed.stderr[-2000:]}
         else:
             row = json.loads(out.read_text())
+        row.update(started_at=round(started_at, 1), ended_at=round(time.time(), 1))  # to match a memory log
         result["runs"].append(row)
         print(json.dumps(row), flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after each process: a run cut short keeps them
