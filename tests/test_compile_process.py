@@ -122,14 +122,15 @@ def test_a_child_whose_host_was_killed_stops_itself_when_a_shape_hangs(
 
 
 @pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX niceness")
-def test_the_child_runs_below_its_host_from_its_start_with_few_compile_threads(
+def test_the_child_runs_below_its_host_from_its_start_and_sets_its_compile_threads_by_its_class(
     fake: FakeTorchCompile, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The host lowers its child's priority as it starts it, so the child's imports (seconds of CPU on a real
     machine: torch, then the compiler stack) already run below the host's live calls (before: the child lowered
     its own priority only after importing torch and the package), on Linux in the SCHED_IDLE class (at nice +10
     alone, the host's own torch.cat on its intra-op threads took 27 ms instead of 0.2 ms beside the child's
-    start, on an H100 machine); and the child compiles with few threads."""
+    start, on an H100 machine); and the child keeps Inductor's compile worker per core in that class, few
+    elsewhere."""
     state = tmp_path / "child.json"
     monkeypatch.setenv("FAKE_WORKER_STATE", str(state))
     monkeypatch.delenv(compile_worker.COMPILE_THREADS_ENV, raising=False)
@@ -139,24 +140,49 @@ def test_the_child_runs_below_its_host_from_its_start_with_few_compile_threads(
     child = json.loads(state.read_text())
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert child["niceness_after_imports"] == min(19, own + compile_process.CHILD_NICENESS) > own
+    import torch._inductor.config as inductor_config
+
+    per_core = inductor_config.compile_threads  # this process and its child see the same cores
     if hasattr(os, "SCHED_IDLE"):  # Linux: below every normal thread of the host
         assert child["policy_after_imports"] == os.SCHED_IDLE
-    assert len(child["compile_threads"]) == 1 and 1 <= child["compile_threads"][0] <= compile_worker.COMPILE_THREADS
+        assert child["compile_threads"] == [per_core]
+    else:
+        assert child["compile_threads"] == [min(compile_worker.COMPILE_THREADS, per_core)]
 
 
-def test_the_compile_process_limits_inductors_compile_threads_unless_told_otherwise(
+def test_the_compile_process_limits_inductors_compile_threads_outside_the_idle_class_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Inductor's default is a compile worker per core (16 on the GPU machine), each importing torch; the child
-    keeps COMPILE_THREADS of them, and $TORCHINDUCTOR_COMPILE_THREADS still decides where it is set."""
+    """Inductor's default is a compile worker per core (16 on the GPU machine), each importing torch. In SCHED_IDLE
+    the child keeps them (they get only cores its host leaves idle: a cold compile 2.8 s shorter on an H100
+    machine, live calls beside it as fast); elsewhere it keeps COMPILE_THREADS; $TORCHINDUCTOR_COMPILE_THREADS
+    decides where it is set."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.delenv(compile_worker.COMPILE_THREADS_ENV, raising=False)
     monkeypatch.setattr(inductor_config, "compile_threads", 16)
-    assert compile_worker.limit_compile_threads() == compile_worker.COMPILE_THREADS == inductor_config.compile_threads
+    assert compile_worker.limit_compile_threads(idle=True) == 16 == inductor_config.compile_threads
+    assert compile_worker.limit_compile_threads(idle=False) == compile_worker.COMPILE_THREADS
+    assert inductor_config.compile_threads == compile_worker.COMPILE_THREADS
     monkeypatch.setattr(inductor_config, "compile_threads", 16)
     monkeypatch.setenv(compile_worker.COMPILE_THREADS_ENV, "16")
-    assert compile_worker.limit_compile_threads() == 16
+    assert compile_worker.limit_compile_threads(idle=False) == 16
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE class")
+def test_a_process_knows_whether_it_runs_in_the_idle_class() -> None:
+    """What the child reads to choose its compile threads: a process the host moved to SCHED_IDLE says so, one
+    in the normal class does not."""
+    code = ("import os, sys; from scope_optical_flow_tensorrt.core.backends.compile_process import in_idle_class; "
+            "print(in_idle_class(), flush=True); sys.stdin.readline(); print(in_idle_class(), flush=True)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "False"
+    compile_process.lower_priority(child.pid)
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "True"
+    assert child.wait(60) == 0
 
 
 # -- never blocked -----------------------------------------------------------------------------------------------

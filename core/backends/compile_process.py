@@ -258,6 +258,16 @@ def lower_priority(pid: int) -> None:
             os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
 
+def in_idle_class() -> bool:
+    """Whether this process runs in Linux's ``SCHED_IDLE`` class (a compile child the host has lowered)."""
+    if not (hasattr(os, "sched_getscheduler") and hasattr(os, "SCHED_IDLE")):
+        return False
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_IDLE
+    except OSError:
+        return False
+
+
 def _collect(stream: Any, tail: deque[str]) -> None:
     for line in stream:
         tail.append(line.rstrip())

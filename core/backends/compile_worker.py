@@ -8,7 +8,8 @@ has seeded random weights and the entry is written under the host's key, whose w
 
 Everything it changes (Dynamo's recompile limit, Inductor's temporary cache and compile threads) stays in this
 process. It runs at a lower CPU priority than its host (set by the host as it starts it: its live calls come first),
-with few compile threads (:data:`COMPILE_THREADS`), and in a session of its own: when the host exits,
+with Inductor's compile workers (one per core in Linux's ``SCHED_IDLE`` class, :data:`COMPILE_THREADS` elsewhere),
+and in a session of its own: when the host exits,
 even by Ctrl-C or a kill, it finishes its shapes, writing every entry even though nobody reads its reports any
 more, and exits, so the next process finds the entries. SIGTERM (the host's ``close()``) stops it at once,
 removing its temporary files; a shape that takes longer than the job's limit ends it (its own watchdog, for when
@@ -34,13 +35,15 @@ from ..artifacts.compiled_cache import CompiledKernelCache
 from ..artifacts.engine_cache import TEMP_MARKER, sweep_stale_temps
 from ..common.paths import plugin_models_dir
 from .base import BackendConfig
-from .compile_process import EXIT_HUNG, REPORT_FAILED, REPORT_STARTED, SHAPE_LIMIT_S, report_line
+from .compile_process import EXIT_HUNG, REPORT_FAILED, REPORT_STARTED, SHAPE_LIMIT_S, in_idle_class, report_line
 from .torch_backend import TorchFlowBackend
 
-# Inductor's compile workers in this process, unless $TORCHINDUCTOR_COMPILE_THREADS says otherwise. Its default is one
-# per core, each importing torch. Measured on 16 cores: 2 workers compiled in 18.9 s against 16.9 s, and the host's
-# worst second of live calls beside them was 10.9 against 12.0 ms (benchmarks/NOTES.md, "The first call after
-# loading, and live calls beside a first compile").
+# Inductor's compile workers in a child that is not in Linux's SCHED_IDLE class (Windows, macOS, a system that
+# refused it), unless $TORCHINDUCTOR_COMPILE_THREADS says otherwise. Inductor's default is one per core: at nice +10
+# alone, 2 workers compiled in 18.9 s against 16.9 s and the host's worst second of live calls beside them was 10.9
+# against 12.0 ms. In SCHED_IDLE the workers get only cores the host leaves idle, so the child keeps the default:
+# a cold constructor took 22.8 s against 25.6 s with 2, and live calls beside it 8.09-8.15 ms against 8.10-8.13
+# (benchmarks/NOTES.md, "Compile threads in SCHED_IDLE").
 COMPILE_THREADS = 2
 COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 _INPUT_GRACE_S = 0.1  # how long a child that has done its shapes waits for one more on its input
@@ -169,15 +172,19 @@ def _silence_standard_streams() -> None:
             pass
 
 
-def limit_compile_threads() -> int:
-    """Have Inductor compile with :data:`COMPILE_THREADS` workers (or ``$TORCHINDUCTOR_COMPILE_THREADS``, which
-    Inductor reads itself); returns the count in force."""
+def limit_compile_threads(idle: bool | None = None) -> int | None:
+    """Have Inductor compile with :data:`COMPILE_THREADS` workers unless this process runs in ``SCHED_IDLE``
+    (``idle``; read from the process when ``None``), where Inductor keeps its default of one per core;
+    ``$TORCHINDUCTOR_COMPILE_THREADS``, which Inductor reads itself, decides where it is set. Returns the count in
+    force (``None`` where Inductor decides it later)."""
     import torch._inductor.config as inductor_config
 
-    if not os.environ.get(COMPILE_THREADS_ENV):
+    if idle is None:
+        idle = in_idle_class()
+    if not os.environ.get(COMPILE_THREADS_ENV) and not idle:
         current = inductor_config.compile_threads  # one per core (None where Inductor decides it later)
         inductor_config.compile_threads = COMPILE_THREADS if current is None else min(COMPILE_THREADS, current)
-    return int(inductor_config.compile_threads)
+    return inductor_config.compile_threads
 
 
 def _stop_on_sigterm() -> None:
