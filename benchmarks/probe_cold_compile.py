@@ -27,14 +27,13 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _probe import parse_probe_args  # noqa: E402  (same folder)
+from _probe import parse_probe_args, probe_header, run_variant  # noqa: E402  (same folder)
 
 SIZE = 512
 CHUNK_FRAMES = 4
@@ -106,24 +105,13 @@ def main() -> int:
     if args.child is not None:
         args.json.write_text(json.dumps(child(args.child, args.models_dir, args.size)))
         return 0
-    import torch
-
     work = Path(tempfile.mkdtemp(prefix="probe_cold_compile_"))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    result: dict[str, Any] = {"device": f"{device} ({os.cpu_count()} cores)", "torch": torch.__version__,
-                              "python": sys.version.split()[0], "size": f"{args.size}x{args.size}", "weights": "seeded random",
-                              "commit": os.environ.get("BENCH_COMMIT"), "runs": []}
+    result: dict[str, Any] = {**probe_header(args.size), "runs": []}
     variants = [name for name in args.variants.split(",") if name]
     for index, variant in enumerate([name for _ in range(args.repeats) for name in variants]):
-        out = work / f"{index}-{variant}.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--models-dir",
-                   str(work / f"models-{index}"), "--json", str(out), "--size", str(args.size)]
         started_at = time.time()
-        completed = subprocess.run(command, capture_output=True, text=True)
-        if completed.returncode != 0:
-            row: dict[str, Any] = {"variant": variant, "error": completed.stderr[-2000:]}
-        else:
-            row = json.loads(out.read_text())
+        row = run_variant(__file__, variant, work / f"models-{index}", work / f"{index}-{variant}.json", "--size",
+                          str(args.size))
         row.update(started_at=round(started_at, 1), ended_at=round(time.time(), 1))  # to match a memory log
         result["runs"].append(row)
         print(json.dumps(row), flush=True)

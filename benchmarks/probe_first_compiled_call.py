@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _probe import parse_probe_args  # noqa: E402  (same folder)
+from _probe import parse_probe_args, probe_header, run_variant  # noqa: E402  (same folder)
 
 SIZE = 512
 CHUNK_FRAMES = 4
@@ -108,24 +106,12 @@ def main() -> int:
     if args.child is not None:
         args.json.write_text(json.dumps(child(args.child, args.models_dir, args.calls)))
         return 0
-    import torch
-
     work = Path(tempfile.mkdtemp(prefix="probe_first_compiled_call_"))
-    models = work / "models"
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    result: dict[str, Any] = {"device": f"{device} ({os.cpu_count()} cores)", "torch": torch.__version__,
-                              "python": sys.version.split()[0], "size": f"{SIZE}x{SIZE}", "weights": "seeded random",
-                              "commit": os.environ.get("BENCH_COMMIT"), "runs": []}
+    result: dict[str, Any] = {**probe_header(SIZE), "runs": []}
     order = ["prime"] + [variant for _ in range(args.processes) for variant in VARIANTS]
     for index, variant in enumerate(order):
-        out = work / f"{index}-{variant}.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--models-dir", str(models),
-                   "--json", str(out), "--calls", str(args.calls)]
-        completed = subprocess.run(command, capture_output=True, text=True)
-        if completed.returncode != 0:
-            row: dict[str, Any] = {"variant": variant, "error": completed.stderr[-2000:]}
-        else:
-            row = json.loads(out.read_text())
+        row = run_variant(__file__, variant, work / "models", work / f"{index}-{variant}.json", "--calls",
+                          str(args.calls))
         result["runs"].append(row)
         print(json.dumps({key: value for key, value in row.items() if key != "error"}), flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after each process: a run cut short keeps them

@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _probe import parse_probe_args  # noqa: E402  (same folder)
+from _probe import parse_probe_args, probe_header, run_variant  # noqa: E402  (same folder)
 
 SIZE = 512
 CHUNK_FRAMES = 4
@@ -128,24 +126,14 @@ def main() -> int:
     if args.child is not None:
         args.json.write_text(json.dumps(child(args.child, args.models_dir, args.seconds, args.delay)))
         return 0
-    import torch
-
     work = Path(tempfile.mkdtemp(prefix="probe_first_process_"))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    result: dict[str, Any] = {"device": f"{device} ({os.cpu_count()} cores)",
-                              "torch": torch.__version__, "size": f"{SIZE}x{SIZE}", "weights": "seeded random",
-                              "commit": os.environ.get("BENCH_COMMIT"), "variants": {}}
+    result: dict[str, Any] = {**probe_header(SIZE), "variants": {}}
     for variant in [name for name in args.variants.split(",") if name]:
-        out = work / f"{variant}.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--models-dir",
-                   str(work / f"models-{variant}"), "--json", str(out), "--seconds", str(args.seconds),
-                   "--delay", str(args.delay)]
-        completed = subprocess.run(command, capture_output=True, text=True)
-        if completed.returncode != 0:
-            result["variants"][variant] = {"error": completed.stderr[-2000:]}
-        else:
-            result["variants"][variant] = json.loads(out.read_text())
-            print(variant, json.dumps(result["variants"][variant]["by_phase"]), flush=True)
+        row = run_variant(__file__, variant, work / f"models-{variant}", work / f"{variant}.json", "--seconds",
+                          str(args.seconds), "--delay", str(args.delay))
+        result["variants"][variant] = row
+        if "error" not in row:
+            print(variant, json.dumps(row["by_phase"]), flush=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")  # after each variant: a run cut short keeps them
     print(f"wrote {args.out}")
     return 0
